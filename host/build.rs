@@ -1,0 +1,13 @@
+//! Compiles the built-in functions (`functions/`) to components so the binary
+//! can embed them.
+
+#[path = "build_guests.rs"]
+mod guests;
+
+use std::path::PathBuf;
+
+fn main() {
+    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join("functions");
+    guests::build(&manifest.join("../functions"), &["hello"], &out);
+}

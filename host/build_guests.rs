@@ -1,0 +1,86 @@
+//! Shared by the build scripts that compile guest components: builds a guest
+//! workspace for `wasm32-wasip2` with the same toolchain and copies each
+//! crate's component into `OUT_DIR`.
+
+#![allow(
+    clippy::panic,
+    clippy::expect_used,
+    reason = "a build script reports failure by panicking"
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The guest target.
+pub const TARGET: &str = "wasm32-wasip2";
+
+/// Builds the guest workspace at `workspace` (release profile) and copies
+/// `<crate>.wasm` for each of `crates` into `out`. Panics with a readable
+/// message on failure: this runs in a build script.
+pub fn build(workspace: &Path, crates: &[&str], out: &Path) {
+    println!("cargo:rerun-if-changed={}", workspace.join("Cargo.toml").display());
+    println!("cargo:rerun-if-changed={}", workspace.join("Cargo.lock").display());
+    for krate in crates {
+        println!("cargo:rerun-if-changed={}", workspace.join(krate).display());
+    }
+    let target_dir = guest_target_dir();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let mut cmd = Command::new(cargo);
+    cmd.arg("build")
+        .arg("--manifest-path")
+        .arg(workspace.join("Cargo.toml"))
+        .args(["--release", "--locked", "--target", TARGET])
+        .arg("--target-dir")
+        .arg(&target_dir);
+    for krate in crates {
+        cmd.args(["-p", krate]);
+    }
+    // The outer build's flags and wrappers (clippy, coverage) are for the
+    // host; the guests build plainly.
+    for var in [
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_RUSTFLAGS",
+    ] {
+        cmd.env_remove(var);
+    }
+    let status = cmd.status().unwrap_or_else(|e| {
+        panic!("running cargo to build the guests in {}: {e}", workspace.display())
+    });
+    assert!(
+        status.success(),
+        "building the guest components in {} failed; is the {TARGET} target installed? \
+         (`rustup target add {TARGET}`)",
+        workspace.display()
+    );
+    std::fs::create_dir_all(out).expect("creating the guest output directory");
+    for krate in crates {
+        let name = krate.replace('-', "_");
+        let built = target_dir
+            .join(TARGET)
+            .join("release")
+            .join(format!("{name}.wasm"));
+        let dest = out.join(format!("{krate}.wasm"));
+        std::fs::copy(&built, &dest).unwrap_or_else(|e| {
+            panic!("copying {} to {}: {e}", built.display(), dest.display())
+        });
+    }
+}
+
+/// `target/wasm` next to the host's target directory, shared by every guest
+/// workspace so their common dependencies build once.
+fn guest_target_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("GLIA_GUEST_TARGET_DIR") {
+        return PathBuf::from(dir);
+    }
+    // OUT_DIR is <target>[/<triple>]/<profile>/build/<pkg>/out.
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
+    out.ancestors()
+        .find(|p| p.file_name().is_some_and(|n| n == "build"))
+        .and_then(|build| build.parent()?.parent())
+        .map(|target| target.join("wasm"))
+        .unwrap_or_else(|| out.join("wasm-target"))
+}

@@ -1,0 +1,259 @@
+//! Typed API errors rendered as RFC 9457 problem details.
+//!
+//! Every error the API returns is `application/problem+json` with a stable
+//! `type` (`urn:glia:problem:<slug>`), a human `detail` safe to show the
+//! client, and the invocation id when there is one. Internal details are
+//! logged on the server, never sent.
+
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use serde_json::{Map, Value, json};
+
+use crate::registry::{RegistryError, UploadError};
+use crate::runtime::{InvokeError, ResponseBody};
+use crate::scheduler::Overloaded;
+
+/// Prefix of every problem type.
+pub const PROBLEM_TYPE_PREFIX: &str = "urn:glia:problem:";
+
+/// An error response.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    /// Stable slug, e.g. `timeout`.
+    pub kind: &'static str,
+    pub title: &'static str,
+    pub detail: String,
+    pub extensions: Map<String, Value>,
+    pub retry_after_secs: Option<u64>,
+    pub allow: Option<&'static str>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, kind: &'static str, title: &'static str) -> Self {
+        Self {
+            status,
+            kind,
+            title,
+            detail: title.to_string(),
+            extensions: Map::new(),
+            retry_after_secs: None,
+            allow: None,
+        }
+    }
+
+    pub fn detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = detail.into();
+        self
+    }
+
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.extensions.insert(key.to_string(), value.into());
+        self
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not-found", "Not found").detail(detail)
+    }
+
+    pub fn method_not_allowed(allow: &'static str) -> Self {
+        let mut e = Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "Method not allowed",
+        )
+        .detail(format!("this route accepts {allow}"));
+        e.allow = Some(allow);
+        e
+    }
+
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid-request", "Invalid request").detail(detail)
+    }
+
+    pub fn payload_too_large(limit_bytes: u64) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            "Payload too large",
+        )
+        .detail(format!(
+            "the body is larger than the limit of {limit_bytes} bytes ({} MiB)",
+            limit_bytes / (1024 * 1024)
+        ))
+        .with("limit_bytes", limit_bytes)
+    }
+
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Internal server error",
+        )
+        .detail("the server failed to handle the request; the error has been logged")
+    }
+
+    /// Renders the problem, adding the invocation id when given.
+    pub fn into_response(self, invocation_id: Option<&str>) -> http::Response<ResponseBody> {
+        let mut body = Map::new();
+        body.insert(
+            "type".into(),
+            json!(format!("{PROBLEM_TYPE_PREFIX}{}", self.kind)),
+        );
+        body.insert("title".into(), json!(self.title));
+        body.insert("status".into(), json!(self.status.as_u16()));
+        body.insert("detail".into(), json!(self.detail));
+        if let Some(id) = invocation_id {
+            body.insert("invocation_id".into(), json!(id));
+        }
+        body.extend(self.extensions);
+        let bytes = serde_json::to_vec(&Value::Object(body)).unwrap_or_default();
+        let mut response = http::Response::new(full(bytes));
+        *response.status_mut() = self.status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(secs) = self.retry_after_secs {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(allow) = self.allow {
+            headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        response
+    }
+}
+
+/// A complete body from bytes.
+pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+impl From<UploadError> for ApiError {
+    fn from(e: UploadError) -> Self {
+        let detail = e.to_string();
+        match e {
+            UploadError::InvalidName(_) => {
+                Self::new(StatusCode::BAD_REQUEST, "invalid-name", "Invalid name").detail(detail)
+            }
+            UploadError::NotWasm => Self::new(
+                StatusCode::BAD_REQUEST,
+                "not-wasm",
+                "Not a WebAssembly binary",
+            )
+            .detail(detail),
+            UploadError::CoreModule => Self::new(
+                StatusCode::BAD_REQUEST,
+                "core-module",
+                "Core module, not a component",
+            )
+            .detail(detail),
+            UploadError::Invalid(_) => Self::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-component",
+                "Invalid component",
+            )
+            .detail(detail),
+            UploadError::UnsatisfiedImports(imports) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unsatisfied-imports",
+                "Unsatisfied imports",
+            )
+            .detail(detail)
+            .with("imports", imports),
+        }
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::Upload(u) => u.into(),
+            RegistryError::Settings(m) => Self::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-settings",
+                "Invalid settings",
+            )
+            .detail(m),
+            RegistryError::NotFound(_) | RegistryError::VersionNotFound { .. } => Self::new(
+                StatusCode::NOT_FOUND,
+                "function-not-found",
+                "Function not found",
+            )
+            .detail(e.to_string()),
+            RegistryError::Store(_) | RegistryError::Internal(_) => {
+                tracing::error!(error = %e, "registry failure");
+                Self::internal()
+            }
+        }
+    }
+}
+
+impl From<InvokeError> for ApiError {
+    fn from(e: InvokeError) -> Self {
+        let detail = e.to_string();
+        match e {
+            InvokeError::Timeout { timeout_ms } => Self::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                "Function timed out",
+            )
+            .detail(detail)
+            .with("timeout_ms", timeout_ms),
+            InvokeError::MemoryLimit { limit_mb, .. } => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "memory-limit",
+                "Function exceeded its memory limit",
+            )
+            .detail(detail)
+            .with("memory_mb", limit_mb),
+            InvokeError::Trap { reason, backtrace } => {
+                let mut e = Self::new(StatusCode::INTERNAL_SERVER_ERROR, "trap", "Function trapped")
+                    .detail(detail)
+                    .with("trap", reason);
+                if let Some(bt) = backtrace {
+                    e = e.with("backtrace", bt);
+                }
+                e
+            }
+            InvokeError::NoResponse | InvokeError::GuestError(_) => Self::new(
+                StatusCode::BAD_GATEWAY,
+                "no-response",
+                "Function sent no response",
+            )
+            .detail(detail),
+            InvokeError::Capacity => {
+                let mut e = Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "platform-saturated",
+                    "Platform saturated",
+                )
+                .detail(detail);
+                e.retry_after_secs = Some(1);
+                e
+            }
+            InvokeError::Internal(m) => {
+                tracing::error!(error = %m, "invocation failure");
+                Self::internal()
+            }
+        }
+    }
+}
+
+impl From<Overloaded> for ApiError {
+    fn from(e: Overloaded) -> Self {
+        let mut err = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "concurrency-limit",
+            "Function at its concurrency limit",
+        )
+        .detail(e.to_string())
+        .with("max_concurrency", e.limit);
+        err.retry_after_secs = Some(1);
+        err
+    }
+}

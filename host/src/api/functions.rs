@@ -1,0 +1,184 @@
+//! Control plane: deploy, list, inspect, reconfigure and delete functions.
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use serde::Serialize;
+
+use super::{ApiError, AppState, json_response};
+use crate::registry::{FunctionRecord, Settings, SettingsOverrides, SettingsPatch, VersionRecord};
+use crate::runtime::{BoxError, ResponseBody};
+
+/// Largest settings document accepted by PATCH.
+const MAX_SETTINGS_BYTES: u64 = 64 * 1024;
+
+type ApiResult = Result<Response<ResponseBody>, ApiError>;
+
+#[derive(Serialize)]
+struct FunctionView<'a> {
+    name: &'a str,
+    latest_version: Option<u32>,
+    digest: Option<&'a str>,
+    url: String,
+    settings: Settings,
+    overrides: &'a SettingsOverrides,
+    created_at_ms: i64,
+    updated_at_ms: i64,
+    versions: &'a [VersionRecord],
+}
+
+fn view<'a>(state: &AppState, record: &'a FunctionRecord) -> FunctionView<'a> {
+    FunctionView {
+        name: &record.name,
+        latest_version: record.latest().map(|v| v.version),
+        digest: record.latest().map(|v| v.digest.as_str()),
+        url: format!("/fn/{}/", record.name),
+        settings: state.registry.settings_of(record),
+        overrides: &record.overrides,
+        created_at_ms: record.created_at_ms,
+        updated_at_ms: record.updated_at_ms,
+        versions: &record.versions,
+    }
+}
+
+pub(super) fn list(state: &AppState) -> Response<ResponseBody> {
+    #[derive(Serialize)]
+    struct Summary<'a> {
+        name: &'a str,
+        latest_version: Option<u32>,
+        digest: Option<&'a str>,
+        versions: usize,
+        settings: Settings,
+        updated_at_ms: i64,
+    }
+    let all = state.registry.list();
+    let functions: Vec<Summary<'_>> = all
+        .iter()
+        .map(|r| Summary {
+            name: &r.name,
+            latest_version: r.latest().map(|v| v.version),
+            digest: r.latest().map(|v| v.digest.as_str()),
+            versions: r.versions.len(),
+            settings: state.registry.settings_of(r),
+            updated_at_ms: r.updated_at_ms,
+        })
+        .collect();
+    json_response(
+        StatusCode::OK,
+        &serde_json::json!({ "functions": functions }),
+    )
+}
+
+pub(super) fn get(state: &AppState, name: &str) -> ApiResult {
+    let record = state
+        .registry
+        .get(name)
+        .ok_or_else(|| function_not_found(name))?;
+    Ok(json_response(StatusCode::OK, &view(state, &record)))
+}
+
+pub(super) async fn deploy<B>(state: &AppState, name: &str, req: Request<B>) -> ApiResult
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    crate::registry::check_name(name)?;
+    let patch = SettingsPatch::from_query(req.uri().query().unwrap_or(""))
+        .map_err(|m| ApiError::from(crate::registry::RegistryError::Settings(m)))?;
+    let limit = state.config.server.max_upload_bytes();
+    let bytes = read_body(req, limit).await?;
+    let deployed = state.registry.deploy(name, bytes, patch).await?;
+
+    #[derive(Serialize)]
+    struct Deployed<'a> {
+        name: &'a str,
+        version: u32,
+        digest: &'a str,
+        size_bytes: u64,
+        compile_ms: u64,
+        compiled: bool,
+        created: bool,
+        settings: Settings,
+        url: String,
+    }
+    let status = if deployed.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let v = &deployed.version;
+    let mut response = json_response(
+        status,
+        &Deployed {
+            name,
+            version: v.version,
+            digest: &v.digest,
+            size_bytes: v.size_bytes,
+            compile_ms: v.compile_ms,
+            compiled: deployed.compiled,
+            created: deployed.created,
+            settings: state.registry.settings_of(&deployed.function),
+            url: format!("/fn/{name}/"),
+        },
+    );
+    if let Ok(location) = http::HeaderValue::from_str(&format!("/v1/functions/{name}")) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+pub(super) async fn patch<B>(state: &AppState, name: &str, req: Request<B>) -> ApiResult
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    if state.registry.get(name).is_none() {
+        return Err(function_not_found(name));
+    }
+    let bytes = read_body(req, MAX_SETTINGS_BYTES).await?;
+    let patch: SettingsPatch = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::from(crate::registry::RegistryError::Settings(format!(
+            "settings must be a JSON object with timeout_ms, memory_mb, max_concurrency: {e}"
+        )))
+    })?;
+    let record = state.registry.update_settings(name, &patch).await?;
+    Ok(json_response(StatusCode::OK, &view(state, &record)))
+}
+
+pub(super) async fn delete(state: &AppState, name: &str) -> ApiResult {
+    let record = state.registry.delete(name).await?;
+    state.scheduler.forget(name);
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({"name": record.name, "deleted": true, "versions": record.versions.len()}),
+    ))
+}
+
+fn function_not_found(name: &str) -> ApiError {
+    crate::registry::RegistryError::NotFound(name.to_string()).into()
+}
+
+/// Reads a whole request body, refusing more than `limit` bytes with 413
+/// (early, from `content-length`, when the client sends one).
+async fn read_body<B>(req: Request<B>, limit: u64) -> Result<Bytes, ApiError>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::payload_too_large(limit));
+    }
+    let limited = Limited::new(req.into_body(), usize::try_from(limit).unwrap_or(usize::MAX));
+    match limited.collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::payload_too_large(limit))
+        }
+        Err(e) => Err(ApiError::bad_request(format!("reading the request body: {e}"))),
+    }
+}

@@ -1,0 +1,339 @@
+//! Client commands: talk to a running server's HTTP API.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use serde_json::Value;
+
+use super::DEFAULT_URL;
+
+#[derive(Debug, Args)]
+pub struct Server {
+    /// URL of the glia server.
+    #[arg(long, env = "GLIA_URL", default_value = DEFAULT_URL, global = true)]
+    url: String,
+    /// Print the server's JSON instead of a readable summary.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+impl Server {
+    fn endpoint(&self, path: &str) -> String {
+        format!("{}{path}", self.url.trim_end_matches('/'))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// The component (.wasm) to upload.
+    file: PathBuf,
+    /// Function name; defaults to the file name without `.wasm`.
+    #[arg(long, short)]
+    name: Option<String>,
+    /// Wall-clock limit per invocation.
+    #[arg(long)]
+    timeout_ms: Option<u64>,
+    /// Linear-memory limit per invocation.
+    #[arg(long)]
+    memory_mb: Option<u64>,
+    /// Concurrent invocations allowed.
+    #[arg(long)]
+    max_concurrency: Option<u32>,
+    #[command(flatten)]
+    server: Server,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    server: Server,
+}
+
+#[derive(Debug, Args)]
+pub struct InvokeArgs {
+    /// `NAME` or `NAME@VERSION`.
+    function: String,
+    /// Path inside the function, e.g. `/predict?top=3`.
+    #[arg(default_value = "/")]
+    path: String,
+    /// HTTP method (default GET, or POST when a body is given).
+    #[arg(short = 'X', long)]
+    method: Option<String>,
+    /// Request body.
+    #[arg(short, long, conflicts_with = "data_file")]
+    data: Option<String>,
+    /// Request body from a file (`-` for stdin).
+    #[arg(long)]
+    data_file: Option<PathBuf>,
+    /// Extra request header, `Name: value`; repeatable.
+    #[arg(short = 'H', long = "header")]
+    headers: Vec<String>,
+    #[command(flatten)]
+    server: Server,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// Function to delete.
+    name: String,
+    #[command(flatten)]
+    server: Server,
+}
+
+fn http() -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .context("creating the HTTP client")
+}
+
+/// Turns a non-success response into an error carrying the problem detail.
+async fn check(response: reqwest::Response) -> anyhow::Result<Value> {
+    let status = response.status();
+    let bytes = response.bytes().await.context("reading the response")?;
+    let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    if status.is_success() {
+        return Ok(value);
+    }
+    match (value.get("title"), value.get("detail")) {
+        (Some(title), Some(detail)) => bail!(
+            "{} ({status}): {}",
+            title.as_str().unwrap_or("error"),
+            detail.as_str().unwrap_or("")
+        ),
+        _ => bail!("{status}: {}", String::from_utf8_lossy(&bytes)),
+    }
+}
+
+fn print_json(value: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
+}
+
+/// Shows elapsed time on stderr while a long request runs (terminals only).
+fn progress(label: String) -> Option<tokio::task::JoinHandle<()>> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    Some(tokio::spawn(async move {
+        let started = Instant::now();
+        let frames = ['|', '/', '-', '\\'];
+        for i in 0usize.. {
+            let frame = frames.get(i % frames.len()).copied().unwrap_or('|');
+            eprint!("\r{frame} {label} {:.1}s", started.elapsed().as_secs_f64());
+            let _ = std::io::stderr().flush();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }))
+}
+
+fn stop_progress(handle: Option<tokio::task::JoinHandle<()>>) {
+    if let Some(h) = handle {
+        h.abort();
+        eprint!("\r\x1b[2K");
+    }
+}
+
+pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
+    let bytes = std::fs::read(&args.file)
+        .with_context(|| format!("reading {}", args.file.display()))?;
+    let name = match args.name {
+        Some(n) => n,
+        None => args
+            .file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .map(|s| s.replace('_', "-").to_lowercase())
+            .context("give the function a name with --name")?,
+    };
+    let mut query = Vec::new();
+    if let Some(v) = args.timeout_ms {
+        query.push(("timeout_ms", v.to_string()));
+    }
+    if let Some(v) = args.memory_mb {
+        query.push(("memory_mb", v.to_string()));
+    }
+    if let Some(v) = args.max_concurrency {
+        query.push(("max_concurrency", v.to_string()));
+    }
+    let size = bytes.len();
+    let spinner = progress(format!(
+        "uploading {:.1} MiB and compiling `{name}`…",
+        size as f64 / (1024.0 * 1024.0)
+    ));
+    let result = http()?
+        .put(args.server.endpoint(&format!("/v1/functions/{name}")))
+        .query(&query)
+        .header("content-type", "application/wasm")
+        .body(bytes)
+        .send()
+        .await;
+    stop_progress(spinner);
+    let value = check(result.context("uploading the component")?).await?;
+    if args.server.json {
+        print_json(&value);
+        return Ok(());
+    }
+    let version = value.get("version").and_then(Value::as_u64).unwrap_or(0);
+    let digest = value.get("digest").and_then(Value::as_str).unwrap_or("");
+    let compile_ms = value.get("compile_ms").and_then(Value::as_u64).unwrap_or(0);
+    let created = value.get("created").and_then(Value::as_bool).unwrap_or(true);
+    let compiled = value.get("compiled").and_then(Value::as_bool).unwrap_or(true);
+    if created {
+        println!("deployed {name} version {version}");
+    } else {
+        println!("{name} version {version} already has these bytes; settings updated");
+    }
+    println!("  digest   sha256:{digest}");
+    println!("  size     {size} bytes");
+    if compiled {
+        println!("  compiled in {compile_ms} ms");
+    } else {
+        println!("  compiled artifact reused");
+    }
+    println!("  call it  curl {}", args.server.endpoint(&format!("/fn/{name}/")));
+    Ok(())
+}
+
+pub async fn list(args: ListArgs) -> anyhow::Result<()> {
+    let response = http()?
+        .get(args.server.endpoint("/v1/functions"))
+        .send()
+        .await
+        .context("contacting the server")?;
+    let value = check(response).await?;
+    if args.server.json {
+        print_json(&value);
+        return Ok(());
+    }
+    let functions = value
+        .get("functions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if functions.is_empty() {
+        println!("no functions deployed");
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:>7} {:>8} {:>10} {:>9} {:>11}  DIGEST",
+        "NAME", "VERSION", "VERSIONS", "TIMEOUT", "MEMORY", "CONCURRENCY"
+    );
+    for f in functions {
+        let s = |k: &str| f.get(k).and_then(Value::as_u64).unwrap_or(0);
+        let setting = |k: &str| {
+            f.get("settings")
+                .and_then(|s| s.get(k))
+                .and_then(Value::as_u64)
+                .unwrap_or(0)
+        };
+        let digest = f.get("digest").and_then(Value::as_str).unwrap_or("");
+        println!(
+            "{:<24} {:>7} {:>8} {:>8}ms {:>6}MiB {:>11}  {}",
+            f.get("name").and_then(Value::as_str).unwrap_or(""),
+            s("latest_version"),
+            s("versions"),
+            setting("timeout_ms"),
+            setting("memory_mb"),
+            setting("max_concurrency"),
+            digest.get(..12).unwrap_or(digest),
+        );
+    }
+    Ok(())
+}
+
+pub async fn invoke(args: InvokeArgs) -> anyhow::Result<()> {
+    let body = match (&args.data, &args.data_file) {
+        (Some(d), _) => Some(d.clone().into_bytes()),
+        (None, Some(path)) if path.as_os_str() == "-" => {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
+                .context("reading stdin")?;
+            Some(buf)
+        }
+        (None, Some(path)) => {
+            Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)
+        }
+        (None, None) => None,
+    };
+    let method = match &args.method {
+        Some(m) => reqwest::Method::from_bytes(m.to_uppercase().as_bytes())
+            .with_context(|| format!("invalid method {m}"))?,
+        None if body.is_some() => reqwest::Method::POST,
+        None => reqwest::Method::GET,
+    };
+    let path = if args.path.starts_with('/') {
+        args.path.clone()
+    } else {
+        format!("/{}", args.path)
+    };
+    let url = args
+        .server
+        .endpoint(&format!("/fn/{}{path}", args.function));
+    let mut request = http()?.request(method, url);
+    for h in &args.headers {
+        let (k, v) = h
+            .split_once(':')
+            .with_context(|| format!("header `{h}` must look like `Name: value`"))?;
+        request = request.header(k.trim(), v.trim());
+    }
+    if let Some(body) = body {
+        request = request.body(body);
+    }
+    let response = request.send().await.context("calling the function")?;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.bytes().await.context("reading the response")?;
+    let invocation = headers
+        .get("glia-invocation-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    if args.server.json {
+        let header_map: serde_json::Map<String, Value> = headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    Value::String(v.to_str().unwrap_or("").to_string()),
+                )
+            })
+            .collect();
+        print_json(&serde_json::json!({
+            "status": status.as_u16(),
+            "invocation_id": invocation,
+            "headers": header_map,
+            "body": String::from_utf8_lossy(&bytes),
+        }));
+    } else {
+        let mut out = std::io::stdout();
+        out.write_all(&bytes).context("writing the body")?;
+        if !bytes.ends_with(b"\n") && out.is_terminal() {
+            println!();
+        }
+    }
+    if !status.is_success() {
+        bail!("{status} (invocation {invocation})");
+    }
+    Ok(())
+}
+
+pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
+    let response = http()?
+        .delete(args.server.endpoint(&format!("/v1/functions/{}", args.name)))
+        .send()
+        .await
+        .context("contacting the server")?;
+    let value = check(response).await?;
+    if args.server.json {
+        print_json(&value);
+    } else {
+        println!("deleted {}", args.name);
+    }
+    Ok(())
+}

@@ -1,0 +1,265 @@
+//! Platform configuration: `platform.toml`, environment and flags.
+//!
+//! Configuration is strict: an unknown key is an error, every section is
+//! validated before the server binds its socket, and the server prints a
+//! one-screen summary of what it runs with. Every default is a named constant
+//! here, and the repository's `platform.toml` spells out the same values (a
+//! test keeps the two in step).
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Default address the server listens on.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080));
+/// Default data directory (metadata, sources and compiled artifacts).
+pub const DEFAULT_DATA_DIR: &str = "glia-data";
+/// Default largest accepted component upload.
+pub const DEFAULT_MAX_UPLOAD_MB: u64 = 64;
+/// Default time in-flight requests get to finish after a shutdown signal.
+pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 30_000;
+/// Default number of guest instances that may exist at once.
+pub const DEFAULT_MAX_INSTANCES: u32 = 1000;
+/// Default size of one linear-memory slot in the pooling allocator.
+pub const DEFAULT_MAX_MEMORY_MB: u64 = 512;
+/// Default largest wasm stack a guest may use.
+pub const DEFAULT_MAX_WASM_STACK_KB: u64 = 1024;
+/// Default epoch tick: the granularity of timeouts and of guest yields.
+pub const DEFAULT_EPOCH_TICK_MS: u64 = 10;
+/// Default per-invocation wall-clock limit.
+pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
+/// Default linear-memory limit per invocation.
+pub const DEFAULT_MEMORY_MB: u64 = 128;
+/// Default number of concurrent invocations of one function.
+pub const DEFAULT_MAX_CONCURRENCY: u32 = 64;
+
+/// Everything `platform.toml` can say.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub runtime: RuntimeConfig,
+    pub functions: FunctionDefaults,
+}
+
+/// `[server]`: the listener and the data directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub max_upload_mb: u64,
+    pub shutdown_grace_ms: u64,
+    /// Deploy the built-in functions (e.g. `hello`) when a data directory is
+    /// initialised for the first time.
+    pub install_builtins: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN,
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            max_upload_mb: DEFAULT_MAX_UPLOAD_MB,
+            shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
+            install_builtins: true,
+        }
+    }
+}
+
+/// `[runtime]`: the wasmtime engine and its pooling allocator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Component instances that can exist at once (pool size).
+    pub max_instances: u32,
+    /// Size of one linear-memory slot; no function may ask for more.
+    pub max_memory_mb: u64,
+    pub max_wasm_stack_kb: u64,
+    pub epoch_tick_ms: u64,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            max_instances: DEFAULT_MAX_INSTANCES,
+            max_memory_mb: DEFAULT_MAX_MEMORY_MB,
+            max_wasm_stack_kb: DEFAULT_MAX_WASM_STACK_KB,
+            epoch_tick_ms: DEFAULT_EPOCH_TICK_MS,
+        }
+    }
+}
+
+/// `[functions]`: the settings a function gets unless it says otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FunctionDefaults {
+    pub timeout_ms: u64,
+    pub memory_mb: u64,
+    pub max_concurrency: u32,
+}
+
+impl Default for FunctionDefaults {
+    fn default() -> Self {
+        Self {
+            timeout_ms: DEFAULT_TIMEOUT_MS,
+            memory_mb: DEFAULT_MEMORY_MB,
+            max_concurrency: DEFAULT_MAX_CONCURRENCY,
+        }
+    }
+}
+
+/// A configuration that cannot be used, with the key it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+impl Config {
+    /// Parses a TOML document strictly (unknown keys are errors).
+    pub fn from_toml(text: &str, origin: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Reads and parses a configuration file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Checks every section; called before the socket is bound.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.server.validate()?;
+        self.runtime.validate()?;
+        self.functions.validate(&self.runtime)?;
+        Ok(())
+    }
+
+    /// A one-screen, human summary printed at start-up.
+    pub fn summary(&self) -> String {
+        let s = &self.server;
+        let r = &self.runtime;
+        let f = &self.functions;
+        format!(
+            "glia {version}\n\
+             \x20 listen            http://{listen} (HTTP/1.1 and h2c)\n\
+             \x20 data dir          {data}\n\
+             \x20 max upload        {upload} MiB\n\
+             \x20 shutdown grace    {grace} ms\n\
+             \x20 instance pool     {inst} instances, {mem} MiB memory slots, {stack} KiB wasm stack\n\
+             \x20 epoch tick        {tick} ms\n\
+             \x20 function defaults timeout {timeout} ms, memory {fmem} MiB, concurrency {conc}\n\
+             \x20 guest capabilities no preopened dirs, empty env, no sockets, outgoing HTTP denied",
+            version = env!("CARGO_PKG_VERSION"),
+            listen = s.listen,
+            data = s.data_dir.display(),
+            upload = s.max_upload_mb,
+            grace = s.shutdown_grace_ms,
+            inst = r.max_instances,
+            mem = r.max_memory_mb,
+            stack = r.max_wasm_stack_kb,
+            tick = r.epoch_tick_ms,
+            timeout = f.timeout_ms,
+            fmem = f.memory_mb,
+            conc = f.max_concurrency,
+        )
+    }
+}
+
+impl ServerConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_upload_mb == 0 || self.max_upload_mb > 1024 {
+            return Err(invalid("server.max_upload_mb", "must be 1..=1024"));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("server.data_dir", "must not be empty"));
+        }
+        Ok(())
+    }
+
+    /// Largest accepted upload in bytes.
+    pub fn max_upload_bytes(&self) -> u64 {
+        self.max_upload_mb.saturating_mul(1024 * 1024)
+    }
+}
+
+impl RuntimeConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_instances == 0 || self.max_instances > 100_000 {
+            return Err(invalid("runtime.max_instances", "must be 1..=100000"));
+        }
+        if self.max_memory_mb == 0 || self.max_memory_mb > 4096 {
+            return Err(invalid("runtime.max_memory_mb", "must be 1..=4096"));
+        }
+        if !(64..=64 * 1024).contains(&self.max_wasm_stack_kb) {
+            return Err(invalid("runtime.max_wasm_stack_kb", "must be 64..=65536"));
+        }
+        if !(1..=1000).contains(&self.epoch_tick_ms) {
+            return Err(invalid("runtime.epoch_tick_ms", "must be 1..=1000"));
+        }
+        Ok(())
+    }
+}
+
+impl FunctionDefaults {
+    fn validate(&self, runtime: &RuntimeConfig) -> Result<(), ConfigError> {
+        crate::registry::Settings::from(self.clone())
+            .validate(runtime)
+            .map_err(|reason| invalid("functions", reason))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repository_platform_toml_matches_the_named_defaults() {
+        let text = include_str!("../../platform.toml");
+        let parsed = Config::from_toml(text, Path::new("platform.toml")).expect("parses");
+        assert_eq!(parsed, Config::default());
+        parsed.validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let err = Config::from_toml("[server]\nlisten_on = \"x\"\n", Path::new("t.toml"))
+            .expect_err("unknown key");
+        assert!(err.to_string().contains("listen_on"), "{err}");
+        let err = Config::from_toml("[nope]\n", Path::new("t.toml")).expect_err("unknown table");
+        assert!(err.to_string().contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_name_their_key() {
+        let mut c = Config::default();
+        c.functions.memory_mb = c.runtime.max_memory_mb + 1;
+        let err = c.validate().expect_err("memory above the pool slot");
+        assert!(err.to_string().contains("memory_mb"), "{err}");
+        let mut c = Config::default();
+        c.runtime.epoch_tick_ms = 0;
+        assert!(c.validate().is_err());
+    }
+}

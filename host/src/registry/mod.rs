@@ -1,0 +1,369 @@
+//! Functions: upload validation, ahead-of-time compilation, content-addressed
+//! storage, immutable versions and per-function settings.
+//!
+//! The registry keeps an in-memory index of every function so that resolving
+//! a call (`name[@version]` → digest and settings) never touches the database;
+//! writes go to the metadata store first and then to the index.
+
+mod settings;
+mod store;
+mod validate;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use sha2::{Digest, Sha256};
+
+use crate::config::RuntimeConfig;
+use crate::runtime::{LoadError, Runtime};
+
+pub use settings::{Settings, SettingsOverrides, SettingsPatch};
+pub use store::{
+    BlobStore, FsBlobStore, FunctionRecord, MetadataStore, NewVersion, SqliteStore, StoreError,
+    VersionRecord, now_ms,
+};
+pub use validate::{MAX_NAME_LEN, UploadError, check_component, check_name};
+
+/// Registry failures, each mapped to one API error.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error(transparent)]
+    Upload(#[from] UploadError),
+    #[error("invalid settings: {0}")]
+    Settings(String),
+    #[error("function `{0}` not found")]
+    NotFound(String),
+    #[error("function `{name}` has no version {version}")]
+    VersionNotFound { name: String, version: u32 },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// What an upload produced.
+#[derive(Debug, Clone)]
+pub struct Deployed {
+    pub function: Arc<FunctionRecord>,
+    pub version: VersionRecord,
+    /// `false` when the upload was identical to the latest version, which is
+    /// then returned unchanged.
+    pub created: bool,
+    /// Whether this upload compiled (false when an identical component had
+    /// already been compiled by this engine).
+    pub compiled: bool,
+}
+
+/// A call target: one version and the settings to run it with.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub name: String,
+    pub version: VersionRecord,
+    pub settings: Settings,
+}
+
+/// Counters for tests and operators.
+#[derive(Debug, Default)]
+pub struct RegistryStats {
+    /// Components compiled by this process.
+    pub compiles: AtomicU64,
+    /// Artifacts loaded from disk by this process.
+    pub loads: AtomicU64,
+}
+
+/// Functions and their versions.
+pub struct Registry {
+    meta: Arc<dyn MetadataStore>,
+    blobs: Arc<dyn BlobStore>,
+    runtime: Arc<Runtime>,
+    defaults: Settings,
+    limits: RuntimeConfig,
+    index: DashMap<String, Arc<FunctionRecord>>,
+    stats: RegistryStats,
+}
+
+impl Registry {
+    /// Opens the registry over its stores and loads the index.
+    pub fn open(
+        meta: Arc<dyn MetadataStore>,
+        blobs: Arc<dyn BlobStore>,
+        runtime: Arc<Runtime>,
+        defaults: Settings,
+        limits: RuntimeConfig,
+    ) -> Result<Self, RegistryError> {
+        let index = DashMap::new();
+        for record in meta.load_all()? {
+            index.insert(record.name.clone(), Arc::new(record));
+        }
+        Ok(Self {
+            meta,
+            blobs,
+            runtime,
+            defaults,
+            limits,
+            index,
+            stats: RegistryStats::default(),
+        })
+    }
+
+    pub fn stats(&self) -> &RegistryStats {
+        &self.stats
+    }
+
+    pub fn metadata(&self) -> &Arc<dyn MetadataStore> {
+        &self.meta
+    }
+
+    /// The platform's default settings.
+    pub fn defaults(&self) -> &Settings {
+        &self.defaults
+    }
+
+    /// Effective settings of a function.
+    pub fn settings_of(&self, record: &FunctionRecord) -> Settings {
+        record.overrides.resolve(&self.defaults)
+    }
+
+    /// Every function, sorted by name.
+    pub fn list(&self) -> Vec<Arc<FunctionRecord>> {
+        let mut all: Vec<_> = self.index.iter().map(|e| e.value().clone()).collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<FunctionRecord>> {
+        self.index.get(name).map(|e| e.value().clone())
+    }
+
+    /// Resolves `name` and an optional pinned version to a call target.
+    pub fn resolve(&self, name: &str, version: Option<u32>) -> Result<Resolved, RegistryError> {
+        let record = self
+            .get(name)
+            .ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
+        let found = match version {
+            Some(v) => record.version(v),
+            None => record.latest(),
+        };
+        let version = found.cloned().ok_or(RegistryError::VersionNotFound {
+            name: name.to_string(),
+            version: version.unwrap_or(0),
+        })?;
+        Ok(Resolved {
+            name: record.name.clone(),
+            version,
+            settings: self.settings_of(&record),
+        })
+    }
+
+    fn checked_overrides(
+        &self,
+        base: SettingsOverrides,
+        patch: &SettingsPatch,
+    ) -> Result<SettingsOverrides, RegistryError> {
+        let mut overrides = base;
+        overrides.apply(patch);
+        overrides
+            .resolve(&self.defaults)
+            .validate(&self.limits)
+            .map_err(RegistryError::Settings)?;
+        Ok(overrides)
+    }
+
+    /// Validates, compiles (unless this engine already compiled the same
+    /// bytes) and records a new version of `name`.
+    pub async fn deploy(
+        &self,
+        name: &str,
+        bytes: Bytes,
+        patch: SettingsPatch,
+    ) -> Result<Deployed, RegistryError> {
+        check_name(name)?;
+        let existing = self.get(name);
+        let base = existing.as_ref().map(|r| r.overrides).unwrap_or_default();
+        let overrides = self.checked_overrides(base, &patch)?;
+
+        let (digest, compiled, compile_ms) = {
+            let blobs = self.blobs.clone();
+            let runtime = self.runtime.clone();
+            let bytes = bytes.clone();
+            blocking(move || prepare(&runtime, blobs.as_ref(), &bytes)).await??
+        };
+        if compiled {
+            self.stats.compiles.fetch_add(1, Ordering::Relaxed);
+        }
+
+        // Re-uploading the latest version's bytes changes nothing but settings.
+        if let Some(record) = existing.as_ref()
+            && let Some(latest) = record.latest().filter(|v| v.digest == digest)
+        {
+            let latest = latest.clone();
+            let function = if overrides != record.overrides {
+                self.store_overrides(name, overrides).await?
+            } else {
+                record.clone()
+            };
+            return Ok(Deployed {
+                function,
+                version: latest,
+                created: false,
+                compiled,
+            });
+        }
+
+        let meta = self.meta.clone();
+        let size_bytes = bytes.len() as u64;
+        let owned_name = name.to_string();
+        let digest_for_store = digest.clone();
+        let record = blocking(move || {
+            meta.add_version(
+                &owned_name,
+                &overrides,
+                NewVersion {
+                    digest: &digest_for_store,
+                    size_bytes,
+                    compile_ms,
+                },
+            )
+        })
+        .await??;
+        let record = Arc::new(record);
+        self.index.insert(name.to_string(), record.clone());
+        let version = record
+            .latest()
+            .cloned()
+            .ok_or_else(|| RegistryError::Internal("version not recorded".into()))?;
+        tracing::info!(
+            function = name,
+            version = version.version,
+            digest = %digest,
+            size_bytes,
+            compile_ms,
+            compiled,
+            "deployed"
+        );
+        Ok(Deployed {
+            function: record,
+            version,
+            created: true,
+            compiled,
+        })
+    }
+
+    /// Changes a function's settings without a new upload.
+    pub async fn update_settings(
+        &self,
+        name: &str,
+        patch: &SettingsPatch,
+    ) -> Result<Arc<FunctionRecord>, RegistryError> {
+        let record = self
+            .get(name)
+            .ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
+        let overrides = self.checked_overrides(record.overrides, patch)?;
+        self.store_overrides(name, overrides).await
+    }
+
+    async fn store_overrides(
+        &self,
+        name: &str,
+        overrides: SettingsOverrides,
+    ) -> Result<Arc<FunctionRecord>, RegistryError> {
+        let meta = self.meta.clone();
+        let owned = name.to_string();
+        let record = blocking(move || meta.set_overrides(&owned, &overrides))
+            .await??
+            .ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
+        let record = Arc::new(record);
+        self.index.insert(name.to_string(), record.clone());
+        Ok(record)
+    }
+
+    /// Deletes a function and all its versions. Sources and artifacts stay,
+    /// since other functions may share them.
+    pub async fn delete(&self, name: &str) -> Result<Arc<FunctionRecord>, RegistryError> {
+        let record = self
+            .get(name)
+            .ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
+        let meta = self.meta.clone();
+        let owned = name.to_string();
+        blocking(move || meta.delete_function(&owned)).await??;
+        self.index.remove(name);
+        tracing::info!(function = name, "deleted");
+        Ok(record)
+    }
+
+    /// Loads the compiled artifact for `digest`, recompiling from the stored
+    /// source only if this engine has no artifact for it (e.g. after an
+    /// engine upgrade). Blocking.
+    pub fn load(&self, digest: &str) -> Result<crate::runtime::FunctionPre, RegistryError> {
+        let path = match self.blobs.artifact_path(digest) {
+            Some(path) => path,
+            None => self.recompile(digest)?,
+        };
+        let started = Instant::now();
+        let pre = self.runtime.load(&path).map_err(link_error)?;
+        self.stats.loads.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(digest, load_us = started.elapsed().as_micros() as u64, "artifact loaded");
+        Ok(pre)
+    }
+
+    fn recompile(&self, digest: &str) -> Result<PathBuf, RegistryError> {
+        let source = self.blobs.read_source(digest)?;
+        let started = Instant::now();
+        let artifact = self
+            .runtime
+            .precompile(&source)
+            .map_err(|e| RegistryError::Internal(format!("recompiling {digest}: {e}")))?;
+        self.stats.compiles.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            digest,
+            compile_ms = started.elapsed().as_millis() as u64,
+            "recompiled: no artifact for this engine"
+        );
+        Ok(self.blobs.put_artifact(digest, &artifact)?)
+    }
+}
+
+/// Validation, hashing and compilation of an upload; blocking.
+/// Returns the digest, whether it compiled, and the compile time.
+fn prepare(
+    runtime: &Runtime,
+    blobs: &dyn BlobStore,
+    bytes: &[u8],
+) -> Result<(String, bool, u64), RegistryError> {
+    check_component(bytes)?;
+    let digest = hex::encode(Sha256::digest(bytes));
+    if let Some(path) = blobs.artifact_path(&digest) {
+        // Already compiled by this engine; make sure it still links.
+        runtime.load(&path).map_err(link_error)?;
+        return Ok((digest, false, 0));
+    }
+    let started = Instant::now();
+    let artifact = runtime
+        .precompile(bytes)
+        .map_err(UploadError::Invalid)?;
+    let compile_ms = started.elapsed().as_millis() as u64;
+    blobs.put_source(&digest, bytes)?;
+    let path = blobs.put_artifact(&digest, &artifact)?;
+    runtime.load(&path).map_err(link_error)?;
+    Ok((digest, true, compile_ms))
+}
+
+fn link_error(e: LoadError) -> RegistryError {
+    match e {
+        LoadError::Link(m) => RegistryError::Upload(UploadError::UnsatisfiedImports(vec![m])),
+        LoadError::Deserialize(m) => RegistryError::Internal(m),
+    }
+}
+
+/// Runs blocking work (SQLite, file I/O, compilation) off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, RegistryError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| RegistryError::Internal(format!("blocking task: {e}")))
+}

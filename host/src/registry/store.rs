@@ -1,0 +1,396 @@
+//! Where the registry keeps things: metadata (functions, versions, settings)
+//! and content-addressed blobs (sources and compiled artifacts).
+//!
+//! Both sit behind traits so a cluster deployment can put metadata in
+//! PostgreSQL and blobs in an object store without touching the request path;
+//! the embedded default is SQLite (bundled, WAL) and the local filesystem.
+//! The traits are synchronous: callers run them on the blocking pool.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+use super::settings::SettingsOverrides;
+
+/// A storage failure; never caused by client input.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("metadata store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("metadata store: corrupt settings for `{name}`: {source}")]
+    CorruptSettings {
+        name: String,
+        source: serde_json::Error,
+    },
+    #[error("blob store: {context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    #[error("metadata store: lock poisoned")]
+    Poisoned,
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
+    let context = context.into();
+    move |source| StoreError::Io { context, source }
+}
+
+/// One immutable version of a function.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VersionRecord {
+    pub version: u32,
+    /// Hex sha256 of the component bytes.
+    pub digest: String,
+    pub size_bytes: u64,
+    /// Time spent compiling at upload; 0 when an identical component was
+    /// already compiled.
+    pub compile_ms: u64,
+    pub created_at_ms: i64,
+}
+
+/// A function and all its versions, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionRecord {
+    pub name: String,
+    pub overrides: SettingsOverrides,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub versions: Vec<VersionRecord>,
+}
+
+impl FunctionRecord {
+    /// The newest version.
+    pub fn latest(&self) -> Option<&VersionRecord> {
+        self.versions.last()
+    }
+
+    /// A specific version.
+    pub fn version(&self, version: u32) -> Option<&VersionRecord> {
+        self.versions.iter().find(|v| v.version == version)
+    }
+}
+
+/// A new version to record.
+#[derive(Debug, Clone)]
+pub struct NewVersion<'a> {
+    pub digest: &'a str,
+    pub size_bytes: u64,
+    pub compile_ms: u64,
+}
+
+/// Function metadata.
+pub trait MetadataStore: Send + Sync {
+    /// Every function with its versions.
+    fn load_all(&self) -> Result<Vec<FunctionRecord>, StoreError>;
+    /// Records a new version (creating the function if needed) with the given
+    /// settings overrides, atomically; returns the function as stored.
+    fn add_version(
+        &self,
+        name: &str,
+        overrides: &SettingsOverrides,
+        version: NewVersion<'_>,
+    ) -> Result<FunctionRecord, StoreError>;
+    /// Replaces a function's overrides; `None` when it does not exist.
+    fn set_overrides(
+        &self,
+        name: &str,
+        overrides: &SettingsOverrides,
+    ) -> Result<Option<FunctionRecord>, StoreError>;
+    /// Deletes a function and its versions; `false` when it did not exist.
+    fn delete_function(&self, name: &str) -> Result<bool, StoreError>;
+    /// A small key/value area for platform state.
+    fn get_meta(&self, key: &str) -> Result<Option<String>, StoreError>;
+    fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError>;
+}
+
+/// Content-addressed blobs: component sources and compiled artifacts.
+pub trait BlobStore: Send + Sync {
+    fn put_source(&self, digest: &str, bytes: &[u8]) -> Result<(), StoreError>;
+    fn read_source(&self, digest: &str) -> Result<Vec<u8>, StoreError>;
+    /// A local file holding the compiled artifact, if there is one for this
+    /// engine.
+    fn artifact_path(&self, digest: &str) -> Option<PathBuf>;
+    fn put_artifact(&self, digest: &str, bytes: &[u8]) -> Result<PathBuf, StoreError>;
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS functions (
+    name       TEXT PRIMARY KEY,
+    settings   TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS versions (
+    function   TEXT NOT NULL REFERENCES functions(name) ON DELETE CASCADE,
+    version    INTEGER NOT NULL,
+    digest     TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    compile_ms INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (function, version)
+);
+";
+
+/// The embedded metadata store: one SQLite file in WAL mode.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
+        self.conn.lock().map_err(|_| StoreError::Poisoned)
+    }
+}
+
+fn read_function(conn: &Connection, name: &str) -> Result<Option<FunctionRecord>, StoreError> {
+    let row = conn
+        .query_row(
+            "SELECT settings, created_at, updated_at FROM functions WHERE name = ?1",
+            [name],
+            |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    let Some((settings, created_at_ms, updated_at_ms)) = row else {
+        return Ok(None);
+    };
+    let overrides =
+        serde_json::from_str(&settings).map_err(|source| StoreError::CorruptSettings {
+            name: name.to_string(),
+            source,
+        })?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT version, digest, size_bytes, compile_ms, created_at
+         FROM versions WHERE function = ?1 ORDER BY version",
+    )?;
+    let versions = stmt
+        .query_map([name], |r| {
+            Ok(VersionRecord {
+                version: r.get(0)?,
+                digest: r.get(1)?,
+                size_bytes: r.get(2)?,
+                compile_ms: r.get(3)?,
+                created_at_ms: r.get(4)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(FunctionRecord {
+        name: name.to_string(),
+        overrides,
+        created_at_ms,
+        updated_at_ms,
+        versions,
+    }))
+}
+
+fn overrides_json(overrides: &SettingsOverrides) -> String {
+    serde_json::to_string(overrides).unwrap_or_else(|_| "{}".to_string())
+}
+
+impl MetadataStore for SqliteStore {
+    fn load_all(&self) -> Result<Vec<FunctionRecord>, StoreError> {
+        let conn = self.conn()?;
+        let names = conn
+            .prepare("SELECT name FROM functions ORDER BY name")?
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        names
+            .iter()
+            .filter_map(|n| read_function(&conn, n).transpose())
+            .collect()
+    }
+
+    fn add_version(
+        &self,
+        name: &str,
+        overrides: &SettingsOverrides,
+        v: NewVersion<'_>,
+    ) -> Result<FunctionRecord, StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        let now = now_ms();
+        tx.execute(
+            "INSERT INTO functions (name, settings, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)
+             ON CONFLICT(name) DO UPDATE SET settings = excluded.settings, updated_at = excluded.updated_at",
+            params![name, overrides_json(overrides), now],
+        )?;
+        tx.execute(
+            "INSERT INTO versions (function, version, digest, size_bytes, compile_ms, created_at)
+             SELECT ?1, COALESCE(MAX(version), 0) + 1, ?2, ?3, ?4, ?5 FROM versions WHERE function = ?1",
+            params![name, v.digest, v.size_bytes, v.compile_ms, now],
+        )?;
+        let record = read_function(&tx, name)?;
+        tx.commit()?;
+        record.ok_or(StoreError::Sqlite(rusqlite::Error::QueryReturnedNoRows))
+    }
+
+    fn set_overrides(
+        &self,
+        name: &str,
+        overrides: &SettingsOverrides,
+    ) -> Result<Option<FunctionRecord>, StoreError> {
+        let conn = self.conn()?;
+        let changed = conn.execute(
+            "UPDATE functions SET settings = ?2, updated_at = ?3 WHERE name = ?1",
+            params![name, overrides_json(overrides), now_ms()],
+        )?;
+        if changed == 0 {
+            return Ok(None);
+        }
+        read_function(&conn, name)
+    }
+
+    fn delete_function(&self, name: &str) -> Result<bool, StoreError> {
+        let conn = self.conn()?;
+        Ok(conn.execute("DELETE FROM functions WHERE name = ?1", [name])? > 0)
+    }
+
+    fn get_meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let conn = self.conn()?;
+        Ok(conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        let conn = self.conn()?;
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [key, value],
+        )?;
+        Ok(())
+    }
+}
+
+/// Blobs on the local filesystem:
+/// `sources/sha256/<digest>.wasm` and `artifacts/<engine>/<digest>.cwasm`,
+/// where `<engine>` is the engine's compatibility hash, so a wasmtime upgrade
+/// or a different compiler configuration never loads a stale artifact.
+pub struct FsBlobStore {
+    sources: PathBuf,
+    artifacts: PathBuf,
+}
+
+impl FsBlobStore {
+    pub fn open(root: &Path, engine_hash: &str) -> Result<Self, StoreError> {
+        let sources = root.join("sources").join("sha256");
+        let artifacts = root.join("artifacts").join(engine_hash);
+        for dir in [&sources, &artifacts] {
+            std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        }
+        Ok(Self { sources, artifacts })
+    }
+
+    fn source_file(&self, digest: &str) -> PathBuf {
+        self.sources.join(format!("{digest}.wasm"))
+    }
+
+    fn artifact_file(&self, digest: &str) -> PathBuf {
+        self.artifacts.join(format!("{digest}.cwasm"))
+    }
+}
+
+/// Writes `bytes` to `path` atomically (temporary file, fsync, rename).
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    use std::io::Write;
+    let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::now_v7().simple()));
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(io_err(format!("writing {}", path.display())))
+}
+
+impl BlobStore for FsBlobStore {
+    fn put_source(&self, digest: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        let path = self.source_file(digest);
+        if path.exists() {
+            return Ok(());
+        }
+        write_atomic(&path, bytes)
+    }
+
+    fn read_source(&self, digest: &str) -> Result<Vec<u8>, StoreError> {
+        let path = self.source_file(digest);
+        std::fs::read(&path).map_err(io_err(format!("reading {}", path.display())))
+    }
+
+    fn artifact_path(&self, digest: &str) -> Option<PathBuf> {
+        let path = self.artifact_file(digest);
+        path.is_file().then_some(path)
+    }
+
+    fn put_artifact(&self, digest: &str, bytes: &[u8]) -> Result<PathBuf, StoreError> {
+        let path = self.artifact_file(digest);
+        write_atomic(&path, bytes)?;
+        Ok(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_count_up_and_survive_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("glia.db");
+        let store = SqliteStore::open(&db).expect("open");
+        let o = SettingsOverrides {
+            timeout_ms: Some(5),
+            ..Default::default()
+        };
+        let v = |d| NewVersion {
+            digest: d,
+            size_bytes: 3,
+            compile_ms: 1,
+        };
+        store.add_version("f", &o, v("aa")).expect("v1");
+        let rec = store.add_version("f", &o, v("bb")).expect("v2");
+        assert_eq!(rec.versions.len(), 2);
+        assert_eq!(rec.latest().map(|v| v.version), Some(2));
+        drop(store);
+        let store = SqliteStore::open(&db).expect("reopen");
+        let all = store.load_all().expect("load");
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].overrides, o);
+        assert!(store.delete_function("f").expect("delete"));
+        assert!(store.load_all().expect("load").is_empty());
+        let rec = store.add_version("f", &o, v("cc")).expect("v1 again");
+        assert_eq!(rec.latest().map(|v| v.version), Some(1));
+    }
+}

@@ -1,0 +1,352 @@
+//! The wasmtime side of glia: one `Engine` (Cranelift, pooling allocator,
+//! epoch interruption with a single ticker thread), one `Linker` with the
+//! platform's interfaces, and the per-invocation `Store`.
+//!
+//! Every invocation gets a fresh `Store` (nothing leaks between calls), a
+//! linear-memory limit, and a wall-clock deadline enforced two ways: the epoch
+//! callback interrupts guest code once the deadline passes (and otherwise
+//! yields to the async runtime every tick, so a spinning guest cannot hog a
+//! worker thread), and a timer stops host-side waits, which epochs cannot
+//! reach.
+
+mod state;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use wasmtime::component::{Component, Linker};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolConcurrencyLimitError,
+    PoolingAllocationConfig, Store, Trap, UpdateDeadline,
+};
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+
+use crate::config::RuntimeConfig;
+pub use state::HostState;
+
+/// Boxed error carried by response bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body of a response produced by a guest (or by the API).
+pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
+/// A deployed function version, linked and ready to instantiate.
+pub type FunctionPre = ProxyPre<HostState>;
+
+const MIB: u64 = 1024 * 1024;
+/// Extra native stack for host frames on top of the largest wasm stack.
+const ASYNC_STACK_HEADROOM: usize = 512 * 1024;
+/// Core instances, memories and tables one component may use, on average, when
+/// sizing the pool from the number of component instances.
+const CORE_INSTANCES_PER_COMPONENT: u32 = 16;
+const MEMORIES_PER_COMPONENT: u32 = 2;
+const TABLES_PER_COMPONENT: u32 = 4;
+
+/// Failures to build the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("creating the wasmtime engine (pooling allocator for {instances} instances of {memory_mb} MiB): {source}")]
+    Engine {
+        instances: u32,
+        memory_mb: u64,
+        source: wasmtime::Error,
+    },
+    #[error("linking the platform interfaces: {0}")]
+    Link(wasmtime::Error),
+    #[error("starting the epoch ticker: {0}")]
+    Ticker(std::io::Error),
+}
+
+/// Why loading a compiled artifact failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("loading compiled artifact: {0}")]
+    Deserialize(String),
+    #[error("{0}")]
+    Link(String),
+}
+
+/// How an invocation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    #[error("the function did not finish within {timeout_ms} ms")]
+    Timeout { timeout_ms: u64 },
+    #[error("the function exceeded its memory limit of {limit_mb} MiB ({trap})")]
+    MemoryLimit { limit_mb: u64, trap: String },
+    #[error("the function trapped: {reason}")]
+    Trap {
+        reason: String,
+        backtrace: Option<String>,
+    },
+    #[error("the function returned without sending a response")]
+    NoResponse,
+    #[error("the function answered with an error: {0:?}")]
+    GuestError(ErrorCode),
+    #[error("the platform is at its instance capacity")]
+    Capacity,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Limits for one invocation.
+#[derive(Debug, Clone, Copy)]
+pub struct InvokeLimits {
+    pub timeout: Duration,
+    pub memory_bytes: u64,
+}
+
+/// The engine, the linker and the epoch ticker.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    compatibility_hash: String,
+    ticker_stop: Arc<AtomicBool>,
+    ticker: Option<JoinHandle<()>>,
+}
+
+impl Runtime {
+    /// Builds the engine with a pooling allocator sized from `cfg`, links the
+    /// platform interfaces, and starts the epoch ticker.
+    pub fn new(cfg: &RuntimeConfig) -> Result<Self, RuntimeError> {
+        let engine = Engine::new(&engine_config(cfg)).map_err(|source| RuntimeError::Engine {
+            instances: cfg.max_instances,
+            memory_mb: cfg.max_memory_mb,
+            source,
+        })?;
+        let mut linker = Linker::<HostState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(RuntimeError::Link)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(RuntimeError::Link)?;
+
+        let compatibility_hash = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            engine.precompile_compatibility_hash().hash(&mut h);
+            format!("{:016x}", h.finish())
+        };
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let ticker = {
+            let engine = engine.weak();
+            let stop = ticker_stop.clone();
+            let tick = Duration::from_millis(cfg.epoch_tick_ms);
+            std::thread::Builder::new()
+                .name("glia-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(tick);
+                        match engine.upgrade() {
+                            Some(engine) => engine.increment_epoch(),
+                            None => break,
+                        }
+                    }
+                })
+                .map_err(RuntimeError::Ticker)?
+        };
+
+        Ok(Self {
+            engine,
+            linker,
+            compatibility_hash,
+            ticker_stop,
+            ticker: Some(ticker),
+        })
+    }
+
+    /// Identifies the compiler configuration; artifacts are stored under it.
+    pub fn compatibility_hash(&self) -> &str {
+        &self.compatibility_hash
+    }
+
+    /// Compiles a component ahead of time (blocking; run it off the async
+    /// workers). Fails on invalid wasm or unsupported features.
+    pub fn precompile(&self, bytes: &[u8]) -> Result<Vec<u8>, String> {
+        self.engine
+            .precompile_component(bytes)
+            .map_err(|e| format!("{e:#}"))
+    }
+
+    /// Loads a compiled artifact that glia itself wrote, and links it.
+    /// Blocking: run it off the async workers.
+    pub fn load(&self, artifact: &Path) -> Result<FunctionPre, LoadError> {
+        #[expect(
+            unsafe_code,
+            reason = "the artifact was produced by this engine's precompile and is stored under its compatibility hash in glia's own data directory"
+        )]
+        let component = unsafe { Component::deserialize_file(&self.engine, artifact) }
+            .map_err(|e| LoadError::Deserialize(format!("{e:#}")))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        ProxyPre::new(pre).map_err(|e| {
+            LoadError::Link(format!(
+                "the component does not export wasi:http/incoming-handler: {e:#}"
+            ))
+        })
+    }
+
+    /// Runs one invocation of `pre` with a fresh store: hands the guest the
+    /// request and returns its response as soon as the guest sets it. The
+    /// body keeps streaming from the guest until it finishes or the deadline
+    /// passes; `guard` is held until then.
+    pub async fn invoke<B, G>(
+        &self,
+        pre: &FunctionPre,
+        limits: InvokeLimits,
+        request: http::Request<B>,
+        guard: G,
+    ) -> Result<http::Response<ResponseBody>, InvokeError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: std::fmt::Display,
+        G: Send + 'static,
+    {
+        let memory_limit = usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX);
+        let mut store = Store::new(&self.engine, HostState::new(memory_limit));
+        store.limiter(|s| &mut s.limits);
+        let deadline = Instant::now() + limits.timeout;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            Ok(if Instant::now() >= deadline {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Yield(1)
+            })
+        });
+
+        let request = request.map(|body| {
+            body.map_err(|e| wasmtime_wasi_http::Error::InternalError(Some(e.to_string())))
+        });
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let (req, out) = {
+            let mut http = store.data_mut().http();
+            let req = http
+                .new_incoming_request(Scheme::Http, request)
+                .map_err(|e| InvokeError::Internal(format!("{e:#}")))?;
+            let out = http
+                .new_response_outparam(sender)
+                .map_err(|e| InvokeError::Internal(format!("{e:#}")))?;
+            (req, out)
+        };
+
+        let pre = pre.clone();
+        let tokio_deadline = tokio::time::Instant::from_std(deadline);
+        let task = tokio::spawn(async move {
+            let _guard = guard;
+            let run = async {
+                let proxy = pre.instantiate_async(&mut store).await?;
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, req, out)
+                    .await
+            };
+            let result = tokio::time::timeout_at(tokio_deadline, run).await;
+            let limits = &store.data().limits;
+            GuestOutcome {
+                result: result.ok(),
+                hit_memory_limit: limits.hit_memory_limit,
+            }
+        });
+
+        let timeout_ms = u64::try_from(limits.timeout.as_millis()).unwrap_or(u64::MAX);
+        let limit_mb = limits.memory_bytes / MIB;
+        match tokio::time::timeout_at(tokio_deadline, receiver).await {
+            Ok(Ok(Ok(response))) => Ok(response.map(|body| {
+                body.map_err(|e| Box::new(e) as BoxError).boxed_unsync()
+            })),
+            Ok(Ok(Err(code))) => Err(InvokeError::GuestError(code)),
+            // The guest dropped its response-outparam: it finished or failed
+            // without answering; its task says which.
+            Ok(Err(_)) => match task.await {
+                Ok(outcome) => Err(outcome.into_error(timeout_ms, limit_mb)),
+                Err(join) => Err(InvokeError::Internal(format!("guest task: {join}"))),
+            },
+            Err(_elapsed) => {
+                task.abort();
+                Err(InvokeError::Timeout { timeout_ms })
+            }
+        }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.ticker.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What the guest task reports when it ends.
+struct GuestOutcome {
+    /// `None` when the deadline stopped it.
+    result: Option<wasmtime::Result<()>>,
+    hit_memory_limit: bool,
+}
+
+impl GuestOutcome {
+    fn into_error(self, timeout_ms: u64, limit_mb: u64) -> InvokeError {
+        let Some(result) = self.result else {
+            return InvokeError::Timeout { timeout_ms };
+        };
+        let Err(error) = result else {
+            return InvokeError::NoResponse;
+        };
+        if error.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
+            return InvokeError::Capacity;
+        }
+        let Some(trap) = error.downcast_ref::<Trap>() else {
+            return InvokeError::Trap {
+                reason: format!("{error:#}"),
+                backtrace: None,
+            };
+        };
+        if *trap == Trap::Interrupt {
+            return InvokeError::Timeout { timeout_ms };
+        }
+        if self.hit_memory_limit {
+            return InvokeError::MemoryLimit {
+                limit_mb,
+                trap: trap.to_string(),
+            };
+        }
+        let reason = match trap {
+            Trap::StackOverflow => "stack overflow (call stack exhausted)".to_string(),
+            other => other.to_string(),
+        };
+        let backtrace = error
+            .downcast_ref::<wasmtime::WasmBacktrace>()
+            .map(|bt| bt.to_string());
+        InvokeError::Trap { reason, backtrace }
+    }
+}
+
+fn engine_config(cfg: &RuntimeConfig) -> Config {
+    let n = cfg.max_instances;
+    let max_stack = usize::try_from(cfg.max_wasm_stack_kb * 1024).unwrap_or(usize::MAX);
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(n)
+        .total_core_instances(n.saturating_mul(CORE_INSTANCES_PER_COMPONENT))
+        .total_memories(n.saturating_mul(MEMORIES_PER_COMPONENT))
+        .total_tables(n.saturating_mul(TABLES_PER_COMPONENT))
+        .total_stacks(n)
+        .max_memories_per_module(2)
+        .max_tables_per_module(2)
+        .max_memory_size(usize::try_from(cfg.max_memory_mb * MIB).unwrap_or(usize::MAX));
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .epoch_interruption(true)
+        .max_wasm_stack(max_stack)
+        .async_stack_size(max_stack + ASYNC_STACK_HEADROOM)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    config
+}
