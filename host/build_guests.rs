@@ -18,11 +18,18 @@ pub const TARGET: &str = "wasm32-wasip2";
 /// `<crate>.wasm` for each of `crates` into `out`. Panics with a readable
 /// message on failure: this runs in a build script.
 pub fn build(workspace: &Path, crates: &[&str], out: &Path) {
-    println!("cargo:rerun-if-changed={}", workspace.join("Cargo.toml").display());
-    println!("cargo:rerun-if-changed={}", workspace.join("Cargo.lock").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        workspace.join("Cargo.toml").display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
+        workspace.join("Cargo.lock").display()
+    );
     for krate in crates {
         println!("cargo:rerun-if-changed={}", workspace.join(krate).display());
     }
+    ensure_target();
     let target_dir = guest_target_dir();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let mut cmd = Command::new(cargo);
@@ -48,7 +55,10 @@ pub fn build(workspace: &Path, crates: &[&str], out: &Path) {
         cmd.env_remove(var);
     }
     let status = cmd.status().unwrap_or_else(|e| {
-        panic!("running cargo to build the guests in {}: {e}", workspace.display())
+        panic!(
+            "running cargo to build the guests in {}: {e}",
+            workspace.display()
+        )
     });
     assert!(
         status.success(),
@@ -64,10 +74,42 @@ pub fn build(workspace: &Path, crates: &[&str], out: &Path) {
             .join("release")
             .join(format!("{name}.wasm"));
         let dest = out.join(format!("{krate}.wasm"));
-        std::fs::copy(&built, &dest).unwrap_or_else(|e| {
-            panic!("copying {} to {}: {e}", built.display(), dest.display())
-        });
+        std::fs::copy(&built, &dest)
+            .unwrap_or_else(|e| panic!("copying {} to {}: {e}", built.display(), dest.display()));
     }
+}
+
+/// Makes sure the toolchain can build for the guest target, adding it with
+/// rustup (the toolchain's own installer) when it is missing.
+fn ensure_target() {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_string());
+    let installed = || {
+        Command::new(&rustc)
+            .args(["--print", "sysroot"])
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .is_some_and(|sysroot| {
+                Path::new(&sysroot)
+                    .join("lib/rustlib")
+                    .join(TARGET)
+                    .join("lib")
+                    .is_dir()
+            })
+    };
+    if installed() {
+        return;
+    }
+    println!("cargo:warning=adding the {TARGET} target with rustup");
+    let added = Command::new("rustup")
+        .args(["target", "add", TARGET])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        added && installed(),
+        "the {TARGET} target is not installed and `rustup target add {TARGET}` failed; \
+         install it, then build again"
+    );
 }
 
 /// `target/wasm` next to the host's target directory, shared by every guest

@@ -15,7 +15,9 @@ use tokio::net::TcpListener;
 
 use crate::api::{App, AppState};
 use crate::config::{Config, ConfigError};
-use crate::registry::{FsBlobStore, Registry, RegistryError, SettingsPatch, SqliteStore, StoreError};
+use crate::registry::{
+    FsBlobStore, Registry, RegistryError, SettingsPatch, SqliteStore, StoreError,
+};
 use crate::runtime::{Runtime, RuntimeError};
 use crate::scheduler::Scheduler;
 
@@ -169,7 +171,10 @@ pub async fn serve(
     tracing::info!("shutting down: waiting for in-flight requests");
     match tokio::time::timeout(grace, graceful.shutdown()).await {
         Ok(()) => tracing::info!("all connections closed"),
-        Err(_) => tracing::warn!(grace_ms = grace.as_millis() as u64, "grace period over; closing remaining connections"),
+        Err(_) => tracing::warn!(
+            grace_ms = grace.as_millis() as u64,
+            "grace period over; closing remaining connections"
+        ),
     }
     Ok(())
 }

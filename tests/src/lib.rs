@@ -1,1 +1,170 @@
-//! End-to-end tests live in `tests/`.
+//! Test harness: starts a real glia server on `127.0.0.1:0` with a temporary
+//! data directory, and gives tests the built guest components and a real
+//! HTTP client.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test harness: failing loudly is the point"
+)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use glia_host::Platform;
+use glia_host::api::AppState;
+use glia_host::config::Config;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The `hostile` fixture: misbehaving routes (`/loop`, `/oom`, `/recurse`,
+/// `/trap`, `/big`, `/sleep`, `/echo`, `/ok`).
+pub const HOSTILE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/fixtures/hostile.wasm"));
+
+/// Fixture crates the build compiled.
+pub const FIXTURES: &str = env!("GLIA_FIXTURES");
+
+/// The built-in `hello` function, as embedded in the binary.
+pub fn hello() -> &'static [u8] {
+    glia_host::builtins::BUILTINS
+        .iter()
+        .find(|b| b.name == "hello")
+        .map(|b| b.wasm)
+        .expect("hello is built in")
+}
+
+/// A configuration suited to tests: small pool, short grace, no built-ins.
+pub fn test_config(data_dir: &Path) -> Config {
+    let mut config = Config::default();
+    config.server.data_dir = data_dir.to_path_buf();
+    config.server.install_builtins = false;
+    config.server.shutdown_grace_ms = 10_000;
+    config.runtime.max_instances = 64;
+    config.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config
+}
+
+/// A running server.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub url: String,
+    pub client: reqwest::Client,
+    pub state: Arc<AppState>,
+    pub data_dir: PathBuf,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+    _temp: Option<Arc<tempfile::TempDir>>,
+}
+
+impl TestServer {
+    /// Starts a server on a fresh temporary data directory.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a server with a tweaked test configuration.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let temp = Arc::new(tempfile::tempdir().expect("tempdir"));
+        let mut config = test_config(temp.path());
+        tweak(&mut config);
+        Self::start_config(config, Some(temp)).await
+    }
+
+    /// Starts a server with exactly `config`.
+    pub async fn start_config(config: Config, temp: Option<Arc<tempfile::TempDir>>) -> Self {
+        let data_dir = config.server.data_dir.clone();
+        let listen = config.server.listen;
+        let platform = Platform::open(config).await.expect("platform opens");
+        let state = platform.state().clone();
+        let listener = tokio::net::TcpListener::bind(listen).await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(platform.serve(listener, async move {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            url: format!("http://{addr}"),
+            client: reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .expect("client"),
+            state,
+            data_dir,
+            shutdown: Some(tx),
+            task: Some(task),
+            _temp: temp,
+        }
+    }
+
+    /// Restarts on the same data directory (a new process would do the same).
+    pub async fn restart(mut self) -> Self {
+        let temp = self._temp.take();
+        let mut config = self.state.config.clone();
+        self.stop_in_place().await;
+        config.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        drop(self);
+        Self::start_config(config, temp).await
+    }
+
+    /// Signals shutdown and waits for the server to drain.
+    pub async fn stop(mut self) {
+        self.stop_in_place().await;
+    }
+
+    /// Signals shutdown without waiting; returns the serve task.
+    pub fn begin_shutdown(&mut self) -> JoinHandle<std::io::Result<()>> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.take().expect("server running")
+    }
+
+    async fn stop_in_place(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("serve task").expect("serve");
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    /// `PUT /v1/functions/{name}?{query}` with `wasm`.
+    pub async fn deploy(&self, name: &str, wasm: &[u8], query: &str) -> reqwest::Response {
+        let mut url = self.url(&format!("/v1/functions/{name}"));
+        if !query.is_empty() {
+            url = format!("{url}?{query}");
+        }
+        self.client
+            .put(url)
+            .header("content-type", "application/wasm")
+            .body(wasm.to_vec())
+            .send()
+            .await
+            .expect("deploy request")
+    }
+
+    /// Deploys and asserts success.
+    pub async fn deploy_ok(&self, name: &str, wasm: &[u8], query: &str) {
+        let response = self.deploy(name, wasm, query).await;
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        assert!(status.is_success(), "deploy {name}: {status} {body}");
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("GET request")
+    }
+}
+
+pub use reqwest;

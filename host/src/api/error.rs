@@ -69,7 +69,12 @@ impl ApiError {
     }
 
     pub fn bad_request(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid-request", "Invalid request").detail(detail)
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-request",
+            "Invalid request",
+        )
+        .detail(detail)
     }
 
     pub fn payload_too_large(limit_bytes: u64) -> Self {
@@ -165,6 +170,12 @@ impl From<UploadError> for ApiError {
             )
             .detail(detail)
             .with("imports", imports),
+            UploadError::MissingHandler(_) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "missing-handler",
+                "No HTTP handler exported",
+            )
+            .detail(detail),
         }
     }
 }
@@ -197,13 +208,11 @@ impl From<InvokeError> for ApiError {
     fn from(e: InvokeError) -> Self {
         let detail = e.to_string();
         match e {
-            InvokeError::Timeout { timeout_ms } => Self::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "timeout",
-                "Function timed out",
-            )
-            .detail(detail)
-            .with("timeout_ms", timeout_ms),
+            InvokeError::Timeout { timeout_ms } => {
+                Self::new(StatusCode::GATEWAY_TIMEOUT, "timeout", "Function timed out")
+                    .detail(detail)
+                    .with("timeout_ms", timeout_ms)
+            }
             InvokeError::MemoryLimit { limit_mb, .. } => Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "memory-limit",
@@ -212,9 +221,13 @@ impl From<InvokeError> for ApiError {
             .detail(detail)
             .with("memory_mb", limit_mb),
             InvokeError::Trap { reason, backtrace } => {
-                let mut e = Self::new(StatusCode::INTERNAL_SERVER_ERROR, "trap", "Function trapped")
-                    .detail(detail)
-                    .with("trap", reason);
+                let mut e = Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "trap",
+                    "Function trapped",
+                )
+                .detail(detail)
+                .with("trap", reason);
                 if let Some(bt) = backtrace {
                     e = e.with("backtrace", bt);
                 }

@@ -173,12 +173,17 @@ where
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::payload_too_large(limit));
     }
-    let limited = Limited::new(req.into_body(), usize::try_from(limit).unwrap_or(usize::MAX));
+    let limited = Limited::new(
+        req.into_body(),
+        usize::try_from(limit).unwrap_or(usize::MAX),
+    );
     match limited.collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             Err(ApiError::payload_too_large(limit))
         }
-        Err(e) => Err(ApiError::bad_request(format!("reading the request body: {e}"))),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "reading the request body: {e}"
+        ))),
     }
 }

@@ -157,9 +157,15 @@ mod tests {
     #[test]
     fn targets() {
         let t = parse_target("/fn/hello/a/b").expect("ok");
-        assert_eq!((t.name, t.version, t.guest_path.as_str()), ("hello", None, "/a/b"));
+        assert_eq!(
+            (t.name, t.version, t.guest_path.as_str()),
+            ("hello", None, "/a/b")
+        );
         let t = parse_target("/fn/hello@3").expect("ok");
-        assert_eq!((t.name, t.version, t.guest_path.as_str()), ("hello", Some(3), "/"));
+        assert_eq!(
+            (t.name, t.version, t.guest_path.as_str()),
+            ("hello", Some(3), "/")
+        );
         let t = parse_target("/fn/hello/").expect("ok");
         assert_eq!(t.guest_path, "/");
         assert!(parse_target("/fn/hello@x/").is_err());

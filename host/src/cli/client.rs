@@ -140,8 +140,8 @@ fn stop_progress(handle: Option<tokio::task::JoinHandle<()>>) {
 }
 
 pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
-    let bytes = std::fs::read(&args.file)
-        .with_context(|| format!("reading {}", args.file.display()))?;
+    let bytes =
+        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
     let name = match args.name {
         Some(n) => n,
         None => args
@@ -182,8 +182,14 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     let version = value.get("version").and_then(Value::as_u64).unwrap_or(0);
     let digest = value.get("digest").and_then(Value::as_str).unwrap_or("");
     let compile_ms = value.get("compile_ms").and_then(Value::as_u64).unwrap_or(0);
-    let created = value.get("created").and_then(Value::as_bool).unwrap_or(true);
-    let compiled = value.get("compiled").and_then(Value::as_bool).unwrap_or(true);
+    let created = value
+        .get("created")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
+    let compiled = value
+        .get("compiled")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
     if created {
         println!("deployed {name} version {version}");
     } else {
@@ -196,7 +202,10 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     } else {
         println!("  compiled artifact reused");
     }
-    println!("  call it  curl {}", args.server.endpoint(&format!("/fn/{name}/")));
+    println!(
+        "  call it  curl {}",
+        args.server.endpoint(&format!("/fn/{name}/"))
+    );
     Ok(())
 }
 
@@ -252,8 +261,7 @@ pub async fn invoke(args: InvokeArgs) -> anyhow::Result<()> {
         (Some(d), _) => Some(d.clone().into_bytes()),
         (None, Some(path)) if path.as_os_str() == "-" => {
             let mut buf = Vec::new();
-            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
-                .context("reading stdin")?;
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).context("reading stdin")?;
             Some(buf)
         }
         (None, Some(path)) => {
@@ -325,7 +333,10 @@ pub async fn invoke(args: InvokeArgs) -> anyhow::Result<()> {
 
 pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
     let response = http()?
-        .delete(args.server.endpoint(&format!("/v1/functions/{}", args.name)))
+        .delete(
+            args.server
+                .endpoint(&format!("/v1/functions/{}", args.name)),
+        )
         .send()
         .await
         .context("contacting the server")?;

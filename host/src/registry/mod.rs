@@ -306,7 +306,11 @@ impl Registry {
         let started = Instant::now();
         let pre = self.runtime.load(&path).map_err(link_error)?;
         self.stats.loads.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(digest, load_us = started.elapsed().as_micros() as u64, "artifact loaded");
+        tracing::debug!(
+            digest,
+            load_us = started.elapsed().as_micros() as u64,
+            "artifact loaded"
+        );
         Ok(pre)
     }
 
@@ -342,9 +346,7 @@ fn prepare(
         return Ok((digest, false, 0));
     }
     let started = Instant::now();
-    let artifact = runtime
-        .precompile(bytes)
-        .map_err(UploadError::Invalid)?;
+    let artifact = runtime.precompile(bytes).map_err(UploadError::Invalid)?;
     let compile_ms = started.elapsed().as_millis() as u64;
     blobs.put_source(&digest, bytes)?;
     let path = blobs.put_artifact(&digest, &artifact)?;
@@ -355,6 +357,7 @@ fn prepare(
 fn link_error(e: LoadError) -> RegistryError {
     match e {
         LoadError::Link(m) => RegistryError::Upload(UploadError::UnsatisfiedImports(vec![m])),
+        LoadError::Export(m) => RegistryError::Upload(UploadError::MissingHandler(m)),
         LoadError::Deserialize(m) => RegistryError::Internal(m),
     }
 }

@@ -39,6 +39,10 @@ pub enum UploadError {
     Invalid(String),
     #[error("the component imports what the platform does not provide: {}", .0.join(", "))]
     UnsatisfiedImports(Vec<String>),
+    #[error(
+        "the component does not export `wasi:http/incoming-handler@0.2.x`: build it for the wasi:http proxy world ({0})"
+    )]
+    MissingHandler(String),
 }
 
 /// Checks a function or model name: `[a-z0-9][a-z0-9-]{0,62}`.
@@ -111,9 +115,7 @@ fn is_provided(import: &str) -> bool {
     else {
         return false;
     };
-    patch
-        .parse::<u64>()
-        .is_ok_and(|p| p <= PROVIDED_WASI_PATCH)
+    patch.parse::<u64>().is_ok_and(|p| p <= PROVIDED_WASI_PATCH)
 }
 
 #[cfg(test)]

@@ -22,8 +22,8 @@ use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolConcurrencyLimitError,
-    PoolingAllocationConfig, Store, Trap, UpdateDeadline,
+    Config, Engine, InstanceAllocationStrategy, PoolConcurrencyLimitError, PoolingAllocationConfig,
+    Store, Trap, UpdateDeadline,
 };
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -51,7 +51,9 @@ const TABLES_PER_COMPONENT: u32 = 4;
 /// Failures to build the engine.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    #[error("creating the wasmtime engine (pooling allocator for {instances} instances of {memory_mb} MiB): {source}")]
+    #[error(
+        "creating the wasmtime engine (pooling allocator for {instances} instances of {memory_mb} MiB): {source}"
+    )]
     Engine {
         instances: u32,
         memory_mb: u64,
@@ -70,6 +72,8 @@ pub enum LoadError {
     Deserialize(String),
     #[error("{0}")]
     Link(String),
+    #[error("the component does not export wasi:http/incoming-handler: {0}")]
+    Export(String),
 }
 
 /// How an invocation failed.
@@ -185,11 +189,7 @@ impl Runtime {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Link(format!("{e:#}")))?;
-        ProxyPre::new(pre).map_err(|e| {
-            LoadError::Link(format!(
-                "the component does not export wasi:http/incoming-handler: {e:#}"
-            ))
-        })
+        ProxyPre::new(pre).map_err(|e| LoadError::Export(format!("{e:#}")))
     }
 
     /// Runs one invocation of `pre` with a fresh store: hands the guest the
@@ -258,9 +258,9 @@ impl Runtime {
         let timeout_ms = u64::try_from(limits.timeout.as_millis()).unwrap_or(u64::MAX);
         let limit_mb = limits.memory_bytes / MIB;
         match tokio::time::timeout_at(tokio_deadline, receiver).await {
-            Ok(Ok(Ok(response))) => Ok(response.map(|body| {
-                body.map_err(|e| Box::new(e) as BoxError).boxed_unsync()
-            })),
+            Ok(Ok(Ok(response))) => {
+                Ok(response.map(|body| body.map_err(|e| Box::new(e) as BoxError).boxed_unsync()))
+            }
             Ok(Ok(Err(code))) => Err(InvokeError::GuestError(code)),
             // The guest dropped its response-outparam: it finished or failed
             // without answering; its task says which.

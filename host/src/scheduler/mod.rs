@@ -55,10 +55,13 @@ impl Scheduler {
         wait: Duration,
     ) -> Result<OwnedSemaphorePermit, Overloaded> {
         let semaphore = {
-            let mut gate = self.gates.entry(function.to_string()).or_insert_with(|| Gate {
-                limit,
-                semaphore: Arc::new(Semaphore::new(limit as usize)),
-            });
+            let mut gate = self
+                .gates
+                .entry(function.to_string())
+                .or_insert_with(|| Gate {
+                    limit,
+                    semaphore: Arc::new(Semaphore::new(limit as usize)),
+                });
             if gate.limit != limit {
                 *gate = Gate {
                     limit,

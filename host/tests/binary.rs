@@ -1,0 +1,165 @@
+//! The `glia` binary as a user runs it: `glia serve` on a fresh data
+//! directory, the client commands against it, and SIGTERM.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly"
+)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const GLIA: &str = env!("CARGO_BIN_EXE_glia");
+
+/// A `glia serve` child process and its URL.
+struct Served {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(data_dir: &Path) -> Served {
+    let mut child = Command::new(GLIA)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env("GLIA_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn glia serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let mut seen = Vec::new();
+    let url = loop {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("glia serve exited before it was ready: {seen:?}"))
+            .expect("read stderr");
+        if let Some(rest) = line.strip_prefix("ready on ") {
+            break rest.split_whitespace().next().expect("url").to_string();
+        }
+        seen.push(line);
+    };
+    // Keep draining stderr so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    Served { child, url }
+}
+
+fn glia(args: &[&str], url: &str) -> Output {
+    Command::new(GLIA)
+        .args(args)
+        .args(["--url", url])
+        .output()
+        .expect("run glia")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn serve_deploy_invoke_list_delete_and_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut served = serve(&dir.path().join("data"));
+    let url = served.url.clone();
+
+    // The built-in hello answers on a fresh data directory.
+    let out = glia(&["invoke", "hello", "/first?name=Ada"], &url);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout(&out).contains("\"greeting\":\"Hello, Ada!\""), "{out:?}");
+
+    // Deploy a component file under a new name with a setting.
+    let wasm = dir.path().join("greeter.wasm");
+    std::fs::write(&wasm, glia_host::builtins::BUILTINS[0].wasm).unwrap();
+    let out = glia(
+        &["deploy", wasm.to_str().unwrap(), "--timeout-ms", "5000"],
+        &url,
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout(&out).contains("deployed greeter version 1"), "{out:?}");
+
+    let out = glia(&["list"], &url);
+    assert!(out.status.success(), "{out:?}");
+    let listing = stdout(&out);
+    assert!(listing.contains("greeter"), "{listing}");
+    assert!(listing.contains("5000ms"), "{listing}");
+    assert!(listing.contains("hello"), "{listing}");
+
+    let out = glia(
+        &["invoke", "greeter@1", "/cli", "-d", "payload", "--json"],
+        &url,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["status"], 200);
+    let body: serde_json::Value = serde_json::from_str(v["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["method"], "POST");
+    assert_eq!(body["body"], "payload");
+    assert_eq!(v["invocation_id"].as_str().map(str::len), Some(32));
+
+    let out = glia(&["invoke", "ghost"], &url);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("404"), "{out:?}");
+
+    let out = glia(&["delete", "greeter"], &url);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout(&out).contains("deleted greeter"));
+
+    // A bad upload is reported readably.
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"\0asm\x01\0\0\0").unwrap();
+    let out = glia(&["deploy", junk.to_str().unwrap()], &url);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("core module"),
+        "{out:?}"
+    );
+
+    // SIGTERM: a clean, prompt exit.
+    let pid = served.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let started = Instant::now();
+    loop {
+        if let Some(status) = served.child.try_wait().unwrap() {
+            assert!(status.success(), "exit status {status}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "no exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn bad_configuration_fails_before_listening() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("platform.toml");
+    std::fs::write(&config, "[server]\nlisten_on = \"127.0.0.1:1\"\n").unwrap();
+    let out = Command::new(GLIA)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("listen_on"), "{err}");
+
+    std::fs::write(&config, "[functions]\nmemory_mb = 100000\n").unwrap();
+    let out = Command::new(GLIA)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("memory_mb"), "{err}");
+}
