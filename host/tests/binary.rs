@@ -76,7 +76,10 @@ fn serve_deploy_invoke_list_delete_and_sigterm() {
     // The built-in hello answers on a fresh data directory.
     let out = glia(&["invoke", "hello", "/first?name=Ada"], &url);
     assert!(out.status.success(), "{out:?}");
-    assert!(stdout(&out).contains("\"greeting\":\"Hello, Ada!\""), "{out:?}");
+    assert!(
+        stdout(&out).contains("\"greeting\":\"Hello, Ada!\""),
+        "{out:?}"
+    );
 
     // Deploy a component file under a new name with a setting.
     let wasm = dir.path().join("greeter.wasm");
@@ -86,7 +89,10 @@ fn serve_deploy_invoke_list_delete_and_sigterm() {
         &url,
     );
     assert!(out.status.success(), "{out:?}");
-    assert!(stdout(&out).contains("deployed greeter version 1"), "{out:?}");
+    assert!(
+        stdout(&out).contains("deployed greeter version 1"),
+        "{out:?}"
+    );
 
     let out = glia(&["list"], &url);
     assert!(out.status.success(), "{out:?}");
@@ -109,7 +115,10 @@ fn serve_deploy_invoke_list_delete_and_sigterm() {
 
     let out = glia(&["invoke", "ghost"], &url);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("404"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("404"),
+        "{out:?}"
+    );
 
     let out = glia(&["delete", "greeter"], &url);
     assert!(out.status.success(), "{out:?}");
@@ -127,14 +136,23 @@ fn serve_deploy_invoke_list_delete_and_sigterm() {
 
     // SIGTERM: a clean, prompt exit.
     let pid = served.child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     let started = Instant::now();
     loop {
         if let Some(status) = served.child.try_wait().unwrap() {
             assert!(status.success(), "exit status {status}");
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "no exit after SIGTERM");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no exit after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

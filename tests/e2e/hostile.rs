@@ -140,3 +140,28 @@ async fn sixty_four_mib_response_streams_intact() {
     .await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn no_ambient_authority() {
+    let server = TestServer::start().await;
+    server.deploy_ok("hostile", HOSTILE, "").await;
+    let report = server
+        .get("/fn/hostile/ambient")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(report.contains("env=0\n"), "{report}");
+    assert!(report.contains("preopens=0\n"), "{report}");
+    assert!(report.contains("fs=denied"), "{report}");
+    assert!(report.contains("tcp=denied"), "{report}");
+
+    let outbound = server
+        .get("/fn/hostile/outbound")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(outbound, "error ErrorCode::HttpRequestDenied");
+    server.stop().await;
+}

@@ -350,3 +350,32 @@ fn engine_config(cfg: &RuntimeConfig) -> Config {
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     config
 }
+
+#[cfg(test)]
+mod tests {
+    /// The world in `wit/` is the standard proxy world plus wasi:nn, and
+    /// nothing glia-specific.
+    #[test]
+    fn wit_world_is_proxy_plus_wasi_nn() {
+        let mut resolve = wit_parser::Resolve::default();
+        let (pkg, _) = resolve
+            .push_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../wit"))
+            .expect("wit/ parses");
+        let world = resolve
+            .select_world(&[pkg], Some("glia:platform/model-function"))
+            .expect("world exists");
+        let name = |key: &wit_parser::WorldKey| resolve.name_world_key(key);
+        let w = &resolve.worlds[world];
+        let imports: Vec<String> = w.imports.keys().map(name).collect();
+        let exports: Vec<String> = w.exports.keys().map(name).collect();
+        assert_eq!(exports, ["wasi:http/incoming-handler@0.2.12"]);
+        for nn in ["tensor", "graph", "inference", "errors"] {
+            let want = format!("wasi:nn/{nn}@0.2.0-rc-2024-10-28");
+            assert!(imports.contains(&want), "missing {want}: {imports:?}");
+        }
+        for i in &imports {
+            assert!(i.starts_with("wasi:"), "non-standard import {i}");
+        }
+        assert!(imports.contains(&"wasi:http/outgoing-handler@0.2.12".to_string()));
+    }
+}
