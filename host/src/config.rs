@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::registry::Settings;
+
 /// Default address the server listens on.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080));
 /// Default data directory (metadata, sources and compiled artifacts).
@@ -27,12 +29,12 @@ pub const DEFAULT_MAX_MEMORY_MB: u64 = 512;
 pub const DEFAULT_MAX_WASM_STACK_KB: u64 = 1024;
 /// Default epoch tick: the granularity of timeouts and of guest yields.
 pub const DEFAULT_EPOCH_TICK_MS: u64 = 10;
-/// Default per-invocation wall-clock limit.
-pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
-/// Default linear-memory limit per invocation.
-pub const DEFAULT_MEMORY_MB: u64 = 128;
-/// Default number of concurrent invocations of one function.
-pub const DEFAULT_MAX_CONCURRENCY: u32 = 64;
+/// Default limit on invocations running at once across all functions.
+pub const DEFAULT_MAX_IN_FLIGHT: u32 = 1000;
+/// Default bound on calls waiting for one function.
+pub const DEFAULT_MAX_QUEUE: u32 = 1024;
+/// Default interval of the idle reaper.
+pub const DEFAULT_REAP_INTERVAL_MS: u64 = 1000;
 
 /// Everything `platform.toml` can say.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -40,7 +42,9 @@ pub const DEFAULT_MAX_CONCURRENCY: u32 = 64;
 pub struct Config {
     pub server: ServerConfig,
     pub runtime: RuntimeConfig,
-    pub functions: FunctionDefaults,
+    pub scheduler: SchedulerConfig,
+    /// The settings every function gets unless it sets its own.
+    pub functions: Settings,
 }
 
 /// `[server]`: the listener and the data directory.
@@ -91,22 +95,47 @@ impl Default for RuntimeConfig {
     }
 }
 
-/// `[functions]`: the settings a function gets unless it says otherwise.
+/// `[scheduler]`: admission and scale to zero.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct FunctionDefaults {
-    pub timeout_ms: u64,
-    pub memory_mb: u64,
-    pub max_concurrency: u32,
+pub struct SchedulerConfig {
+    /// Invocations running at once across all functions; beyond it calls
+    /// queue, then get 503.
+    pub max_in_flight: u32,
+    /// Calls that may wait for one function; beyond it calls get 429 at once.
+    pub max_queue: u32,
+    /// How often idle functions are returned to zero.
+    pub reap_interval_ms: u64,
 }
 
-impl Default for FunctionDefaults {
+impl Default for SchedulerConfig {
     fn default() -> Self {
         Self {
-            timeout_ms: DEFAULT_TIMEOUT_MS,
-            memory_mb: DEFAULT_MEMORY_MB,
-            max_concurrency: DEFAULT_MAX_CONCURRENCY,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_queue: DEFAULT_MAX_QUEUE,
+            reap_interval_ms: DEFAULT_REAP_INTERVAL_MS,
         }
+    }
+}
+
+impl SchedulerConfig {
+    fn validate(&self, runtime: &RuntimeConfig) -> Result<(), ConfigError> {
+        if self.max_in_flight == 0 || self.max_in_flight > runtime.max_instances {
+            return Err(invalid(
+                "scheduler.max_in_flight",
+                format!(
+                    "must be 1..={} (runtime.max_instances: each call needs an instance)",
+                    runtime.max_instances
+                ),
+            ));
+        }
+        if self.max_queue > 1_000_000 {
+            return Err(invalid("scheduler.max_queue", "must be at most 1000000"));
+        }
+        if !(10..=60_000).contains(&self.reap_interval_ms) {
+            return Err(invalid("scheduler.reap_interval_ms", "must be 10..=60000"));
+        }
+        Ok(())
     }
 }
 
@@ -153,7 +182,10 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.server.validate()?;
         self.runtime.validate()?;
-        self.functions.validate(&self.runtime)?;
+        self.scheduler.validate(&self.runtime)?;
+        self.functions
+            .validate(&self.runtime)
+            .map_err(|reason| invalid("functions", reason))?;
         Ok(())
     }
 
@@ -162,6 +194,7 @@ impl Config {
         let s = &self.server;
         let r = &self.runtime;
         let f = &self.functions;
+        let q = &self.scheduler;
         format!(
             "glia {version}\n\
              \x20 listen            http://{listen} (HTTP/1.1 and h2c)\n\
@@ -170,7 +203,9 @@ impl Config {
              \x20 shutdown grace    {grace} ms\n\
              \x20 instance pool     {inst} instances, {mem} MiB memory slots, {stack} KiB wasm stack\n\
              \x20 epoch tick        {tick} ms\n\
-             \x20 function defaults timeout {timeout} ms, memory {fmem} MiB, concurrency {conc}\n\
+             \x20 admission         {in_flight} in flight, {queue} queued per function\n\
+             \x20 function defaults timeout {timeout} ms, memory {fmem} MiB, concurrency {conc}, queue wait {qwait} ms\n\
+             \x20 scale to zero     after {idle} ms idle (min_warm {min_warm}), reaper every {reap} ms\n\
              \x20 guest capabilities no preopened dirs, empty env, no sockets, outgoing HTTP denied",
             version = env!("CARGO_PKG_VERSION"),
             listen = s.listen,
@@ -184,6 +219,12 @@ impl Config {
             timeout = f.timeout_ms,
             fmem = f.memory_mb,
             conc = f.max_concurrency,
+            qwait = f.queue_timeout_ms,
+            in_flight = q.max_in_flight,
+            queue = q.max_queue,
+            idle = f.idle_timeout_ms,
+            min_warm = f.min_warm,
+            reap = q.reap_interval_ms,
         )
     }
 }
@@ -220,14 +261,6 @@ impl RuntimeConfig {
             return Err(invalid("runtime.epoch_tick_ms", "must be 1..=1000"));
         }
         Ok(())
-    }
-}
-
-impl FunctionDefaults {
-    fn validate(&self, runtime: &RuntimeConfig) -> Result<(), ConfigError> {
-        crate::registry::Settings::from(self.clone())
-            .validate(runtime)
-            .map_err(|reason| invalid("functions", reason))
     }
 }
 

@@ -64,19 +64,23 @@ impl Platform {
             meta,
             blobs,
             runtime.clone(),
-            config.functions.clone().into(),
+            config.functions,
             config.runtime.clone(),
         )?);
         let install_builtins = config.server.install_builtins;
+        let scheduler = Arc::new(Scheduler::new(registry.clone(), config.scheduler.clone()));
         let state = Arc::new(AppState {
             config,
             runtime,
             registry,
-            scheduler: Scheduler::new(),
+            scheduler,
         });
         if install_builtins {
             install_builtin_functions(&state.registry).await?;
         }
+        // Load what min_warm keeps warm, then let the reaper take over.
+        state.scheduler.reap().await;
+        state.scheduler.spawn_reaper();
         Ok(Self {
             app: App::new(state),
         })

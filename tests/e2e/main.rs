@@ -13,6 +13,7 @@ mod control;
 mod hostile;
 mod invoke;
 mod lifecycle;
+mod scheduler;
 mod validation;
 
 use glia_e2e::reqwest::Response;

@@ -42,6 +42,7 @@ pub fn test_config(data_dir: &Path) -> Config {
     config.server.install_builtins = false;
     config.server.shutdown_grace_ms = 10_000;
     config.runtime.max_instances = 64;
+    config.scheduler.max_in_flight = 64;
     config.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config
 }

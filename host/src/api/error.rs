@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 
 use crate::registry::{RegistryError, UploadError};
 use crate::runtime::{InvokeError, ResponseBody};
-use crate::scheduler::Overloaded;
+use crate::scheduler::Rejected;
 
 /// Prefix of every problem type.
 pub const PROBLEM_TYPE_PREFIX: &str = "urn:glia:problem:";
@@ -257,15 +257,24 @@ impl From<InvokeError> for ApiError {
     }
 }
 
-impl From<Overloaded> for ApiError {
-    fn from(e: Overloaded) -> Self {
-        let mut err = Self::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "concurrency-limit",
-            "Function at its concurrency limit",
-        )
-        .detail(e.to_string())
-        .with("max_concurrency", e.limit);
+impl From<Rejected> for ApiError {
+    fn from(e: Rejected) -> Self {
+        let detail = e.to_string();
+        let mut err = match e {
+            Rejected::QueueFull { limit, .. } | Rejected::FunctionLimit { limit, .. } => Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "concurrency-limit",
+                "Function at its concurrency limit",
+            )
+            .with("max_concurrency", limit),
+            Rejected::Saturated { limit, .. } => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "platform-saturated",
+                "Platform saturated",
+            )
+            .with("max_in_flight", limit),
+        }
+        .detail(detail);
         err.retry_after_secs = Some(1);
         err
     }

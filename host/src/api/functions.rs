@@ -8,6 +8,7 @@ use serde::Serialize;
 use super::{ApiError, AppState, json_response};
 use crate::registry::{FunctionRecord, Settings, SettingsOverrides, SettingsPatch, VersionRecord};
 use crate::runtime::{BoxError, ResponseBody};
+use crate::scheduler::FunctionStatus;
 
 /// Largest settings document accepted by PATCH.
 const MAX_SETTINGS_BYTES: u64 = 64 * 1024;
@@ -24,10 +25,32 @@ struct FunctionView<'a> {
     overrides: &'a SettingsOverrides,
     created_at_ms: i64,
     updated_at_ms: i64,
-    versions: &'a [VersionRecord],
+    #[serde(flatten)]
+    status: FunctionStatus,
+    versions: Vec<VersionView<'a>>,
+}
+
+#[derive(Serialize)]
+struct VersionView<'a> {
+    #[serde(flatten)]
+    record: &'a VersionRecord,
+    state: &'static str,
 }
 
 fn view<'a>(state: &AppState, record: &'a FunctionRecord) -> FunctionView<'a> {
+    let status = state.scheduler.status(record);
+    let versions = record
+        .versions
+        .iter()
+        .map(|v| VersionView {
+            record: v,
+            state: if status.warm_versions.contains(&v.version) {
+                "warm"
+            } else {
+                "zero"
+            },
+        })
+        .collect();
     FunctionView {
         name: &record.name,
         latest_version: record.latest().map(|v| v.version),
@@ -37,7 +60,8 @@ fn view<'a>(state: &AppState, record: &'a FunctionRecord) -> FunctionView<'a> {
         overrides: &record.overrides,
         created_at_ms: record.created_at_ms,
         updated_at_ms: record.updated_at_ms,
-        versions: &record.versions,
+        status,
+        versions,
     }
 }
 
@@ -50,6 +74,7 @@ pub(super) fn list(state: &AppState) -> Response<ResponseBody> {
         versions: usize,
         settings: Settings,
         updated_at_ms: i64,
+        state: &'static str,
     }
     let all = state.registry.list();
     let functions: Vec<Summary<'_>> = all
@@ -61,6 +86,7 @@ pub(super) fn list(state: &AppState) -> Response<ResponseBody> {
             versions: r.versions.len(),
             settings: state.registry.settings_of(r),
             updated_at_ms: r.updated_at_ms,
+            state: state.scheduler.status(r).state,
         })
         .collect();
     json_response(
@@ -88,6 +114,7 @@ where
     let limit = state.config.server.max_upload_bytes();
     let bytes = read_body(req, limit).await?;
     let deployed = state.registry.deploy(name, bytes, patch).await?;
+    state.scheduler.ensure_min_warm(&deployed.function).await;
 
     #[derive(Serialize)]
     struct Deployed<'a> {
@@ -138,10 +165,12 @@ where
     let bytes = read_body(req, MAX_SETTINGS_BYTES).await?;
     let patch: SettingsPatch = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::from(crate::registry::RegistryError::Settings(format!(
-            "settings must be a JSON object with timeout_ms, memory_mb, max_concurrency: {e}"
+            "settings must be a JSON object with keys among {}: {e}",
+            crate::registry::SETTING_NAMES.join(", ")
         )))
     })?;
     let record = state.registry.update_settings(name, &patch).await?;
+    state.scheduler.ensure_min_warm(&record).await;
     Ok(json_response(StatusCode::OK, &view(state, &record)))
 }
 

@@ -11,6 +11,7 @@ use http::{HeaderValue, Request, Response, Uri};
 
 use super::{ApiError, AppState, COLD_START_HEADER, COLD_START_US_HEADER, INVOCATION_ID_HEADER};
 use crate::runtime::{BoxError, InvokeLimits, ResponseBody};
+use crate::scheduler::VersionKey;
 
 const MIB: u64 = 1024 * 1024;
 
@@ -84,13 +85,10 @@ where
     let settings = resolved.settings;
     let timeout = Duration::from_millis(settings.timeout_ms);
 
-    let permit = state
-        .scheduler
-        .admit(&resolved.name, settings.max_concurrency, timeout)
-        .await?;
+    let mut admission = state.scheduler.admit(&resolved).await?;
     let ready = state
         .scheduler
-        .ready(&state.registry, &resolved.version.digest)
+        .ready(&VersionKey::of(&resolved), Some(&mut admission))
         .await?;
 
     let req = rewrite_uri(req, &target.guest_path)?;
@@ -101,7 +99,7 @@ where
     };
     let mut response = state
         .runtime
-        .invoke(&ready.pre, limits, req, permit)
+        .invoke(&ready.pre, limits, req, admission)
         .await?;
     let headers = response.headers_mut();
     headers.insert(

@@ -34,7 +34,7 @@ pub struct AppState {
     pub config: Config,
     pub runtime: Arc<Runtime>,
     pub registry: Arc<Registry>,
-    pub scheduler: Scheduler,
+    pub scheduler: Arc<Scheduler>,
 }
 
 /// The glia HTTP service.

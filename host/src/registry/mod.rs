@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use crate::config::RuntimeConfig;
 use crate::runtime::{LoadError, Runtime};
 
-pub use settings::{Settings, SettingsOverrides, SettingsPatch};
+pub use settings::{SETTING_NAMES, Settings, SettingsOverrides, SettingsPatch};
 pub use store::{
     BlobStore, FsBlobStore, FunctionRecord, MetadataStore, NewVersion, SqliteStore, StoreError,
     VersionRecord, now_ms,

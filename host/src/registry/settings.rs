@@ -1,127 +1,158 @@
 //! Per-function settings.
 //!
 //! A function stores only the settings it overrides; everything else follows
-//! the platform defaults in `platform.toml`, so changing a default reaches
-//! every function that did not choose its own value. Later capabilities add
-//! fields here, in one struct, rather than growing parallel option lists.
+//! the platform defaults in `platform.toml` (`[functions]`), so changing a
+//! default reaches every function that did not choose its own value. Every
+//! setting is declared once, in the table below, with its default and its
+//! range; the effective settings, the stored overrides, the patch type and
+//! the query-string parser all come from that one list.
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{FunctionDefaults, RuntimeConfig};
+use crate::config::RuntimeConfig;
 
-/// Upper bound on a function's timeout.
-pub const MAX_TIMEOUT_MS: u64 = 15 * 60 * 1000;
-/// Upper bound on a function's concurrency.
-pub const MAX_CONCURRENCY: u32 = 10_000;
-
-/// The effective settings of a function: defaults with its overrides applied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Settings {
-    pub timeout_ms: u64,
-    pub memory_mb: u64,
-    pub max_concurrency: u32,
-}
-
-impl From<FunctionDefaults> for Settings {
-    fn from(d: FunctionDefaults) -> Self {
-        Self {
-            timeout_ms: d.timeout_ms,
-            memory_mb: d.memory_mb,
-            max_concurrency: d.max_concurrency,
+macro_rules! settings {
+    ($(
+        $(#[doc = $doc:literal])*
+        $field:ident : $ty:ty = $default:expr, range $min:literal ..= $max:expr;
+    )*) => {
+        /// The effective settings of a function: defaults with its overrides
+        /// applied. Also the `[functions]` section of `platform.toml`.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct Settings {
+            $( $(#[doc = $doc])* pub $field: $ty, )*
         }
-    }
-}
 
-impl Settings {
-    /// Checks the values against the platform's hard limits.
-    pub fn validate(&self, runtime: &RuntimeConfig) -> Result<(), String> {
-        if self.timeout_ms == 0 || self.timeout_ms > MAX_TIMEOUT_MS {
-            return Err(format!("timeout_ms must be 1..={MAX_TIMEOUT_MS}"));
-        }
-        if self.memory_mb == 0 || self.memory_mb > runtime.max_memory_mb {
-            return Err(format!(
-                "memory_mb must be 1..={} (the platform's memory slot)",
-                runtime.max_memory_mb
-            ));
-        }
-        if self.max_concurrency == 0 || self.max_concurrency > MAX_CONCURRENCY {
-            return Err(format!("max_concurrency must be 1..={MAX_CONCURRENCY}"));
-        }
-        Ok(())
-    }
-}
-
-/// The settings a function chose for itself; `None` follows the default.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SettingsOverrides {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout_ms: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub memory_mb: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_concurrency: Option<u32>,
-}
-
-impl SettingsOverrides {
-    /// Applies these overrides on top of `defaults`.
-    pub fn resolve(&self, defaults: &Settings) -> Settings {
-        Settings {
-            timeout_ms: self.timeout_ms.unwrap_or(defaults.timeout_ms),
-            memory_mb: self.memory_mb.unwrap_or(defaults.memory_mb),
-            max_concurrency: self.max_concurrency.unwrap_or(defaults.max_concurrency),
-        }
-    }
-
-    /// Overlays `patch` on `self`: fields set in the patch replace ours, and a
-    /// field the patch sets to JSON `null` returns to the default.
-    pub fn apply(&mut self, patch: &SettingsPatch) {
-        fn set<T: Copy>(slot: &mut Option<T>, patch: Option<Option<T>>) {
-            if let Some(value) = patch {
-                *slot = value;
+        impl Default for Settings {
+            fn default() -> Self {
+                Self { $( $field: $default, )* }
             }
         }
-        set(&mut self.timeout_ms, patch.timeout_ms);
-        set(&mut self.memory_mb, patch.memory_mb);
-        set(&mut self.max_concurrency, patch.max_concurrency);
-    }
-}
 
-/// A change to a function's settings (`PATCH /v1/functions/{name}`, or the
-/// query string of an upload). Absent leaves a field alone; `null` resets it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SettingsPatch {
-    #[serde(default, deserialize_with = "double_option")]
-    pub timeout_ms: Option<Option<u64>>,
-    #[serde(default, deserialize_with = "double_option")]
-    pub memory_mb: Option<Option<u64>>,
-    #[serde(default, deserialize_with = "double_option")]
-    pub max_concurrency: Option<Option<u32>>,
-}
+        /// The settings a function chose for itself; `None` follows the
+        /// platform default.
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct SettingsOverrides {
+            $(
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                pub $field: Option<$ty>,
+            )*
+        }
 
-impl SettingsPatch {
-    /// Reads a patch from an upload's query string (`?timeout_ms=1000&…`).
-    pub fn from_query(query: &str) -> Result<Self, String> {
-        let mut patch = Self::default();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let bad = |_| format!("query parameter `{key}` must be a positive integer");
-            match key {
-                "timeout_ms" => patch.timeout_ms = Some(Some(value.parse().map_err(bad)?)),
-                "memory_mb" => patch.memory_mb = Some(Some(value.parse().map_err(bad)?)),
-                "max_concurrency" => {
-                    patch.max_concurrency = Some(Some(value.parse().map_err(bad)?))
-                }
-                other => {
+        /// A change to a function's settings (`PATCH /v1/functions/{name}`,
+        /// or the query string of an upload). An absent key leaves a setting
+        /// alone; `null` returns it to the default.
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct SettingsPatch {
+            $(
+                #[serde(default, deserialize_with = "double_option")]
+                pub $field: Option<Option<$ty>>,
+            )*
+        }
+
+        /// Names of every setting, as used in JSON and query strings.
+        pub const SETTING_NAMES: &[&str] = &[$(stringify!($field)),*];
+
+        impl Settings {
+            /// Checks each value against its range (and `memory_mb` against
+            /// the platform's memory slot).
+            pub fn validate(&self, runtime: &RuntimeConfig) -> Result<(), String> {
+                $(
+                    let max: $ty = $max;
+                    if !($min..=max).contains(&self.$field) {
+                        return Err(format!(
+                            "{} must be {}..={}",
+                            stringify!($field), $min, max
+                        ));
+                    }
+                )*
+                if self.memory_mb > runtime.max_memory_mb {
                     return Err(format!(
-                        "unknown query parameter `{other}` (known: timeout_ms, memory_mb, max_concurrency)"
+                        "memory_mb must be at most {} (the platform's memory slot, runtime.max_memory_mb)",
+                        runtime.max_memory_mb
                     ));
                 }
+                Ok(())
             }
         }
-        Ok(patch)
-    }
+
+        impl SettingsOverrides {
+            /// Applies these overrides on top of `defaults`.
+            pub fn resolve(&self, defaults: &Settings) -> Settings {
+                Settings { $( $field: self.$field.unwrap_or(defaults.$field), )* }
+            }
+
+            /// Overlays `patch`: keys it sets replace ours, `null` resets.
+            pub fn apply(&mut self, patch: &SettingsPatch) {
+                $(
+                    if let Some(value) = patch.$field {
+                        self.$field = value;
+                    }
+                )*
+            }
+        }
+
+        impl SettingsPatch {
+            /// Reads a patch from an upload's query string
+            /// (`?timeout_ms=1000&memory_mb=64`).
+            pub fn from_query(query: &str) -> Result<Self, String> {
+                let mut patch = Self::default();
+                for pair in query.split('&').filter(|p| !p.is_empty()) {
+                    let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                    match key {
+                        $(
+                            stringify!($field) => {
+                                let parsed = value.parse::<$ty>().map_err(|_| {
+                                    format!("query parameter `{key}` must be a non-negative integer")
+                                })?;
+                                patch.$field = Some(Some(parsed));
+                            }
+                        )*
+                        other => {
+                            return Err(format!(
+                                "unknown query parameter `{other}` (known: {})",
+                                SETTING_NAMES.join(", ")
+                            ));
+                        }
+                    }
+                }
+                Ok(patch)
+            }
+        }
+    };
+}
+
+/// Default per-invocation wall-clock limit.
+pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
+/// Default linear-memory limit per invocation.
+pub const DEFAULT_MEMORY_MB: u64 = 128;
+/// Default number of concurrent invocations of one function.
+pub const DEFAULT_MAX_CONCURRENCY: u32 = 64;
+/// Default time a call may wait in the admission queue.
+pub const DEFAULT_QUEUE_TIMEOUT_MS: u64 = 5_000;
+/// Default time without calls after which a function returns to zero.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 300_000;
+/// Longest accepted timeout, queue wait or idle timeout (one hour).
+const MAX_DURATION_MS: u64 = 60 * 60 * 1000;
+
+settings! {
+    /// Wall-clock limit of one invocation, response body included.
+    timeout_ms: u64 = DEFAULT_TIMEOUT_MS, range 1..=MAX_DURATION_MS;
+    /// Linear-memory limit of one invocation, in MiB.
+    memory_mb: u64 = DEFAULT_MEMORY_MB, range 1..=4096;
+    /// Invocations of this function that may run at once.
+    max_concurrency: u32 = DEFAULT_MAX_CONCURRENCY, range 1..=10_000;
+    /// How long a call may wait for a free slot before it is refused.
+    queue_timeout_ms: u64 = DEFAULT_QUEUE_TIMEOUT_MS, range 0..=MAX_DURATION_MS;
+    /// Time without calls after which the function returns to zero.
+    idle_timeout_ms: u64 = DEFAULT_IDLE_TIMEOUT_MS, range 1..=MAX_DURATION_MS;
+    /// 1 keeps the latest version warm (loaded) even when idle; 0 lets it go
+    /// to zero. One warm `InstancePre` serves any number of instances, so
+    /// there is nothing to gain from more.
+    min_warm: u32 = 0, range 0..=1;
 }
 
 fn double_option<'de, T, D>(de: D) -> Result<Option<Option<T>>, D::Error>
@@ -138,11 +169,13 @@ mod tests {
 
     #[test]
     fn patch_sets_and_resets() {
-        let defaults = Settings::from(FunctionDefaults::default());
+        let defaults = Settings::default();
         let mut o = SettingsOverrides::default();
-        o.apply(&SettingsPatch::from_query("timeout_ms=1000&memory_mb=64").expect("query"));
-        assert_eq!(o.resolve(&defaults).timeout_ms, 1000);
-        assert_eq!(o.resolve(&defaults).memory_mb, 64);
+        o.apply(
+            &SettingsPatch::from_query("timeout_ms=1000&memory_mb=64&min_warm=1").expect("query"),
+        );
+        let s = o.resolve(&defaults);
+        assert_eq!((s.timeout_ms, s.memory_mb, s.min_warm), (1000, 64, 1));
         let reset: SettingsPatch = serde_json::from_str(r#"{"timeout_ms": null}"#).expect("json");
         o.apply(&reset);
         assert_eq!(o.resolve(&defaults).timeout_ms, defaults.timeout_ms);
@@ -150,11 +183,30 @@ mod tests {
     }
 
     #[test]
-    fn bad_queries_are_named() {
+    fn bad_values_are_named() {
         let err = SettingsPatch::from_query("timeout_ms=soon").expect_err("not a number");
         assert!(err.contains("timeout_ms"));
         let err = SettingsPatch::from_query("colour=blue").expect_err("unknown");
-        assert!(err.contains("colour"));
+        assert!(err.contains("colour") && err.contains("idle_timeout_ms"));
         assert!(serde_json::from_str::<SettingsPatch>(r#"{"colour": 1}"#).is_err());
+        let runtime = RuntimeConfig::default();
+        let s = Settings {
+            min_warm: 2,
+            ..Settings::default()
+        };
+        assert!(
+            s.validate(&runtime)
+                .expect_err("range")
+                .contains("min_warm")
+        );
+        let s = Settings {
+            memory_mb: runtime.max_memory_mb + 1,
+            ..Settings::default()
+        };
+        assert!(
+            s.validate(&runtime)
+                .expect_err("slot")
+                .contains("memory_mb")
+        );
     }
 }

@@ -52,7 +52,9 @@ const TABLES_PER_COMPONENT: u32 = 4;
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error(
-        "creating the wasmtime engine (pooling allocator for {instances} instances of {memory_mb} MiB): {source}"
+        "creating the wasmtime engine (pooling allocator for {instances} instances of {memory_mb} MiB): {source:#}; \
+         the pool reserves address space for every instance's memories up front: \
+         lower runtime.max_instances, or check `ulimit -v`"
     )]
     Engine {
         instances: u32,

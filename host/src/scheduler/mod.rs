@@ -1,18 +1,69 @@
-//! Admission and warm instances.
+//! Admission, warm instances and scale to zero.
 //!
-//! Per function, a concurrency limit; per deployed component (keyed by
-//! digest, so a redeployed or recreated name can never hit a stale entry), a
-//! warm `InstancePre` loaded once — concurrent first calls wait on the same
-//! load (single flight) — and a fresh `Store` per invocation.
+//! Each function version is either *warm* — its compiled component is
+//! deserialised and linked into an `InstancePre`, ready to instantiate in
+//! microseconds — or at *zero*, where only its metadata is in memory. The
+//! first call on a zero version loads it (a cold start; concurrent first calls
+//! wait on the same load), and an idle reaper returns versions to zero after
+//! their function's `idle_timeout_ms` without calls, unless `min_warm` keeps
+//! the latest version loaded. Every call still gets a fresh `Store`.
+//!
+//! Admission is two gates in a fixed order: the function's `max_concurrency`,
+//! then the platform's `max_in_flight`. Both are FIFO semaphores, so waiting
+//! calls are served in arrival order; a call waits at most its function's
+//! `queue_timeout_ms`, and at most `max_queue` calls wait per function. A
+//! refusal at the function gate is the function's limit (429); at the
+//! platform gate, the platform's (503). Per-tenant fairness slots in as a
+//! weighted queue in front of the platform gate.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
+use serde::Serialize;
 use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore};
 
-use crate::registry::{Registry, RegistryError};
+use crate::config::SchedulerConfig;
+use crate::registry::{FunctionRecord, Registry, RegistryError, Resolved, now_ms};
 use crate::runtime::FunctionPre;
+
+/// Identifies a warm function version. The digest makes a deleted and
+/// recreated function with different bytes a different entry.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct VersionKey {
+    pub name: String,
+    pub version: u32,
+    pub digest: String,
+}
+
+impl VersionKey {
+    pub fn of(resolved: &Resolved) -> Self {
+        Self {
+            name: resolved.name.clone(),
+            version: resolved.version.version,
+            digest: resolved.version.digest.clone(),
+        }
+    }
+}
+
+/// A warm (or warming) function version.
+struct WarmEntry {
+    pre: OnceCell<FunctionPre>,
+    /// Milliseconds since the scheduler started, at the last call's start
+    /// or end.
+    last_used: AtomicU64,
+    in_flight: AtomicU32,
+}
+
+/// Per-function admission state and counters; created on first call.
+struct FunctionSlot {
+    gate: Mutex<Gate>,
+    in_flight: AtomicU32,
+    queued: AtomicU32,
+    cold_starts: AtomicU64,
+    last_call_ms: AtomicI64,
+}
 
 /// A function's concurrency gate, rebuilt when its limit changes.
 struct Gate {
@@ -20,49 +71,127 @@ struct Gate {
     semaphore: Arc<Semaphore>,
 }
 
-/// The scheduler's view of the deployed functions.
-#[derive(Default)]
-pub struct Scheduler {
-    warm: DashMap<String, Arc<OnceCell<FunctionPre>>>,
-    gates: DashMap<String, Gate>,
+/// Why a call was not admitted.
+#[derive(Debug, thiserror::Error)]
+pub enum Rejected {
+    #[error(
+        "function `{function}` is at its concurrency limit of {limit} and its queue is full ({queued} waiting)"
+    )]
+    QueueFull {
+        function: String,
+        limit: u32,
+        queued: u32,
+    },
+    #[error("function `{function}` stayed at its concurrency limit of {limit} for {waited_ms} ms")]
+    FunctionLimit {
+        function: String,
+        limit: u32,
+        waited_ms: u64,
+    },
+    #[error(
+        "the platform stayed at its limit of {limit} concurrent invocations for {waited_ms} ms"
+    )]
+    Saturated { limit: u32, waited_ms: u64 },
+}
+
+/// An admitted call: holds its slots until dropped, which happens when the
+/// guest has finished (response body included).
+pub struct Admission {
+    _function: OwnedSemaphorePermit,
+    _platform: OwnedSemaphorePermit,
+    slot: Arc<FunctionSlot>,
+    warm: Option<Arc<WarmEntry>>,
+    epoch: Instant,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.slot.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(warm) = &self.warm {
+            warm.last_used
+                .store(elapsed_ms(self.epoch), Ordering::Relaxed);
+            warm.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// A warm instance-pre and what it took to get it.
 pub struct Ready {
     pub pre: FunctionPre,
-    /// Time spent loading, when this call found the function cold.
+    /// Time spent loading, when this call found the version at zero.
     pub cold_start: Option<Duration>,
 }
 
-/// Why a call was not admitted.
-#[derive(Debug, thiserror::Error)]
-#[error("function `{function}` is at its concurrency limit of {limit}")]
-pub struct Overloaded {
-    pub function: String,
-    pub limit: u32,
+/// What `GET /v1/functions/{name}` shows about scheduling.
+#[derive(Debug, Clone, Serialize)]
+pub struct FunctionStatus {
+    /// `warm` when the latest version is loaded, else `zero`.
+    pub state: &'static str,
+    pub warm_versions: Vec<u32>,
+    pub in_flight: u32,
+    pub queued: u32,
+    pub cold_starts: u64,
+    /// Unix milliseconds of the last admitted call.
+    pub last_call_ms: Option<i64>,
+}
+
+/// The scheduler.
+pub struct Scheduler {
+    registry: Arc<Registry>,
+    config: SchedulerConfig,
+    platform: Arc<Semaphore>,
+    functions: DashMap<String, Arc<FunctionSlot>>,
+    warm: DashMap<VersionKey, Arc<WarmEntry>>,
+    epoch: Instant,
+}
+
+fn elapsed_ms(epoch: Instant) -> u64 {
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Scheduler {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(registry: Arc<Registry>, config: SchedulerConfig) -> Self {
+        Self {
+            registry,
+            platform: Arc::new(Semaphore::new(config.max_in_flight as usize)),
+            config,
+            functions: DashMap::new(),
+            warm: DashMap::new(),
+            epoch: Instant::now(),
+        }
     }
 
-    /// Waits up to `wait` for one of `limit` concurrent slots of `function`.
-    pub async fn admit(
-        &self,
-        function: &str,
-        limit: u32,
-        wait: Duration,
-    ) -> Result<OwnedSemaphorePermit, Overloaded> {
-        let semaphore = {
-            let mut gate = self
-                .gates
-                .entry(function.to_string())
-                .or_insert_with(|| Gate {
-                    limit,
-                    semaphore: Arc::new(Semaphore::new(limit as usize)),
-                });
+    fn slot(&self, name: &str) -> Arc<FunctionSlot> {
+        if let Some(slot) = self.functions.get(name) {
+            return slot.clone();
+        }
+        self.functions
+            .entry(name.to_string())
+            .or_insert_with(|| {
+                Arc::new(FunctionSlot {
+                    gate: Mutex::new(Gate {
+                        limit: 0,
+                        semaphore: Arc::new(Semaphore::new(0)),
+                    }),
+                    in_flight: AtomicU32::new(0),
+                    queued: AtomicU32::new(0),
+                    cold_starts: AtomicU64::new(0),
+                    last_call_ms: AtomicI64::new(0),
+                })
+            })
+            .clone()
+    }
+
+    /// Admits a call to `resolved`, waiting in FIFO order for at most its
+    /// `queue_timeout_ms`.
+    pub async fn admit(&self, resolved: &Resolved) -> Result<Admission, Rejected> {
+        let settings = &resolved.settings;
+        let limit = settings.max_concurrency;
+        let slot = self.slot(&resolved.name);
+        let gate = {
+            let mut gate = slot.gate.lock().unwrap_or_else(|p| p.into_inner());
             if gate.limit != limit {
+                // Calls holding permits of the old gate finish on it.
                 *gate = Gate {
                     limit,
                     semaphore: Arc::new(Semaphore::new(limit as usize)),
@@ -70,28 +199,98 @@ impl Scheduler {
             }
             gate.semaphore.clone()
         };
-        let overloaded = || Overloaded {
-            function: function.to_string(),
-            limit,
+
+        let started = Instant::now();
+        // Fast path: both gates free. The platform permit is only taken once
+        // the function's is held, so a call queued on its own function never
+        // holds a platform slot.
+        let function = gate.clone().try_acquire_owned().ok();
+        let platform = match &function {
+            Some(_) => self.platform.clone().try_acquire_owned().ok(),
+            None => None,
         };
-        match tokio::time::timeout(wait, semaphore.acquire_owned()).await {
-            Ok(Ok(permit)) => Ok(permit),
-            _ => Err(overloaded()),
-        }
+        let (function, platform) = match (function, platform) {
+            (Some(f), Some(p)) => (f, p),
+            (function, _) => {
+                let queued = slot.queued.fetch_add(1, Ordering::Relaxed);
+                let _queued = Decrement(&slot.queued);
+                if queued >= self.config.max_queue {
+                    return Err(Rejected::QueueFull {
+                        function: resolved.name.clone(),
+                        limit,
+                        queued,
+                    });
+                }
+                let deadline = tokio::time::Instant::from_std(
+                    started + Duration::from_millis(settings.queue_timeout_ms),
+                );
+                let waited = || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                let function = match function {
+                    Some(f) => f,
+                    None => match tokio::time::timeout_at(deadline, gate.acquire_owned()).await {
+                        Ok(Ok(f)) => f,
+                        _ => {
+                            return Err(Rejected::FunctionLimit {
+                                function: resolved.name.clone(),
+                                limit,
+                                waited_ms: waited(),
+                            });
+                        }
+                    },
+                };
+                let platform =
+                    match tokio::time::timeout_at(deadline, self.platform.clone().acquire_owned())
+                        .await
+                    {
+                        Ok(Ok(p)) => p,
+                        _ => {
+                            return Err(Rejected::Saturated {
+                                limit: self.config.max_in_flight,
+                                waited_ms: waited(),
+                            });
+                        }
+                    };
+                (function, platform)
+            }
+        };
+        slot.in_flight.fetch_add(1, Ordering::Relaxed);
+        slot.last_call_ms.store(now_ms(), Ordering::Relaxed);
+        Ok(Admission {
+            _function: function,
+            _platform: platform,
+            slot,
+            warm: None,
+            epoch: self.epoch,
+        })
     }
 
-    /// The warm instance-pre for `digest`, loading it on first use.
+    /// The warm instance-pre for `key`, loading it if the version is at
+    /// zero. Concurrent callers share one load. The admission, when given,
+    /// keeps the version warm until the call ends.
     pub async fn ready(
         &self,
-        registry: &Arc<Registry>,
-        digest: &str,
+        key: &VersionKey,
+        admission: Option<&mut Admission>,
     ) -> Result<Ready, RegistryError> {
-        let cell = self
+        let entry = self
             .warm
-            .entry(digest.to_string())
-            .or_insert_with(|| Arc::new(OnceCell::new()))
+            .entry(key.clone())
+            .or_insert_with(|| {
+                Arc::new(WarmEntry {
+                    pre: OnceCell::new(),
+                    last_used: AtomicU64::new(elapsed_ms(self.epoch)),
+                    in_flight: AtomicU32::new(0),
+                })
+            })
             .clone();
-        if let Some(pre) = cell.get() {
+        entry
+            .last_used
+            .store(elapsed_ms(self.epoch), Ordering::Relaxed);
+        if let Some(admission) = admission {
+            entry.in_flight.fetch_add(1, Ordering::Relaxed);
+            admission.warm = Some(entry.clone());
+        }
+        if let Some(pre) = entry.pre.get() {
             return Ok(Ready {
                 pre: pre.clone(),
                 cold_start: None,
@@ -99,11 +298,12 @@ impl Scheduler {
         }
         let started = Instant::now();
         let mut loaded_here = false;
-        let pre = cell
+        let pre = entry
+            .pre
             .get_or_try_init(|| {
                 loaded_here = true;
-                let registry = registry.clone();
-                let digest = digest.to_string();
+                let registry = self.registry.clone();
+                let digest = key.digest.clone();
                 async move {
                     tokio::task::spawn_blocking(move || registry.load(&digest))
                         .await
@@ -112,19 +312,160 @@ impl Scheduler {
             })
             .await?
             .clone();
-        Ok(Ready {
-            pre,
-            cold_start: loaded_here.then(|| started.elapsed()),
+        let cold_start = loaded_here.then(|| started.elapsed());
+        if loaded_here {
+            self.slot(&key.name)
+                .cold_starts
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                function = %key.name,
+                version = key.version,
+                load_us = cold_start.map(|d| d.as_micros() as u64),
+                "cold start"
+            );
+        }
+        Ok(Ready { pre, cold_start })
+    }
+
+    /// Loads the latest version of `record` if its settings keep it warm.
+    pub async fn ensure_min_warm(&self, record: &FunctionRecord) {
+        let settings = self.registry.settings_of(record);
+        let Some(latest) = record.latest() else {
+            return;
+        };
+        if settings.min_warm == 0 {
+            return;
+        }
+        let key = VersionKey {
+            name: record.name.clone(),
+            version: latest.version,
+            digest: latest.digest.clone(),
+        };
+        if let Err(e) = self.ready(&key, None).await {
+            tracing::warn!(function = %record.name, error = %e, "could not keep warm");
+        }
+    }
+
+    /// Returns idle versions to zero; keeps `min_warm` latest versions
+    /// loaded. Called by the reaper; public so tests and benchmarks can force
+    /// a pass.
+    pub async fn reap(&self) {
+        let now = elapsed_ms(self.epoch);
+        let mut expired = Vec::new();
+        for entry in self.warm.iter() {
+            let key = entry.key();
+            let Some(record) = self.registry.get(&key.name) else {
+                expired.push(key.clone());
+                continue;
+            };
+            if record
+                .version(key.version)
+                .is_none_or(|v| v.digest != key.digest)
+            {
+                expired.push(key.clone());
+                continue;
+            }
+            let settings = self.registry.settings_of(&record);
+            let is_latest = record.latest().map(|v| v.version) == Some(key.version);
+            if settings.min_warm > 0 && is_latest {
+                continue;
+            }
+            let idle = now.saturating_sub(entry.last_used.load(Ordering::Relaxed));
+            if idle >= settings.idle_timeout_ms {
+                expired.push(key.clone());
+            }
+        }
+        for key in expired {
+            let removed = self
+                .warm
+                .remove_if(&key, |_, e| e.in_flight.load(Ordering::Relaxed) == 0);
+            if removed.is_some() {
+                tracing::debug!(function = %key.name, version = key.version, "scaled to zero");
+            }
+        }
+        for record in self.registry.list() {
+            if self.registry.settings_of(&record).min_warm > 0 {
+                self.ensure_min_warm(&record).await;
+            }
+        }
+    }
+
+    /// Starts the idle reaper; it stops when the scheduler is dropped.
+    pub fn spawn_reaper(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let weak: Weak<Self> = Arc::downgrade(self);
+        let interval = Duration::from_millis(self.config.reap_interval_ms);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let Some(scheduler) = weak.upgrade() else {
+                    break;
+                };
+                scheduler.reap().await;
+            }
         })
     }
 
-    /// Forgets a function's admission state (after delete).
+    /// Forgets a deleted function: its admission state and warm versions.
     pub fn forget(&self, function: &str) {
-        self.gates.remove(function);
+        self.functions.remove(function);
+        self.warm.retain(|k, _| k.name != function);
     }
 
-    /// Number of warm components.
+    /// Scheduling status of a function.
+    pub fn status(&self, record: &FunctionRecord) -> FunctionStatus {
+        let mut warm_versions: Vec<u32> = self
+            .warm
+            .iter()
+            .filter(|e| e.key().name == record.name && e.value().pre.initialized())
+            .filter(|e| {
+                record
+                    .version(e.key().version)
+                    .is_some_and(|v| v.digest == e.key().digest)
+            })
+            .map(|e| e.key().version)
+            .collect();
+        warm_versions.sort_unstable();
+        let latest = record.latest().map(|v| v.version);
+        let state = if latest.is_some_and(|l| warm_versions.contains(&l)) {
+            "warm"
+        } else {
+            "zero"
+        };
+        let slot = self.functions.get(&record.name).map(|s| s.clone());
+        let load32 = |f: fn(&FunctionSlot) -> &AtomicU32| {
+            slot.as_ref().map_or(0, |s| f(s).load(Ordering::Relaxed))
+        };
+        FunctionStatus {
+            state,
+            warm_versions,
+            in_flight: load32(|s| &s.in_flight),
+            queued: load32(|s| &s.queued),
+            cold_starts: slot
+                .as_ref()
+                .map_or(0, |s| s.cold_starts.load(Ordering::Relaxed)),
+            last_call_ms: slot
+                .as_ref()
+                .map(|s| s.last_call_ms.load(Ordering::Relaxed))
+                .filter(|ms| *ms > 0),
+        }
+    }
+
+    /// Number of warm function versions.
     pub fn warm_count(&self) -> usize {
-        self.warm.iter().filter(|e| e.value().initialized()).count()
+        self.warm
+            .iter()
+            .filter(|e| e.value().pre.initialized())
+            .count()
+    }
+}
+
+/// Decrements a counter when dropped.
+struct Decrement<'a>(&'a AtomicU32);
+
+impl Drop for Decrement<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
