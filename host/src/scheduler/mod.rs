@@ -407,6 +407,12 @@ impl Scheduler {
         })
     }
 
+    /// Returns every idle warm version of `function` to zero now.
+    pub fn scale_to_zero(&self, function: &str) {
+        self.warm
+            .retain(|k, e| k.name != function || e.in_flight.load(Ordering::Relaxed) > 0);
+    }
+
     /// Forgets a deleted function: its admission state and warm versions.
     pub fn forget(&self, function: &str) {
         self.functions.remove(function);

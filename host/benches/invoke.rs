@@ -1,0 +1,83 @@
+//! Invocation latency, measured side by side in one run:
+//!
+//! - `call/warm` vs `call/cold`: one call of the built-in `hello` through the
+//!   HTTP service (no socket), with the function warm, and scaled to zero
+//!   before every call (so each call loads the artifact and links it);
+//! - `artifact/compile` vs `artifact/load`: compiling `hello` with Cranelift
+//!   vs loading its precompiled artifact, the two paths a restart can take.
+//!
+//! `cargo bench -p glia-host --bench invoke`
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    reason = "benchmark setup"
+)]
+
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group, criterion_main};
+use glia_host::Platform;
+use glia_host::config::Config;
+use http_body_util::{BodyExt, Empty};
+
+fn request() -> http::Request<Empty<Bytes>> {
+    http::Request::get("/fn/hello/bench")
+        .header("host", "localhost")
+        .body(Empty::new())
+        .unwrap()
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.server.data_dir = dir.path().to_path_buf();
+    config.runtime.max_instances = 64;
+    config.scheduler.max_in_flight = 64;
+    let platform = rt.block_on(Platform::open(config)).unwrap();
+    let app = platform.app().clone();
+    let scheduler = platform.state().scheduler.clone();
+
+    let call = |app: &glia_host::api::App| {
+        rt.block_on(async {
+            let response = app.handle(request()).await;
+            assert_eq!(response.status(), 200);
+            let cold = response.headers()["glia-cold-start"] == "true";
+            response.into_body().collect().await.unwrap();
+            cold
+        })
+    };
+    assert!(call(&app), "first call is cold");
+
+    let mut group = c.benchmark_group("call");
+    group.bench_function("warm", |b| b.iter(|| assert!(!call(&app))));
+    group.bench_function("cold", |b| {
+        b.iter(|| {
+            // The previous call's guest task may still be winding down.
+            while scheduler.warm_count() > 0 {
+                scheduler.scale_to_zero("hello");
+                std::thread::yield_now();
+            }
+            assert!(call(&app));
+        })
+    });
+    group.finish();
+
+    let runtime = &platform.state().runtime;
+    let wasm = glia_host::builtins::BUILTINS[0].wasm;
+    let artifact = dir.path().join("hello.cwasm");
+    std::fs::write(&artifact, runtime.precompile(wasm).unwrap()).unwrap();
+    let mut group = c.benchmark_group("artifact");
+    group.sample_size(10);
+    group.bench_function("compile", |b| b.iter(|| runtime.precompile(wasm).unwrap()));
+    group.bench_function("load", |b| b.iter(|| runtime.load(&artifact).unwrap()));
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
