@@ -297,11 +297,20 @@ impl Registry {
 
     /// Loads the compiled artifact for `digest`, recompiling from the stored
     /// source only if this engine has no artifact for it (e.g. after an
-    /// engine upgrade). Blocking.
-    pub fn load(&self, digest: &str) -> Result<crate::runtime::FunctionPre, RegistryError> {
+    /// engine upgrade). Loading an artifact takes a few hundred microseconds
+    /// (an mmap and linking) and runs on the caller's thread; a recompile
+    /// takes far longer and runs on the blocking pool.
+    pub async fn load(
+        self: &Arc<Self>,
+        digest: &str,
+    ) -> Result<crate::runtime::FunctionPre, RegistryError> {
         let path = match self.blobs.artifact_path(digest) {
             Some(path) => path,
-            None => self.recompile(digest)?,
+            None => {
+                let registry = self.clone();
+                let digest = digest.to_string();
+                blocking(move || registry.recompile(&digest)).await??
+            }
         };
         let started = Instant::now();
         let pre = self.runtime.load(&path).map_err(link_error)?;

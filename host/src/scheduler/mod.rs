@@ -302,13 +302,7 @@ impl Scheduler {
             .pre
             .get_or_try_init(|| {
                 loaded_here = true;
-                let registry = self.registry.clone();
-                let digest = key.digest.clone();
-                async move {
-                    tokio::task::spawn_blocking(move || registry.load(&digest))
-                        .await
-                        .map_err(|e| RegistryError::Internal(format!("load task: {e}")))?
-                }
+                self.registry.load(&key.digest)
             })
             .await?
             .clone();
