@@ -7,6 +7,7 @@ pub mod api;
 pub mod builtins;
 pub mod cli;
 pub mod config;
+pub mod nn;
 pub mod registry;
 pub mod runtime;
 pub mod scheduler;

@@ -1,0 +1,148 @@
+//! The host side of `wasi:nn`: models loaded once per process and shared by
+//! every instance that may use them, behind a small [`Backend`] trait with one
+//! file per implementation.
+//!
+//! A backend turns model bytes into a [`LoadedModel`]; a loaded model runs
+//! inference on owned tensors and is safe to call from many threads at once
+//! (no global lock around `compute`). Tensors are plain bytes with a type and
+//! dimensions, exactly as `wasi:nn` carries them, so the guest's buffers are
+//! copied once in and once out.
+
+pub mod tract;
+
+use std::sync::Arc;
+
+/// Element types of `wasi:nn` tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DType {
+    F16,
+    F32,
+    F64,
+    Bf16,
+    U8,
+    I32,
+    I64,
+}
+
+impl DType {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            DType::U8 => 1,
+            DType::F16 | DType::Bf16 => 2,
+            DType::F32 | DType::I32 => 4,
+            DType::F64 | DType::I64 => 8,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F16 => "f16",
+            DType::F32 => "f32",
+            DType::F64 => "f64",
+            DType::Bf16 => "bf16",
+            DType::U8 => "u8",
+            DType::I32 => "i32",
+            DType::I64 => "i64",
+        }
+    }
+}
+
+/// A tensor as `wasi:nn` carries it: little-endian element bytes, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    pub dims: Vec<usize>,
+    pub dtype: DType,
+    pub data: Vec<u8>,
+}
+
+impl Tensor {
+    /// Checks that the data length matches the dimensions and type, and that
+    /// the element count stays under `max_elements`.
+    pub fn validate(&self, max_elements: usize) -> Result<(), NnError> {
+        let elements = self
+            .dims
+            .iter()
+            .try_fold(1usize, |acc, d| acc.checked_mul(*d))
+            .ok_or_else(|| NnError::TooLarge("tensor dimensions overflow".into()))?;
+        if elements > max_elements {
+            return Err(NnError::TooLarge(format!(
+                "tensor of {elements} elements exceeds the limit of {max_elements}"
+            )));
+        }
+        let expected = elements * self.dtype.size();
+        if self.data.len() != expected {
+            return Err(NnError::InvalidArgument(format!(
+                "tensor data is {} bytes but dimensions {:?} of {} need {expected}",
+                self.data.len(),
+                self.dims,
+                self.dtype.name()
+            )));
+        }
+        Ok(())
+    }
+
+    /// An f32 tensor (tests, built-ins).
+    pub fn from_f32(dims: Vec<usize>, values: &[f32]) -> Self {
+        Self {
+            dims,
+            dtype: DType::F32,
+            data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
+    }
+
+    /// The elements as f32, when the tensor is f32.
+    pub fn to_f32(&self) -> Option<Vec<f32>> {
+        (self.dtype == DType::F32).then(|| {
+            self.data
+                .chunks_exact(4)
+                .filter_map(|c| c.try_into().ok().map(f32::from_le_bytes))
+                .collect()
+        })
+    }
+}
+
+/// Description of a model input or output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorSpec {
+    pub name: String,
+    /// `None` when the model does not fix the type.
+    pub dtype: Option<DType>,
+    /// Dimensions, `None` for a symbolic (free) dimension; empty when unknown.
+    pub dims: Vec<Option<usize>>,
+}
+
+/// Failures of model loading and inference, in the vocabulary of
+/// `wasi:nn`'s error codes so they map one to one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NnError {
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("invalid model: {0}")]
+    InvalidEncoding(String),
+    #[error("unsupported: {0}")]
+    UnsupportedOperation(String),
+    #[error("too large: {0}")]
+    TooLarge(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("inference failed: {0}")]
+    Runtime(String),
+}
+
+/// Something that can load models of one encoding.
+pub trait Backend: Send + Sync {
+    /// Short name used in configuration and reports (`tract`, `ort`, …).
+    fn name(&self) -> &'static str;
+    /// Parses and prepares a model. Blocking; may take long for big models.
+    fn load(&self, bytes: &[u8]) -> Result<Arc<dyn LoadedModel>, NnError>;
+}
+
+/// A loaded model, shared by every caller.
+pub trait LoadedModel: Send + Sync {
+    fn inputs(&self) -> &[TensorSpec];
+    fn outputs(&self) -> &[TensorSpec];
+    /// Runs inference on one set of inputs, in model input order. Blocking;
+    /// concurrent calls run in parallel.
+    fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, NnError>;
+}
