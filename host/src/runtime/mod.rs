@@ -347,6 +347,10 @@ fn engine_config(cfg: &RuntimeConfig) -> Config {
     config
         .wasm_component_model(true)
         .epoch_interruption(true)
+        // Wasm backtraces do not need it, and registering native unwind
+        // tables is a large part of loading an artifact; glia loads and
+        // unloads artifacts on every cold start and scale-to-zero.
+        .native_unwind_info(false)
         .max_wasm_stack(max_stack)
         .async_stack_size(max_stack + ASYNC_STACK_HEADROOM)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
