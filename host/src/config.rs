@@ -19,6 +19,8 @@ pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr
 pub const DEFAULT_DATA_DIR: &str = "glia-data";
 /// Default largest accepted component upload.
 pub const DEFAULT_MAX_UPLOAD_MB: u64 = 64;
+/// Default largest accepted model upload.
+pub const DEFAULT_MAX_MODEL_MB: u64 = 1024;
 /// Default time in-flight requests get to finish after a shutdown signal.
 pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 30_000;
 /// Default number of guest instances that may exist at once.
@@ -54,6 +56,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub max_upload_mb: u64,
+    /// Largest accepted model upload.
+    pub max_model_mb: u64,
     pub shutdown_grace_ms: u64,
     /// Deploy the built-in functions (e.g. `hello`) when a data directory is
     /// initialised for the first time.
@@ -66,6 +70,7 @@ impl Default for ServerConfig {
             listen: DEFAULT_LISTEN,
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             max_upload_mb: DEFAULT_MAX_UPLOAD_MB,
+            max_model_mb: DEFAULT_MAX_MODEL_MB,
             shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
             install_builtins: true,
         }
@@ -199,7 +204,7 @@ impl Config {
             "glia {version}\n\
              \x20 listen            http://{listen} (HTTP/1.1 and h2c)\n\
              \x20 data dir          {data}\n\
-             \x20 max upload        {upload} MiB\n\
+             \x20 max upload        {upload} MiB (models {model_mb} MiB)\n\
              \x20 shutdown grace    {grace} ms\n\
              \x20 instance pool     {inst} instances, {mem} MiB memory slots, {stack} KiB wasm stack\n\
              \x20 epoch tick        {tick} ms\n\
@@ -211,6 +216,7 @@ impl Config {
             listen = s.listen,
             data = s.data_dir.display(),
             upload = s.max_upload_mb,
+            model_mb = s.max_model_mb,
             grace = s.shutdown_grace_ms,
             inst = r.max_instances,
             mem = r.max_memory_mb,
@@ -234,6 +240,9 @@ impl ServerConfig {
         if self.max_upload_mb == 0 || self.max_upload_mb > 1024 {
             return Err(invalid("server.max_upload_mb", "must be 1..=1024"));
         }
+        if self.max_model_mb == 0 || self.max_model_mb > 16 * 1024 {
+            return Err(invalid("server.max_model_mb", "must be 1..=16384"));
+        }
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("server.data_dir", "must not be empty"));
         }
@@ -243,6 +252,11 @@ impl ServerConfig {
     /// Largest accepted upload in bytes.
     pub fn max_upload_bytes(&self) -> u64 {
         self.max_upload_mb.saturating_mul(1024 * 1024)
+    }
+
+    /// Largest accepted model upload in bytes.
+    pub fn max_model_bytes(&self) -> u64 {
+        self.max_model_mb.saturating_mul(1024 * 1024)
     }
 }
 

@@ -15,6 +15,8 @@ use tokio::net::TcpListener;
 
 use crate::api::{App, AppState};
 use crate::config::{Config, ConfigError};
+use crate::nn::models::ModelRegistry;
+use crate::nn::tract::TractBackend;
 use crate::registry::{
     FsBlobStore, Registry, RegistryError, SettingsPatch, SqliteStore, StoreError,
 };
@@ -60,6 +62,11 @@ impl Platform {
         let runtime = Arc::new(Runtime::new(&config.runtime)?);
         let meta = Arc::new(SqliteStore::open(&data_dir.join("glia.db"))?);
         let blobs = Arc::new(FsBlobStore::open(&data_dir, runtime.compatibility_hash())?);
+        let models = Arc::new(ModelRegistry::open(
+            meta.clone(),
+            blobs.clone(),
+            Arc::new(TractBackend),
+        )?);
         let registry = Arc::new(Registry::open(
             meta,
             blobs,
@@ -74,6 +81,7 @@ impl Platform {
             runtime,
             registry,
             scheduler,
+            models,
         });
         if install_builtins {
             install_builtin_functions(&state.registry).await?;

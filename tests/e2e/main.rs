@@ -13,6 +13,7 @@ mod control;
 mod hostile;
 mod invoke;
 mod lifecycle;
+mod models;
 mod scheduler;
 mod validation;
 

@@ -23,6 +23,13 @@ use tokio::task::JoinHandle;
 /// `/trap`, `/big`, `/sleep`, `/echo`, `/ok`).
 pub const HOSTILE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/fixtures/hostile.wasm"));
 
+/// The `digits` classifier (ONNX), trained by
+/// `functions/classify-digits/model/train.py`.
+pub const DIGITS_ONNX: &[u8] = include_bytes!("../../functions/classify-digits/model/digits.onnx");
+
+/// Held-out samples with ONNX Runtime's outputs for each.
+pub const DIGITS_HELDOUT: &str = include_str!("../../functions/classify-digits/model/heldout.json");
+
 /// Fixture crates the build compiled.
 pub const FIXTURES: &str = env!("GLIA_FIXTURES");
 
@@ -157,6 +164,20 @@ impl TestServer {
         let status = response.status();
         let body = response.text().await.unwrap_or_default();
         assert!(status.is_success(), "deploy {name}: {status} {body}");
+    }
+
+    /// `PUT /v1/models/{name}?{query}` with `bytes`.
+    pub async fn upload_model(&self, name: &str, bytes: &[u8], query: &str) -> reqwest::Response {
+        let mut url = self.url(&format!("/v1/models/{name}"));
+        if !query.is_empty() {
+            url = format!("{url}?{query}");
+        }
+        self.client
+            .put(url)
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .expect("model upload request")
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {

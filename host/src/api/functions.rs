@@ -189,7 +189,7 @@ fn function_not_found(name: &str) -> ApiError {
 
 /// Reads a whole request body, refusing more than `limit` bytes with 413
 /// (early, from `content-length`, when the client sends one).
-async fn read_body<B>(req: Request<B>, limit: u64) -> Result<Bytes, ApiError>
+pub(super) async fn read_body<B>(req: Request<B>, limit: u64) -> Result<Bytes, ApiError>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,

@@ -5,6 +5,7 @@
 mod error;
 mod functions;
 mod invoke;
+mod models;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -18,6 +19,7 @@ use serde::Serialize;
 pub use error::{ApiError, PROBLEM_TYPE_PREFIX, full};
 
 use crate::config::Config;
+use crate::nn::models::ModelRegistry;
 use crate::registry::Registry;
 use crate::runtime::{BoxError, ResponseBody, Runtime};
 use crate::scheduler::Scheduler;
@@ -35,6 +37,7 @@ pub struct AppState {
     pub runtime: Arc<Runtime>,
     pub registry: Arc<Registry>,
     pub scheduler: Arc<Scheduler>,
+    pub models: Arc<ModelRegistry>,
 }
 
 /// The glia HTTP service.
@@ -81,6 +84,19 @@ impl App {
                     Method::PATCH => functions::patch(&self.state, &name, req).await,
                     Method::DELETE => functions::delete(&self.state, &name).await,
                     _ => Err(ApiError::method_not_allowed("GET, PUT, PATCH, DELETE")),
+                }
+            }
+            ["v1", "models"] | ["v1", "models", ""] => match *req.method() {
+                Method::GET => Ok(models::list(&self.state)),
+                _ => Err(ApiError::method_not_allowed("GET")),
+            },
+            ["v1", "models", name] => {
+                let name = (*name).to_string();
+                match *req.method() {
+                    Method::PUT => models::upload(&self.state, &name, req).await,
+                    Method::GET => models::get(&self.state, &name),
+                    Method::DELETE => models::delete(&self.state, &name).await,
+                    _ => Err(ApiError::method_not_allowed("GET, PUT, DELETE")),
                 }
             }
             _ => Err(ApiError::not_found(format!("no route for {path}"))),

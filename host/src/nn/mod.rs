@@ -8,6 +8,7 @@
 //! dimensions, exactly as `wasi:nn` carries them, so the guest's buffers are
 //! copied once in and once out.
 
+pub mod models;
 pub mod tract;
 
 use std::sync::Arc;

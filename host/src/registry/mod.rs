@@ -23,8 +23,8 @@ use crate::runtime::{LoadError, Runtime};
 
 pub use settings::{SETTING_NAMES, Settings, SettingsOverrides, SettingsPatch};
 pub use store::{
-    BlobStore, FsBlobStore, FunctionRecord, MetadataStore, NewVersion, SqliteStore, StoreError,
-    VersionRecord, now_ms,
+    BlobStore, FsBlobStore, FunctionRecord, MetadataStore, ModelRecord, ModelVersionRecord,
+    NewVersion, SqliteStore, StoreError, VersionRecord, now_ms,
 };
 pub use validate::{MAX_NAME_LEN, UploadError, check_component, check_name};
 
@@ -116,6 +116,10 @@ impl Registry {
 
     pub fn metadata(&self) -> &Arc<dyn MetadataStore> {
         &self.meta
+    }
+
+    pub fn blobs(&self) -> &Arc<dyn BlobStore> {
+        &self.blobs
     }
 
     /// The platform's default settings.

@@ -74,6 +74,35 @@ impl FunctionRecord {
     }
 }
 
+/// One immutable version of a model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModelVersionRecord {
+    pub version: u32,
+    /// Hex sha256 of the model bytes.
+    pub digest: String,
+    /// `onnx`, …
+    pub encoding: String,
+    pub size_bytes: u64,
+    /// Time the upload's validation load took.
+    pub load_ms: u64,
+    pub created_at_ms: i64,
+}
+
+/// A model and all its versions, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelRecord {
+    pub name: String,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub versions: Vec<ModelVersionRecord>,
+}
+
+impl ModelRecord {
+    pub fn latest(&self) -> Option<&ModelVersionRecord> {
+        self.versions.last()
+    }
+}
+
 /// A new version to record.
 #[derive(Debug, Clone)]
 pub struct NewVersion<'a> {
@@ -102,6 +131,16 @@ pub trait MetadataStore: Send + Sync {
     ) -> Result<Option<FunctionRecord>, StoreError>;
     /// Deletes a function and its versions; `false` when it did not exist.
     fn delete_function(&self, name: &str) -> Result<bool, StoreError>;
+    /// Every model with its versions.
+    fn load_models(&self) -> Result<Vec<ModelRecord>, StoreError>;
+    /// Records a new model version (creating the model if needed).
+    fn add_model_version(
+        &self,
+        name: &str,
+        version: &ModelVersionRecord,
+    ) -> Result<ModelRecord, StoreError>;
+    /// Deletes a model and its versions; `false` when it did not exist.
+    fn delete_model(&self, name: &str) -> Result<bool, StoreError>;
     /// A small key/value area for platform state.
     fn get_meta(&self, key: &str) -> Result<Option<String>, StoreError>;
     fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError>;
@@ -111,6 +150,8 @@ pub trait MetadataStore: Send + Sync {
 pub trait BlobStore: Send + Sync {
     fn put_source(&self, digest: &str, bytes: &[u8]) -> Result<(), StoreError>;
     fn read_source(&self, digest: &str) -> Result<Vec<u8>, StoreError>;
+    fn put_model(&self, digest: &str, bytes: &[u8]) -> Result<(), StoreError>;
+    fn read_model(&self, digest: &str) -> Result<Vec<u8>, StoreError>;
     /// A local file holding the compiled artifact, if there is one for this
     /// engine.
     fn artifact_path(&self, digest: &str) -> Option<PathBuf>;
@@ -144,6 +185,21 @@ CREATE TABLE IF NOT EXISTS versions (
     compile_ms INTEGER NOT NULL,
     created_at INTEGER NOT NULL,
     PRIMARY KEY (function, version)
+);
+CREATE TABLE IF NOT EXISTS models (
+    name       TEXT PRIMARY KEY,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS model_versions (
+    model      TEXT NOT NULL REFERENCES models(name) ON DELETE CASCADE,
+    version    INTEGER NOT NULL,
+    digest     TEXT NOT NULL,
+    encoding   TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    load_ms    INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (model, version)
 );
 ";
 
@@ -205,6 +261,41 @@ fn read_function(conn: &Connection, name: &str) -> Result<Option<FunctionRecord>
     Ok(Some(FunctionRecord {
         name: name.to_string(),
         overrides,
+        created_at_ms,
+        updated_at_ms,
+        versions,
+    }))
+}
+
+fn read_model(conn: &Connection, name: &str) -> Result<Option<ModelRecord>, StoreError> {
+    let row = conn
+        .query_row(
+            "SELECT created_at, updated_at FROM models WHERE name = ?1",
+            [name],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let Some((created_at_ms, updated_at_ms)) = row else {
+        return Ok(None);
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT version, digest, encoding, size_bytes, load_ms, created_at
+         FROM model_versions WHERE model = ?1 ORDER BY version",
+    )?;
+    let versions = stmt
+        .query_map([name], |r| {
+            Ok(ModelVersionRecord {
+                version: r.get(0)?,
+                digest: r.get(1)?,
+                encoding: r.get(2)?,
+                size_bytes: r.get(3)?,
+                load_ms: r.get(4)?,
+                created_at_ms: r.get(5)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(ModelRecord {
+        name: name.to_string(),
         created_at_ms,
         updated_at_ms,
         versions,
@@ -273,6 +364,46 @@ impl MetadataStore for SqliteStore {
         Ok(conn.execute("DELETE FROM functions WHERE name = ?1", [name])? > 0)
     }
 
+    fn load_models(&self) -> Result<Vec<ModelRecord>, StoreError> {
+        let conn = self.conn()?;
+        let names = conn
+            .prepare("SELECT name FROM models ORDER BY name")?
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        names
+            .iter()
+            .filter_map(|n| read_model(&conn, n).transpose())
+            .collect()
+    }
+
+    fn add_model_version(
+        &self,
+        name: &str,
+        v: &ModelVersionRecord,
+    ) -> Result<ModelRecord, StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        let now = now_ms();
+        tx.execute(
+            "INSERT INTO models (name, created_at, updated_at) VALUES (?1, ?2, ?2)
+             ON CONFLICT(name) DO UPDATE SET updated_at = excluded.updated_at",
+            params![name, now],
+        )?;
+        tx.execute(
+            "INSERT INTO model_versions (model, version, digest, encoding, size_bytes, load_ms, created_at)
+             SELECT ?1, COALESCE(MAX(version), 0) + 1, ?2, ?3, ?4, ?5, ?6 FROM model_versions WHERE model = ?1",
+            params![name, v.digest, v.encoding, v.size_bytes, v.load_ms, now],
+        )?;
+        let record = read_model(&tx, name)?;
+        tx.commit()?;
+        record.ok_or(StoreError::Sqlite(rusqlite::Error::QueryReturnedNoRows))
+    }
+
+    fn delete_model(&self, name: &str) -> Result<bool, StoreError> {
+        let conn = self.conn()?;
+        Ok(conn.execute("DELETE FROM models WHERE name = ?1", [name])? > 0)
+    }
+
     fn get_meta(&self, key: &str) -> Result<Option<String>, StoreError> {
         let conn = self.conn()?;
         Ok(conn
@@ -297,17 +428,23 @@ impl MetadataStore for SqliteStore {
 /// or a different compiler configuration never loads a stale artifact.
 pub struct FsBlobStore {
     sources: PathBuf,
+    models: PathBuf,
     artifacts: PathBuf,
 }
 
 impl FsBlobStore {
     pub fn open(root: &Path, engine_hash: &str) -> Result<Self, StoreError> {
         let sources = root.join("sources").join("sha256");
+        let models = root.join("models").join("sha256");
         let artifacts = root.join("artifacts").join(engine_hash);
-        for dir in [&sources, &artifacts] {
+        for dir in [&sources, &models, &artifacts] {
             std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
         }
-        Ok(Self { sources, artifacts })
+        Ok(Self {
+            sources,
+            models,
+            artifacts,
+        })
     }
 
     fn source_file(&self, digest: &str) -> PathBuf {
@@ -346,6 +483,19 @@ impl BlobStore for FsBlobStore {
 
     fn read_source(&self, digest: &str) -> Result<Vec<u8>, StoreError> {
         let path = self.source_file(digest);
+        std::fs::read(&path).map_err(io_err(format!("reading {}", path.display())))
+    }
+
+    fn put_model(&self, digest: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        let path = self.models.join(digest);
+        if path.exists() {
+            return Ok(());
+        }
+        write_atomic(&path, bytes)
+    }
+
+    fn read_model(&self, digest: &str) -> Result<Vec<u8>, StoreError> {
+        let path = self.models.join(digest);
         std::fs::read(&path).map_err(io_err(format!("reading {}", path.display())))
     }
 

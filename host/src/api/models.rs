@@ -1,0 +1,206 @@
+//! Control plane for models: upload (validated by loading), list, inspect,
+//! delete.
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use serde::Serialize;
+
+use super::functions::read_body;
+use super::{ApiError, AppState, json_response};
+use crate::nn::models::ModelError;
+use crate::nn::{LoadedModel, TensorSpec};
+use crate::registry::{ModelRecord, ModelVersionRecord};
+use crate::runtime::{BoxError, ResponseBody};
+
+type ApiResult = Result<Response<ResponseBody>, ApiError>;
+
+impl From<ModelError> for ApiError {
+    fn from(e: ModelError) -> Self {
+        let detail = e.to_string();
+        match e {
+            ModelError::Name(u) => u.into(),
+            ModelError::UnsupportedEncoding(_) => Self::new(
+                StatusCode::BAD_REQUEST,
+                "unsupported-encoding",
+                "Unsupported model encoding",
+            )
+            .detail(detail),
+            ModelError::Invalid(_) => {
+                Self::new(StatusCode::BAD_REQUEST, "invalid-model", "Invalid model").detail(detail)
+            }
+            ModelError::NotFound(_) => {
+                Self::new(StatusCode::NOT_FOUND, "model-not-found", "Model not found")
+                    .detail(detail)
+            }
+            ModelError::Store(_) | ModelError::Internal(_) => {
+                tracing::error!(error = %e, "model registry failure");
+                Self::internal()
+            }
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Io {
+    name: String,
+    dtype: Option<&'static str>,
+    /// `null` for a free dimension.
+    dims: Vec<Option<usize>>,
+}
+
+fn io(specs: &[TensorSpec]) -> Vec<Io> {
+    specs
+        .iter()
+        .map(|s| Io {
+            name: s.name.clone(),
+            dtype: s.dtype.map(|d| d.name()),
+            dims: s.dims.clone(),
+        })
+        .collect()
+}
+
+#[derive(Serialize)]
+struct Signature {
+    inputs: Vec<Io>,
+    outputs: Vec<Io>,
+}
+
+fn signature(m: &dyn LoadedModel) -> Signature {
+    Signature {
+        inputs: io(m.inputs()),
+        outputs: io(m.outputs()),
+    }
+}
+
+pub(super) fn list(state: &AppState) -> Response<ResponseBody> {
+    #[derive(Serialize)]
+    struct Summary<'a> {
+        name: &'a str,
+        latest_version: Option<u32>,
+        digest: Option<&'a str>,
+        versions: usize,
+        loaded: bool,
+    }
+    let all = state.models.list();
+    let models: Vec<Summary<'_>> = all
+        .iter()
+        .map(|m| Summary {
+            name: &m.name,
+            latest_version: m.latest().map(|v| v.version),
+            digest: m.latest().map(|v| v.digest.as_str()),
+            versions: m.versions.len(),
+            loaded: m
+                .latest()
+                .is_some_and(|v| state.models.loaded_now(&v.digest).is_some()),
+        })
+        .collect();
+    json_response(StatusCode::OK, &serde_json::json!({ "models": models }))
+}
+
+pub(super) fn get(state: &AppState, name: &str) -> ApiResult {
+    let record = state
+        .models
+        .get(name)
+        .ok_or_else(|| ApiError::from(ModelError::NotFound(name.to_string())))?;
+    #[derive(Serialize)]
+    struct View<'a> {
+        name: &'a str,
+        latest_version: Option<u32>,
+        digest: Option<&'a str>,
+        /// `loaded` when the latest version is in memory, else `unloaded`.
+        state: &'static str,
+        backend: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        signature: Option<Signature>,
+        created_at_ms: i64,
+        updated_at_ms: i64,
+        versions: &'a [ModelVersionRecord],
+    }
+    let loaded = record
+        .latest()
+        .and_then(|v| state.models.loaded_now(&v.digest));
+    Ok(json_response(
+        StatusCode::OK,
+        &View {
+            name: &record.name,
+            latest_version: record.latest().map(|v| v.version),
+            digest: record.latest().map(|v| v.digest.as_str()),
+            state: if loaded.is_some() {
+                "loaded"
+            } else {
+                "unloaded"
+            },
+            backend: state.models.backend_name(),
+            signature: loaded.as_deref().map(signature),
+            created_at_ms: record.created_at_ms,
+            updated_at_ms: record.updated_at_ms,
+            versions: &record.versions,
+        },
+    ))
+}
+
+pub(super) async fn upload<B>(state: &AppState, name: &str, req: Request<B>) -> ApiResult
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    crate::registry::check_name(name)?;
+    let mut encoding = "onnx".to_string();
+    for pair in req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        match pair.split_once('=') {
+            Some(("encoding", value)) => encoding = value.to_string(),
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter `{pair}` (known: encoding)"
+                )));
+            }
+        }
+    }
+    let bytes = read_body(req, state.config.server.max_model_bytes()).await?;
+    let up = state.models.upload(name, &encoding, bytes).await?;
+    #[derive(Serialize)]
+    struct Uploaded<'a> {
+        name: &'a str,
+        version: u32,
+        digest: &'a str,
+        encoding: &'a str,
+        size_bytes: u64,
+        load_ms: u64,
+        created: bool,
+        backend: &'static str,
+        signature: Signature,
+    }
+    let v = &up.version;
+    Ok(json_response(
+        if up.created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
+        &Uploaded {
+            name,
+            version: v.version,
+            digest: &v.digest,
+            encoding: &v.encoding,
+            size_bytes: v.size_bytes,
+            load_ms: v.load_ms,
+            created: up.created,
+            backend: up.backend,
+            signature: signature(up.loaded.as_ref()),
+        },
+    ))
+}
+
+pub(super) async fn delete(state: &AppState, name: &str) -> ApiResult {
+    let record: std::sync::Arc<ModelRecord> = state.models.delete(name).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({"name": record.name, "deleted": true, "versions": record.versions.len()}),
+    ))
+}
