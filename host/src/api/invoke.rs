@@ -52,35 +52,46 @@ fn parse_target(path: &str) -> Result<Target<'_>, ApiError> {
 }
 
 /// Runs one invocation; always answers, always with the invocation id.
-pub(super) async fn handle<B>(state: &AppState, req: Request<B>) -> Response<ResponseBody>
+pub(super) async fn handle<B>(
+    state: &AppState,
+    path: &str,
+    req: Request<B>,
+) -> Response<ResponseBody>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
     let id = uuid::Uuid::now_v7().simple().to_string();
     let started = Instant::now();
-    let path = req.uri().path().to_string();
-    let mut response = match run(state, req).await {
+    let mut response = match run(state, path, req).await {
         Ok(response) => response,
         Err(e) => {
-            tracing::warn!(invocation_id = %id, path = %path, status = e.status.as_u16(), kind = e.kind, detail = %e.detail, "invocation failed");
+            // Refusals (4xx) are routine under load; failures are not.
+            if e.status.is_server_error() {
+                tracing::warn!(invocation_id = %id, path, status = e.status.as_u16(), kind = e.kind, detail = %e.detail, "invocation failed");
+            } else {
+                tracing::debug!(invocation_id = %id, path, status = e.status.as_u16(), kind = e.kind, "invocation refused");
+            }
             e.into_response(Some(&id))
         }
     };
-    tracing::debug!(invocation_id = %id, path = %path, status = response.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "invocation");
+    tracing::debug!(invocation_id = %id, path, status = response.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "invocation");
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(INVOCATION_ID_HEADER, value);
     }
     response
 }
 
-async fn run<B>(state: &AppState, req: Request<B>) -> Result<Response<ResponseBody>, ApiError>
+async fn run<B>(
+    state: &AppState,
+    path: &str,
+    req: Request<B>,
+) -> Result<Response<ResponseBody>, ApiError>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let path = req.uri().path().to_string();
-    let target = parse_target(&path)?;
+    let target = parse_target(path)?;
     let resolved = state.registry.resolve(target.name, target.version)?;
     let settings = resolved.settings;
     let timeout = Duration::from_millis(settings.timeout_ms);

@@ -71,7 +71,7 @@ impl App {
                 )),
                 _ => Err(ApiError::method_not_allowed("GET, HEAD")),
             },
-            ["fn", ..] => return invoke::handle(&self.state, req).await,
+            ["fn", ..] => return invoke::handle(&self.state, &path, req).await,
             ["v1", "functions"] | ["v1", "functions", ""] => match *req.method() {
                 Method::GET => Ok(functions::list(&self.state)),
                 _ => Err(ApiError::method_not_allowed("GET")),
