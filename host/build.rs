@@ -9,5 +9,15 @@ use std::path::PathBuf;
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join("functions");
-    guests::build(&manifest.join("../functions"), &["hello"], &out);
+    guests::build(
+        &manifest.join("../functions"),
+        &["hello", "classify-digits"],
+        &out,
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
+        manifest
+            .join("../functions/classify-digits/model/digits.onnx")
+            .display()
+    );
 }

@@ -71,7 +71,7 @@ impl Platform {
             meta,
             blobs,
             runtime.clone(),
-            config.functions,
+            config.functions.clone(),
             config.runtime.clone(),
         )?);
         let install_builtins = config.server.install_builtins;
@@ -84,7 +84,7 @@ impl Platform {
             models,
         });
         if install_builtins {
-            install_builtin_functions(&state.registry).await?;
+            install_builtins_once(&state).await?;
         }
         // Load what min_warm keeps warm, then let the reaper take over.
         state.scheduler.reap().await;
@@ -114,8 +114,10 @@ impl Platform {
     }
 }
 
-/// Deploys the functions compiled into the binary, once per data directory.
-async fn install_builtin_functions(registry: &Registry) -> Result<(), StartError> {
+/// Installs the models and functions compiled into the binary, once per
+/// data directory (deleting them later is respected).
+async fn install_builtins_once(state: &AppState) -> Result<(), StartError> {
+    let registry = &state.registry;
     let meta = registry.metadata().clone();
     let done = tokio::task::spawn_blocking(move || meta.get_meta(BUILTINS_INSTALLED_KEY))
         .await
@@ -123,13 +125,30 @@ async fn install_builtin_functions(registry: &Registry) -> Result<(), StartError
     if done.is_some() {
         return Ok(());
     }
+    for model in crate::builtins::BUILTIN_MODELS {
+        if state.models.get(model.name).is_none() {
+            state
+                .models
+                .upload(
+                    model.name,
+                    model.encoding,
+                    bytes::Bytes::from_static(model.bytes),
+                )
+                .await
+                .map_err(|e| {
+                    RegistryError::Internal(format!("built-in model {}: {e}", model.name))
+                })?;
+        }
+    }
     for builtin in crate::builtins::BUILTINS {
         if registry.get(builtin.name).is_none() {
+            let settings =
+                SettingsPatch::from_query(builtin.settings).map_err(RegistryError::Settings)?;
             registry
                 .deploy(
                     builtin.name,
                     bytes::Bytes::from_static(builtin.wasm),
-                    SettingsPatch::default(),
+                    settings,
                 )
                 .await?;
         }

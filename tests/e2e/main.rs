@@ -14,6 +14,7 @@ mod hostile;
 mod invoke;
 mod lifecycle;
 mod models;
+mod nn;
 mod scheduler;
 mod validation;
 

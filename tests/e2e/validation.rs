@@ -55,7 +55,7 @@ async fn malformed_uploads_are_refused_with_reasons() {
     let unsatisfiable = wat::parse_str(
         r#"(component
              (import "acme:db/query@1.0.0" (instance (export "run" (func))))
-             (import "wasi:nn/graph@0.2.0-rc-2024-10-28" (instance))
+             (import "wasi:nn/graph@0.1.0" (instance))
            )"#,
     )
     .unwrap();
@@ -71,10 +71,7 @@ async fn malformed_uploads_are_refused_with_reasons() {
         .iter()
         .filter_map(|v| v.as_str())
         .collect();
-    assert_eq!(
-        imports,
-        ["acme:db/query@1.0.0", "wasi:nn/graph@0.2.0-rc-2024-10-28"]
-    );
+    assert_eq!(imports, ["acme:db/query@1.0.0", "wasi:nn/graph@0.1.0"]);
     assert!(
         p["detail"]
             .as_str()

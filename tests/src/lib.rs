@@ -33,13 +33,18 @@ pub const DIGITS_HELDOUT: &str = include_str!("../../functions/classify-digits/m
 /// Fixture crates the build compiled.
 pub const FIXTURES: &str = env!("GLIA_FIXTURES");
 
-/// The built-in `hello` function, as embedded in the binary.
-pub fn hello() -> &'static [u8] {
+/// A built-in function's component, as embedded in the binary.
+pub fn builtin(name: &str) -> &'static [u8] {
     glia_host::builtins::BUILTINS
         .iter()
-        .find(|b| b.name == "hello")
+        .find(|b| b.name == name)
         .map(|b| b.wasm)
-        .expect("hello is built in")
+        .expect("a built-in function")
+}
+
+/// The built-in `hello` function.
+pub fn hello() -> &'static [u8] {
+    builtin("hello")
 }
 
 /// A configuration suited to tests: small pool, short grace, no built-ins.

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, Uri};
 
 use super::{ApiError, AppState, COLD_START_HEADER, COLD_START_US_HEADER, INVOCATION_ID_HEADER};
+use crate::nn::wasi::NnState;
 use crate::runtime::{BoxError, InvokeLimits, ResponseBody};
 use crate::scheduler::VersionKey;
 
@@ -93,7 +94,7 @@ where
 {
     let target = parse_target(path)?;
     let resolved = state.registry.resolve(target.name, target.version)?;
-    let settings = resolved.settings;
+    let settings = &resolved.settings;
     let timeout = Duration::from_millis(settings.timeout_ms);
 
     let mut admission = state.scheduler.admit(&resolved).await?;
@@ -105,12 +106,14 @@ where
     let req = rewrite_uri(req, &target.guest_path)?;
     let req = req.map(|body| http_body_util::BodyExt::map_err(body, |e| e.into()));
     let limits = InvokeLimits {
+        deadline: std::time::Instant::now() + timeout,
         timeout,
         memory_bytes: settings.memory_mb * MIB,
     };
+    let nn = granted_models(state, &settings.models, limits.deadline).await;
     let mut response = state
         .runtime
-        .invoke(&ready.pre, limits, req, admission)
+        .invoke(&ready.pre, limits, req, nn, admission)
         .await?;
     let headers = response.headers_mut();
     headers.insert(
@@ -128,6 +131,27 @@ where
         );
     }
     Ok(response)
+}
+
+/// The `wasi:nn` state for a call: the granted models that exist, loaded
+/// (shared with every other caller; loaded now if this is their first use).
+/// A granted model that cannot be loaded is left out, so the guest's
+/// `load-by-name` reports `not-found`.
+async fn granted_models(
+    state: &AppState,
+    names: &[String],
+    deadline: std::time::Instant,
+) -> NnState {
+    let mut granted = std::collections::HashMap::with_capacity(names.len());
+    for name in names {
+        match state.models.load(name).await {
+            Ok(model) => {
+                granted.insert(name.clone(), model);
+            }
+            Err(e) => tracing::debug!(model = %name, error = %e, "granted model unavailable"),
+        }
+    }
+    NnState::new(granted, deadline)
 }
 
 /// Gives the guest the path after the function name, with the original query

@@ -10,6 +10,7 @@
 
 pub mod models;
 pub mod tract;
+pub mod wasi;
 
 use std::sync::Arc;
 

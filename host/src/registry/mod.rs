@@ -187,7 +187,10 @@ impl Registry {
     ) -> Result<Deployed, RegistryError> {
         check_name(name)?;
         let existing = self.get(name);
-        let base = existing.as_ref().map(|r| r.overrides).unwrap_or_default();
+        let base = existing
+            .as_ref()
+            .map(|r| r.overrides.clone())
+            .unwrap_or_default();
         let overrides = self.checked_overrides(base, &patch)?;
 
         let (digest, compiled, compile_ms) = {
@@ -266,7 +269,7 @@ impl Registry {
         let record = self
             .get(name)
             .ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
-        let overrides = self.checked_overrides(record.overrides, patch)?;
+        let overrides = self.checked_overrides(record.overrides.clone(), patch)?;
         self.store_overrides(name, overrides).await
     }
 

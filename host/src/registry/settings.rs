@@ -12,49 +12,62 @@ use serde::{Deserialize, Serialize};
 use crate::config::RuntimeConfig;
 
 macro_rules! settings {
-    ($(
+    (numbers {$(
         $(#[doc = $doc:literal])*
         $field:ident : $ty:ty = $default:expr, range $min:literal ..= $max:expr;
-    )*) => {
+    )*}
+    lists {$(
+        $(#[doc = $ldoc:literal])*
+        $lfield:ident;
+    )*}) => {
         /// The effective settings of a function: defaults with its overrides
         /// applied. Also the `[functions]` section of `platform.toml`.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+        #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
         #[serde(deny_unknown_fields, default)]
         pub struct Settings {
             $( $(#[doc = $doc])* pub $field: $ty, )*
+            $( $(#[doc = $ldoc])* pub $lfield: Vec<String>, )*
         }
 
         impl Default for Settings {
             fn default() -> Self {
-                Self { $( $field: $default, )* }
+                Self { $( $field: $default, )* $( $lfield: Vec::new(), )* }
             }
         }
 
         /// The settings a function chose for itself; `None` follows the
         /// platform default.
-        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
         #[serde(deny_unknown_fields)]
         pub struct SettingsOverrides {
             $(
                 #[serde(default, skip_serializing_if = "Option::is_none")]
                 pub $field: Option<$ty>,
             )*
+            $(
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                pub $lfield: Option<Vec<String>>,
+            )*
         }
 
         /// A change to a function's settings (`PATCH /v1/functions/{name}`,
         /// or the query string of an upload). An absent key leaves a setting
         /// alone; `null` returns it to the default.
-        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+        #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
         #[serde(deny_unknown_fields)]
         pub struct SettingsPatch {
             $(
                 #[serde(default, deserialize_with = "double_option")]
                 pub $field: Option<Option<$ty>>,
             )*
+            $(
+                #[serde(default, deserialize_with = "double_option")]
+                pub $lfield: Option<Option<Vec<String>>>,
+            )*
         }
 
         /// Names of every setting, as used in JSON and query strings.
-        pub const SETTING_NAMES: &[&str] = &[$(stringify!($field)),*];
+        pub const SETTING_NAMES: &[&str] = &[$(stringify!($field),)* $(stringify!($lfield),)*];
 
         impl Settings {
             /// Checks each value against its range (and `memory_mb` against
@@ -66,6 +79,19 @@ macro_rules! settings {
                         return Err(format!(
                             "{} must be {}..={}",
                             stringify!($field), $min, max
+                        ));
+                    }
+                )*
+                $(
+                    if self.$lfield.len() > MAX_LIST_ITEMS {
+                        return Err(format!(
+                            "{} takes at most {MAX_LIST_ITEMS} names", stringify!($lfield)
+                        ));
+                    }
+                    if let Some(bad) = self.$lfield.iter().find(|n| super::check_name(n).is_err()) {
+                        return Err(format!(
+                            "{}: `{}` is not a valid name", stringify!($lfield),
+                            bad.chars().take(80).collect::<String>()
                         ));
                     }
                 )*
@@ -82,7 +108,10 @@ macro_rules! settings {
         impl SettingsOverrides {
             /// Applies these overrides on top of `defaults`.
             pub fn resolve(&self, defaults: &Settings) -> Settings {
-                Settings { $( $field: self.$field.unwrap_or(defaults.$field), )* }
+                Settings {
+                    $( $field: self.$field.unwrap_or(defaults.$field), )*
+                    $( $lfield: self.$lfield.clone().unwrap_or_else(|| defaults.$lfield.clone()), )*
+                }
             }
 
             /// Overlays `patch`: keys it sets replace ours, `null` resets.
@@ -90,6 +119,11 @@ macro_rules! settings {
                 $(
                     if let Some(value) = patch.$field {
                         self.$field = value;
+                    }
+                )*
+                $(
+                    if let Some(value) = &patch.$lfield {
+                        self.$lfield = value.clone();
                     }
                 )*
             }
@@ -109,6 +143,17 @@ macro_rules! settings {
                                     format!("query parameter `{key}` must be a non-negative integer")
                                 })?;
                                 patch.$field = Some(Some(parsed));
+                            }
+                        )*
+                        $(
+                            stringify!($lfield) => {
+                                patch.$lfield = Some(Some(
+                                    value
+                                        .split(',')
+                                        .filter(|v| !v.is_empty())
+                                        .map(str::to_string)
+                                        .collect(),
+                                ));
                             }
                         )*
                         other => {
@@ -139,6 +184,7 @@ pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 300_000;
 const MAX_DURATION_MS: u64 = 60 * 60 * 1000;
 
 settings! {
+    numbers {
     /// Wall-clock limit of one invocation, response body included.
     timeout_ms: u64 = DEFAULT_TIMEOUT_MS, range 1..=MAX_DURATION_MS;
     /// Linear-memory limit of one invocation, in MiB.
@@ -153,7 +199,17 @@ settings! {
     /// to zero. One warm `InstancePre` serves any number of instances, so
     /// there is nothing to gain from more.
     min_warm: u32 = 0, range 0..=1;
+    }
+    lists {
+        /// Models this function may load with `wasi:nn` `load-by-name`;
+        /// none by default (capabilities are denied unless granted). In a
+        /// query string: `models=a,b`.
+        models;
+    }
 }
+
+/// Most names a list setting holds.
+const MAX_LIST_ITEMS: usize = 64;
 
 fn double_option<'de, T, D>(de: D) -> Result<Option<Option<T>>, D::Error>
 where
@@ -176,6 +232,14 @@ mod tests {
         );
         let s = o.resolve(&defaults);
         assert_eq!((s.timeout_ms, s.memory_mb, s.min_warm), (1000, 64, 1));
+        assert!(s.models.is_empty(), "no models unless granted");
+        o.apply(&SettingsPatch::from_query("models=digits,text").expect("list"));
+        assert_eq!(o.resolve(&defaults).models, ["digits", "text"]);
+        let bad = Settings {
+            models: vec!["Bad_Name".into()],
+            ..Settings::default()
+        };
+        assert!(bad.validate(&RuntimeConfig::default()).is_err());
         let reset: SettingsPatch = serde_json::from_str(r#"{"timeout_ms": null}"#).expect("json");
         o.apply(&reset);
         assert_eq!(o.resolve(&defaults).timeout_ms, defaults.timeout_ms);

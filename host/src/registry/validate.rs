@@ -23,6 +23,8 @@ const PROVIDED_PACKAGES: &[&str] = &[
 ];
 /// The newest WASI 0.2 patch release the host implements.
 const PROVIDED_WASI_PATCH: u64 = 12;
+/// The `wasi:nn` version the host implements (a release candidate: exact).
+const PROVIDED_NN: &str = "wasi:nn@0.2.0-rc-2024-10-28";
 
 /// Why an upload was refused before compilation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -106,6 +108,9 @@ fn is_provided(import: &str) -> bool {
     let Some((package, _interface)) = path.split_once('/') else {
         return false;
     };
+    if package == "wasi:nn" {
+        return format!("{package}@{version}") == PROVIDED_NN;
+    }
     if !PROVIDED_PACKAGES.contains(&package) {
         return false;
     }
@@ -152,7 +157,8 @@ mod tests {
         assert!(is_provided("wasi:cli/environment@0.2.12"));
         assert!(!is_provided("wasi:http/types@0.3.0"));
         assert!(!is_provided("wasi:http/types@0.2.99"));
-        assert!(!is_provided("wasi:nn/graph@0.2.0-rc-2024-10-28"));
+        assert!(is_provided("wasi:nn/graph@0.2.0-rc-2024-10-28"));
+        assert!(!is_provided("wasi:nn/graph@0.2.0-rc-2023-01-01"));
         assert!(!is_provided("acme:db/query@1.0.0"));
         assert!(!is_provided("env"));
     }

@@ -30,6 +30,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 
 use crate::config::RuntimeConfig;
+use crate::nn::wasi::NnState;
 pub use state::HostState;
 
 /// Boxed error carried by response bodies.
@@ -109,6 +110,8 @@ pub enum InvokeError {
 /// Limits for one invocation.
 #[derive(Debug, Clone, Copy)]
 pub struct InvokeLimits {
+    /// When the invocation must be over (response body included).
+    pub deadline: Instant,
     pub timeout: Duration,
     pub memory_bytes: u64,
 }
@@ -135,6 +138,7 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(RuntimeError::Link)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(RuntimeError::Link)?;
+        crate::nn::wasi::add_to_linker(&mut linker, HostState::nn).map_err(RuntimeError::Link)?;
 
         let compatibility_hash = {
             use std::hash::{Hash, Hasher};
@@ -209,6 +213,7 @@ impl Runtime {
         pre: &FunctionPre,
         limits: InvokeLimits,
         request: http::Request<B>,
+        nn: NnState,
         guard: G,
     ) -> Result<http::Response<ResponseBody>, InvokeError>
     where
@@ -217,9 +222,9 @@ impl Runtime {
         G: Send + 'static,
     {
         let memory_limit = usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX);
-        let mut store = Store::new(&self.engine, HostState::new(memory_limit));
+        let mut store = Store::new(&self.engine, HostState::new(memory_limit, nn));
         store.limiter(|s| &mut s.limits);
-        let deadline = Instant::now() + limits.timeout;
+        let deadline = limits.deadline;
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
             Ok(if Instant::now() >= deadline {

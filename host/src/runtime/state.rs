@@ -2,6 +2,8 @@
 //! the wasi-http context, and the resource limiter.
 
 use wasmtime::component::ResourceTable;
+
+use crate::nn::wasi::{NnState, NnView};
 use wasmtime::{ResourceLimiter, Result};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
@@ -14,6 +16,7 @@ use wasmtime_wasi_http::{
 /// between invocations.
 pub struct HostState {
     wasi: WasiCtx,
+    nn: NnState,
     http: WasiHttpCtx,
     table: ResourceTable,
     hooks: DenyOutgoing,
@@ -22,15 +25,27 @@ pub struct HostState {
 
 impl HostState {
     /// A store state with no preopened directories, an empty environment, no
-    /// network, stdio discarded, and a linear-memory limit.
-    pub fn new(memory_limit_bytes: usize) -> Self {
+    /// network, stdio discarded, a linear-memory limit, and the models the
+    /// function was granted.
+    pub fn new(memory_limit_bytes: usize, nn: NnState) -> Self {
         let wasi = WasiCtx::builder().allow_ip_name_lookup(false).build();
         Self {
             wasi,
+            nn,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             hooks: DenyOutgoing,
             limits: GuestLimits::new(memory_limit_bytes),
+        }
+    }
+}
+
+impl HostState {
+    /// The `wasi:nn` view of this store.
+    pub(crate) fn nn(&mut self) -> NnView<'_> {
+        NnView {
+            state: &mut self.nn,
+            table: &mut self.table,
         }
     }
 }

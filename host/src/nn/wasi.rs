@@ -1,0 +1,324 @@
+//! `wasi:nn` for guests, generated from `wit/deps/nn.wit` and served from
+//! the shared loaded models.
+//!
+//! A function reaches only the models its `models` setting grants:
+//! `load-by-name` of anything else is `not-found`, exactly as for a model
+//! that does not exist, so a function cannot probe for other models. Raw
+//! `load` is refused (`unsupported-operation`): models are uploaded through
+//! the API, validated once and shared. `compute` runs on the blocking pool,
+//! never on the async workers, and stops waiting at the invocation's
+//! deadline (epoch interruption cannot stop host code).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
+
+pub use super::Tensor;
+use super::{DType, LoadedModel, NnError};
+
+mod generated {
+    wasmtime::component::bindgen!({
+        path: "../wit/deps/nn.wit",
+        world: "ml",
+        imports: { default: async | trappable },
+        with: {
+            "wasi:nn/graph.graph": super::GuestGraph,
+            "wasi:nn/tensor.tensor": crate::nn::Tensor,
+            "wasi:nn/inference.graph-execution-context": super::GuestContext,
+            "wasi:nn/errors.error": super::GuestError,
+        },
+    });
+}
+
+use generated::wasi::nn::errors::ErrorCode;
+use generated::wasi::nn::graph::{ExecutionTarget, GraphEncoding};
+use generated::wasi::nn::tensor::TensorType;
+use generated::wasi::nn::{errors, graph, inference, tensor};
+
+/// Largest tensor (in elements) a guest may pass to `compute`.
+pub const MAX_TENSOR_ELEMENTS: usize = 64 * 1024 * 1024;
+
+/// A graph handed to a guest: a granted, loaded model.
+pub struct GuestGraph {
+    model: Arc<dyn LoadedModel>,
+}
+
+/// An execution context on a graph.
+pub struct GuestContext {
+    model: Arc<dyn LoadedModel>,
+}
+
+/// An error handed to a guest.
+pub struct GuestError {
+    code: ErrorCode,
+    message: String,
+}
+
+/// Per-invocation `wasi:nn` state: the models this function may use.
+#[derive(Default)]
+pub struct NnState {
+    granted: HashMap<String, Arc<dyn LoadedModel>>,
+    deadline: Option<Instant>,
+}
+
+impl NnState {
+    /// State granting `models`, with inference cut off at `deadline`.
+    pub fn new(granted: HashMap<String, Arc<dyn LoadedModel>>, deadline: Instant) -> Self {
+        Self {
+            granted,
+            deadline: Some(deadline),
+        }
+    }
+}
+
+/// The view the generated bindings call into.
+pub struct NnView<'a> {
+    pub state: &'a mut NnState,
+    pub table: &'a mut ResourceTable,
+}
+
+struct Nn;
+
+impl HasData for Nn {
+    type Data<'a> = NnView<'a>;
+}
+
+/// Adds the `wasi:nn` interfaces to `linker`.
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    view: fn(&mut T) -> NnView<'_>,
+) -> wasmtime::Result<()> {
+    graph::add_to_linker::<T, Nn>(linker, view)?;
+    tensor::add_to_linker::<T, Nn>(linker, view)?;
+    inference::add_to_linker::<T, Nn>(linker, view)?;
+    errors::add_to_linker::<T, Nn>(linker, view)?;
+    Ok(())
+}
+
+type GuestResult<T> = wasmtime::Result<Result<T, Resource<GuestError>>>;
+
+impl NnView<'_> {
+    fn fail<T>(&mut self, code: ErrorCode, message: impl Into<String>) -> GuestResult<T> {
+        let error = self.table.push(GuestError {
+            code,
+            message: message.into(),
+        })?;
+        Ok(Err(error))
+    }
+}
+
+fn code_of(e: &NnError) -> ErrorCode {
+    match e {
+        NnError::InvalidArgument(_) => ErrorCode::InvalidArgument,
+        NnError::InvalidEncoding(_) => ErrorCode::InvalidEncoding,
+        NnError::UnsupportedOperation(_) => ErrorCode::UnsupportedOperation,
+        NnError::TooLarge(_) => ErrorCode::TooLarge,
+        NnError::NotFound(_) => ErrorCode::NotFound,
+        NnError::Runtime(_) => ErrorCode::RuntimeError,
+    }
+}
+
+fn dtype_of(t: TensorType) -> DType {
+    match t {
+        TensorType::Fp16 => DType::F16,
+        TensorType::Fp32 => DType::F32,
+        TensorType::Fp64 => DType::F64,
+        TensorType::Bf16 => DType::Bf16,
+        TensorType::U8 => DType::U8,
+        TensorType::I32 => DType::I32,
+        TensorType::I64 => DType::I64,
+    }
+}
+
+fn tensor_type_of(d: DType) -> TensorType {
+    match d {
+        DType::F16 => TensorType::Fp16,
+        DType::F32 => TensorType::Fp32,
+        DType::F64 => TensorType::Fp64,
+        DType::Bf16 => TensorType::Bf16,
+        DType::U8 => TensorType::U8,
+        DType::I32 => TensorType::I32,
+        DType::I64 => TensorType::I64,
+    }
+}
+
+impl graph::Host for NnView<'_> {
+    async fn load(
+        &mut self,
+        _builder: Vec<Vec<u8>>,
+        _encoding: GraphEncoding,
+        _target: ExecutionTarget,
+    ) -> GuestResult<Resource<GuestGraph>> {
+        self.fail(
+            ErrorCode::UnsupportedOperation,
+            "loading models from bytes is not offered: upload the model (PUT /v1/models/{name}), \
+             grant it to the function (models=...) and use load-by-name",
+        )
+    }
+
+    async fn load_by_name(&mut self, name: String) -> GuestResult<Resource<GuestGraph>> {
+        match self.state.granted.get(&name) {
+            Some(model) => {
+                let model = model.clone();
+                Ok(Ok(self.table.push(GuestGraph { model })?))
+            }
+            None => self.fail(
+                ErrorCode::NotFound,
+                format!("no model `{name}` is available to this function"),
+            ),
+        }
+    }
+}
+
+impl graph::HostGraph for NnView<'_> {
+    async fn init_execution_context(
+        &mut self,
+        graph: Resource<GuestGraph>,
+    ) -> GuestResult<Resource<GuestContext>> {
+        let model = self.table.get(&graph)?.model.clone();
+        Ok(Ok(self.table.push(GuestContext { model })?))
+    }
+
+    async fn drop(&mut self, graph: Resource<GuestGraph>) -> wasmtime::Result<()> {
+        self.table.delete(graph)?;
+        Ok(())
+    }
+}
+
+impl inference::Host for NnView<'_> {}
+
+impl inference::HostGraphExecutionContext for NnView<'_> {
+    async fn compute(
+        &mut self,
+        ctx: Resource<GuestContext>,
+        inputs: Vec<(String, Resource<Tensor>)>,
+    ) -> GuestResult<Vec<(String, Resource<Tensor>)>> {
+        let model = self.table.get(&ctx)?.model.clone();
+        let mut named = Vec::with_capacity(inputs.len());
+        for (name, tensor) in inputs {
+            let tensor = self.table.delete(tensor)?;
+            if let Err(e) = tensor.validate(MAX_TENSOR_ELEMENTS) {
+                return self.fail(code_of(&e), format!("input `{name}`: {e}"));
+            }
+            named.push((name, tensor));
+        }
+        // Inputs by name when every name is one of the model's, else in order.
+        let specs = model.inputs();
+        let by_name = named.len() == specs.len()
+            && named
+                .iter()
+                .all(|(n, _)| specs.iter().any(|s| &s.name == n));
+        let ordered: Vec<Tensor> = if by_name {
+            let mut slots: Vec<Option<Tensor>> = vec![None; specs.len()];
+            for (name, tensor) in named {
+                if let Some(ix) = specs.iter().position(|s| s.name == name)
+                    && let Some(slot) = slots.get_mut(ix)
+                {
+                    *slot = Some(tensor);
+                }
+            }
+            match slots.into_iter().collect::<Option<Vec<_>>>() {
+                Some(all) => all,
+                None => {
+                    return self.fail(ErrorCode::InvalidArgument, "an input was given twice");
+                }
+            }
+        } else {
+            named.into_iter().map(|(_, t)| t).collect()
+        };
+
+        let run_model = model.clone();
+        let job = tokio::task::spawn_blocking(move || run_model.run(&ordered));
+        let outcome = match self.state.deadline {
+            Some(deadline) => {
+                match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), job).await {
+                    Ok(joined) => joined,
+                    Err(_) => {
+                        return self.fail(
+                            ErrorCode::Timeout,
+                            "inference did not finish before the function's deadline",
+                        );
+                    }
+                }
+            }
+            None => job.await,
+        };
+        let outputs = match outcome {
+            Ok(Ok(outputs)) => outputs,
+            Ok(Err(e)) => return self.fail(code_of(&e), e.to_string()),
+            Err(e) => return self.fail(ErrorCode::RuntimeError, format!("inference task: {e}")),
+        };
+        let mut result = Vec::with_capacity(outputs.len());
+        for (ix, tensor) in outputs.into_iter().enumerate() {
+            let name = model
+                .outputs()
+                .get(ix)
+                .map(|s| s.name.clone())
+                .unwrap_or_else(|| ix.to_string());
+            result.push((name, self.table.push(tensor)?));
+        }
+        Ok(Ok(result))
+    }
+
+    async fn drop(&mut self, ctx: Resource<GuestContext>) -> wasmtime::Result<()> {
+        self.table.delete(ctx)?;
+        Ok(())
+    }
+}
+
+impl tensor::Host for NnView<'_> {}
+
+impl tensor::HostTensor for NnView<'_> {
+    async fn new(
+        &mut self,
+        dimensions: Vec<u32>,
+        ty: TensorType,
+        data: Vec<u8>,
+    ) -> wasmtime::Result<Resource<Tensor>> {
+        Ok(self.table.push(Tensor {
+            dims: dimensions.into_iter().map(|d| d as usize).collect(),
+            dtype: dtype_of(ty),
+            data,
+        })?)
+    }
+
+    async fn dimensions(&mut self, tensor: Resource<Tensor>) -> wasmtime::Result<Vec<u32>> {
+        let t = self.table.get(&tensor)?;
+        Ok(t.dims
+            .iter()
+            .map(|d| u32::try_from(*d).unwrap_or(u32::MAX))
+            .collect())
+    }
+
+    async fn ty(&mut self, tensor: Resource<Tensor>) -> wasmtime::Result<TensorType> {
+        Ok(tensor_type_of(self.table.get(&tensor)?.dtype))
+    }
+
+    async fn data(&mut self, tensor: Resource<Tensor>) -> wasmtime::Result<Vec<u8>> {
+        Ok(self.table.get(&tensor)?.data.clone())
+    }
+
+    async fn drop(&mut self, tensor: Resource<Tensor>) -> wasmtime::Result<()> {
+        self.table.delete(tensor)?;
+        Ok(())
+    }
+}
+
+impl errors::Host for NnView<'_> {}
+
+impl errors::HostError for NnView<'_> {
+    async fn code(&mut self, error: Resource<GuestError>) -> wasmtime::Result<ErrorCode> {
+        Ok(self.table.get(&error)?.code)
+    }
+
+    async fn data(&mut self, error: Resource<GuestError>) -> wasmtime::Result<String> {
+        Ok(self.table.get(&error)?.message.clone())
+    }
+
+    async fn drop(&mut self, error: Resource<GuestError>) -> wasmtime::Result<()> {
+        self.table.delete(error)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,139 @@
+//! Model functions: `classify-digits` calls the shared `digits` model
+//! through `wasi:nn`, end to end over HTTP.
+
+use std::time::Instant;
+
+use glia_e2e::{DIGITS_HELDOUT, DIGITS_ONNX, TestServer, builtin};
+use serde_json::{Value, json};
+
+async fn with_digits(settings: &str) -> TestServer {
+    let server = TestServer::start().await;
+    let r = server.upload_model("digits", DIGITS_ONNX, "").await;
+    assert_eq!(r.status(), 201);
+    server
+        .deploy_ok("classify-digits", builtin("classify-digits"), settings)
+        .await;
+    server
+}
+
+async fn classify(server: &TestServer, pixels: &Value) -> (u16, Value) {
+    let r = server
+        .client
+        .post(server.url("/fn/classify-digits"))
+        .json(&json!({ "pixels": pixels }))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heldout_split_matches_onnx_runtime_sample_by_sample() {
+    let server = with_digits("models=digits").await;
+    let heldout: Value = serde_json::from_str(DIGITS_HELDOUT).unwrap();
+    let samples = heldout["samples"].as_array().unwrap();
+    let mut correct = 0;
+    for chunk in samples.chunks(16) {
+        let calls = chunk.iter().map(|s| classify(&server, &s["pixels"]));
+        for ((status, out), s) in futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .zip(chunk)
+        {
+            assert_eq!(status, 200, "{out}");
+            assert_eq!(out["label"], s["expected"], "label as ONNX Runtime gave it");
+            let probs = out["probabilities"].as_array().unwrap();
+            assert_eq!(probs.len(), 10);
+            for (p, want) in probs.iter().zip(s["probabilities"].as_array().unwrap()) {
+                assert!((p.as_f64().unwrap() - want.as_f64().unwrap()).abs() < 1e-4);
+            }
+            if out["label"] == s["label"] {
+                correct += 1;
+            }
+        }
+    }
+    let accuracy = correct as f64 / samples.len() as f64;
+    assert!(
+        (accuracy - heldout["accuracy"].as_f64().unwrap()).abs() < 1e-9,
+        "accuracy {accuracy} equals ONNX Runtime's"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_two_concurrent_calls_share_one_model() {
+    let server = with_digits("models=digits").await;
+    let heldout: Value = serde_json::from_str(DIGITS_HELDOUT).unwrap();
+    let sample = heldout["samples"][0].clone();
+    let started = Instant::now();
+    let calls = (0..32).map(|_| classify(&server, &sample["pixels"]));
+    for (status, out) in futures::future::join_all(calls).await {
+        assert_eq!(status, 200, "{out}");
+        assert_eq!(out["label"], sample["expected"]);
+    }
+    assert!(started.elapsed().as_secs() < 30);
+    let m: Value = server.get("/v1/models/digits").await.json().await.unwrap();
+    assert_eq!(m["state"], "loaded");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn models_are_denied_unless_granted() {
+    // Deployed without `models=digits`: load-by-name finds nothing.
+    let server = with_digits("").await;
+    let pixels = json!(vec![0; 64]);
+    let (status, out) = classify(&server, &pixels).await;
+    assert_eq!(status, 503, "{out}");
+    assert!(
+        out["detail"].as_str().unwrap().contains("NotFound"),
+        "{out}"
+    );
+
+    // Granted: it works, without a new version.
+    let r = server
+        .client
+        .patch(server.url("/v1/functions/classify-digits"))
+        .json(&json!({"models": ["digits"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (status, _) = classify(&server, &pixels).await;
+    assert_eq!(status, 200);
+
+    // Granted but deleted: not found again.
+    let r = server
+        .client
+        .delete(server.url("/v1/models/digits"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (status, out) = classify(&server, &pixels).await;
+    assert_eq!(status, 503, "{out}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_inputs_are_400_with_the_reason() {
+    let server = with_digits("models=digits").await;
+    let (status, out) = classify(&server, &json!([1, 2, 3])).await;
+    assert_eq!(status, 400);
+    assert!(
+        out["detail"].as_str().unwrap().contains("64 pixels"),
+        "{out}"
+    );
+    let (status, out) = classify(&server, &json!(vec![99; 64])).await;
+    assert_eq!(status, 400);
+    assert!(out["detail"].as_str().unwrap().contains("0-16"), "{out}");
+    let r = server
+        .client
+        .post(server.url("/fn/classify-digits"))
+        .body("not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    server.stop().await;
+}
