@@ -35,6 +35,8 @@ pub const DEFAULT_EPOCH_TICK_MS: u64 = 10;
 pub const DEFAULT_MAX_IN_FLIGHT: u32 = 1000;
 /// Default bound on calls waiting for one function.
 pub const DEFAULT_MAX_QUEUE: u32 = 1024;
+/// Default time a loaded model stays in memory unused.
+pub const DEFAULT_MODEL_IDLE_TIMEOUT_MS: u64 = 600_000;
 /// Default interval of the idle reaper.
 pub const DEFAULT_REAP_INTERVAL_MS: u64 = 1000;
 
@@ -45,6 +47,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub runtime: RuntimeConfig,
     pub scheduler: SchedulerConfig,
+    pub models: ModelsConfig,
     /// The settings every function gets unless it sets its own.
     pub functions: Settings,
 }
@@ -144,6 +147,23 @@ impl SchedulerConfig {
     }
 }
 
+/// `[models]`: how long loaded models stay in memory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelsConfig {
+    /// A loaded model unused this long is unloaded (its functions may stay
+    /// warm; it loads again on next use).
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout_ms: DEFAULT_MODEL_IDLE_TIMEOUT_MS,
+        }
+    }
+}
+
 /// A configuration that cannot be used, with the key it is about.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -188,6 +208,9 @@ impl Config {
         self.server.validate()?;
         self.runtime.validate()?;
         self.scheduler.validate(&self.runtime)?;
+        if self.models.idle_timeout_ms == 0 {
+            return Err(invalid("models.idle_timeout_ms", "must be at least 1"));
+        }
         self.functions
             .validate(&self.runtime)
             .map_err(|reason| invalid("functions", reason))?;
@@ -211,6 +234,7 @@ impl Config {
              \x20 admission         {in_flight} in flight, {queue} queued per function\n\
              \x20 function defaults timeout {timeout} ms, memory {fmem} MiB, concurrency {conc}, queue wait {qwait} ms\n\
              \x20 scale to zero     after {idle} ms idle (min_warm {min_warm}), reaper every {reap} ms\n\
+             \x20 models            tract (ONNX), unloaded after {model_idle} ms unused\n\
              \x20 guest capabilities no preopened dirs, empty env, no sockets, outgoing HTTP denied",
             version = env!("CARGO_PKG_VERSION"),
             listen = s.listen,
@@ -231,6 +255,7 @@ impl Config {
             idle = f.idle_timeout_ms,
             min_warm = f.min_warm,
             reap = q.reap_interval_ms,
+            model_idle = self.models.idle_timeout_ms,
         )
     }
 }

@@ -66,6 +66,7 @@ impl Platform {
             meta.clone(),
             blobs.clone(),
             Arc::new(TractBackend),
+            Duration::from_millis(config.models.idle_timeout_ms),
         )?);
         let registry = Arc::new(Registry::open(
             meta,
@@ -89,6 +90,9 @@ impl Platform {
         // Load what min_warm keeps warm, then let the reaper take over.
         state.scheduler.reap().await;
         state.scheduler.spawn_reaper();
+        state.models.spawn_reaper(Duration::from_millis(
+            state.config.scheduler.reap_interval_ms,
+        ));
         Ok(Self {
             app: App::new(state),
         })

@@ -137,3 +137,84 @@ async fn malformed_inputs_are_400_with_the_reason() {
     assert_eq!(r.status(), 400);
     server.stop().await;
 }
+
+/// Polls `path` until its JSON `state` is `want`, or panics after 3 s.
+async fn wait_state(server: &TestServer, path: &str, want: &str) {
+    let started = Instant::now();
+    loop {
+        let v: Value = server.get(path).await.json().await.unwrap();
+        if v["state"] == want {
+            return;
+        }
+        assert!(
+            started.elapsed().as_secs() < 3,
+            "{path} never became {want}: {v}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn functions_and_models_keep_warm_on_their_own_policies() {
+    let pixels = json!(vec![0; 64]);
+
+    // The model goes idle and unloads while the function stays warm.
+    let server = TestServer::start_with(|c| {
+        c.scheduler.reap_interval_ms = 50;
+        c.models.idle_timeout_ms = 300;
+    })
+    .await;
+    assert_eq!(
+        server
+            .upload_model("digits", DIGITS_ONNX, "")
+            .await
+            .status(),
+        201
+    );
+    server
+        .deploy_ok(
+            "classify-digits",
+            builtin("classify-digits"),
+            "models=digits&min_warm=1",
+        )
+        .await;
+    assert_eq!(classify(&server, &pixels).await.0, 200);
+    wait_state(&server, "/v1/models/digits", "unloaded").await;
+    let f: Value = server
+        .get("/v1/functions/classify-digits")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(f["state"], "warm");
+    assert_eq!(
+        classify(&server, &pixels).await.0,
+        200,
+        "the model loads again"
+    );
+    let m: Value = server.get("/v1/models/digits").await.json().await.unwrap();
+    assert_eq!(m["state"], "loaded");
+    server.stop().await;
+
+    // The function goes to zero while its model stays loaded.
+    let server = TestServer::start_with(|c| c.scheduler.reap_interval_ms = 50).await;
+    assert_eq!(
+        server
+            .upload_model("digits", DIGITS_ONNX, "")
+            .await
+            .status(),
+        201
+    );
+    server
+        .deploy_ok(
+            "classify-digits",
+            builtin("classify-digits"),
+            "models=digits&idle_timeout_ms=200",
+        )
+        .await;
+    assert_eq!(classify(&server, &pixels).await.0, 200);
+    wait_state(&server, "/v1/functions/classify-digits", "zero").await;
+    let m: Value = server.get("/v1/models/digits").await.json().await.unwrap();
+    assert_eq!(m["state"], "loaded");
+    server.stop().await;
+}

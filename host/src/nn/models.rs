@@ -4,9 +4,13 @@
 //! The registry keeps an index of every model in memory and one loaded
 //! model per digest, shared by every caller; a model loads lazily on first
 //! use after a restart, and an upload leaves the model it validated loaded.
+//! Models keep warm on their own policy, independent of the functions that
+//! use them: a loaded model unused for `[models] idle_timeout_ms` is
+//! unloaded by the reaper (calls already holding it finish on it).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -65,7 +69,16 @@ pub struct ModelRegistry {
     blobs: Arc<dyn BlobStore>,
     backend: Arc<dyn Backend>,
     index: DashMap<String, Arc<ModelRecord>>,
-    loaded: DashMap<String, Arc<OnceCell<Arc<dyn LoadedModel>>>>,
+    loaded: DashMap<String, Arc<Slot>>,
+    idle_timeout: Duration,
+    epoch: Instant,
+}
+
+/// One loaded (or loading) model and when it was last used.
+struct Slot {
+    model: OnceCell<Arc<dyn LoadedModel>>,
+    /// Milliseconds since the registry opened.
+    last_used: AtomicU64,
 }
 
 impl ModelRegistry {
@@ -73,6 +86,7 @@ impl ModelRegistry {
         meta: Arc<dyn MetadataStore>,
         blobs: Arc<dyn BlobStore>,
         backend: Arc<dyn Backend>,
+        idle_timeout: Duration,
     ) -> Result<Self, StoreError> {
         let index = DashMap::new();
         for record in meta.load_models()? {
@@ -84,6 +98,58 @@ impl ModelRegistry {
             backend,
             index,
             loaded: DashMap::new(),
+            idle_timeout,
+            epoch: Instant::now(),
+        })
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The slot for a digest, created empty if needed, marked as used now.
+    fn slot(&self, digest: &str) -> Arc<Slot> {
+        let slot = self
+            .loaded
+            .entry(digest.to_string())
+            .or_insert_with(|| {
+                Arc::new(Slot {
+                    model: OnceCell::new(),
+                    last_used: AtomicU64::new(0),
+                })
+            })
+            .clone();
+        slot.last_used.store(self.now(), Ordering::Relaxed);
+        slot
+    }
+
+    /// Unloads models unused for the idle timeout. Returns how many.
+    pub fn reap(&self) -> usize {
+        let now = self.now();
+        let idle = u64::try_from(self.idle_timeout.as_millis()).unwrap_or(u64::MAX);
+        let before = self.loaded.len();
+        self.loaded.retain(|_, slot| {
+            !slot.model.initialized()
+                || now.saturating_sub(slot.last_used.load(Ordering::Relaxed)) < idle
+        });
+        let unloaded = before.saturating_sub(self.loaded.len());
+        if unloaded > 0 {
+            tracing::debug!(unloaded, "idle models unloaded");
+        }
+        unloaded
+    }
+
+    /// Starts the model reaper; it stops when the registry is dropped.
+    pub fn spawn_reaper(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let Some(models) = weak.upgrade() else { break };
+                models.reap();
+            }
         })
     }
 
@@ -101,9 +167,10 @@ impl ModelRegistry {
         self.index.get(name).map(|e| e.value().clone())
     }
 
-    /// The loaded model for a digest, if it is loaded.
+    /// The loaded model for a digest, if it is loaded (without marking it
+    /// used).
     pub fn loaded_now(&self, digest: &str) -> Option<Arc<dyn LoadedModel>> {
-        self.loaded.get(digest).and_then(|c| c.get().cloned())
+        self.loaded.get(digest).and_then(|s| s.model.get().cloned())
     }
 
     /// Validates `bytes` by loading them and records a new version of
@@ -133,12 +200,7 @@ impl ModelRegistry {
         })
         .await
         .map_err(|e| ModelError::Internal(format!("load task: {e}")))??;
-        let cell = self
-            .loaded
-            .entry(digest.clone())
-            .or_insert_with(|| Arc::new(OnceCell::new()))
-            .clone();
-        let _ = cell.set(loaded.clone());
+        let _ = self.slot(&digest).model.set(loaded.clone());
 
         if let Some(record) = self.get(name)
             && let Some(latest) = record.latest().filter(|v| v.digest == digest)
@@ -217,22 +279,19 @@ impl ModelRegistry {
             .latest()
             .map(|v| v.digest.clone())
             .ok_or_else(|| ModelError::NotFound(name.to_string()))?;
-        let cell = self
-            .loaded
-            .entry(digest.clone())
-            .or_insert_with(|| Arc::new(OnceCell::new()))
-            .clone();
-        cell.get_or_try_init(|| async {
-            let blobs = self.blobs.clone();
-            let backend = self.backend.clone();
-            tokio::task::spawn_blocking(move || {
-                let bytes = blobs.read_model(&digest)?;
-                backend.load(&bytes).map_err(ModelError::Invalid)
+        let slot = self.slot(&digest);
+        slot.model
+            .get_or_try_init(|| async {
+                let blobs = self.blobs.clone();
+                let backend = self.backend.clone();
+                tokio::task::spawn_blocking(move || {
+                    let bytes = blobs.read_model(&digest)?;
+                    backend.load(&bytes).map_err(ModelError::Invalid)
+                })
+                .await
+                .map_err(|e| ModelError::Internal(format!("load task: {e}")))?
             })
             .await
-            .map_err(|e| ModelError::Internal(format!("load task: {e}")))?
-        })
-        .await
-        .cloned()
+            .cloned()
     }
 }
