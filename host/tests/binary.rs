@@ -81,11 +81,25 @@ fn serve_deploy_invoke_list_delete_and_sigterm() {
         "{out:?}"
     );
 
+    // So does the built-in model function, with its built-in model.
+    let digit = r#"{"pixels":[0,0,5,13,9,1,0,0,0,0,13,15,10,15,5,0,0,3,15,2,0,11,8,0,0,4,12,0,0,8,8,0,0,5,8,0,0,9,8,0,0,4,11,0,1,12,7,0,0,2,14,5,10,12,0,0,0,0,6,13,10,0,0,0]}"#;
+    let out = glia(&["invoke", "classify-digits", "-d", digit], &url);
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["label"], 0, "{v}");
+
     // Deploy a component file under a new name with a setting.
     let wasm = dir.path().join("greeter.wasm");
     std::fs::write(&wasm, glia_host::builtins::BUILTINS[0].wasm).unwrap();
     let out = glia(
-        &["deploy", wasm.to_str().unwrap(), "--timeout-ms", "5000"],
+        &[
+            "deploy",
+            wasm.to_str().unwrap(),
+            "--timeout-ms",
+            "5000",
+            "--models",
+            "digits",
+        ],
         &url,
     );
     assert!(out.status.success(), "{out:?}");
@@ -93,6 +107,16 @@ fn serve_deploy_invoke_list_delete_and_sigterm() {
         stdout(&out).contains("deployed greeter version 1"),
         "{out:?}"
     );
+
+    let out = glia(&["list", "--json"], &url);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let greeter = v["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "greeter")
+        .unwrap();
+    assert_eq!(greeter["settings"]["models"], serde_json::json!(["digits"]));
 
     let out = glia(&["list"], &url);
     assert!(out.status.success(), "{out:?}");

@@ -42,6 +42,9 @@ pub struct DeployArgs {
     /// Concurrent invocations allowed.
     #[arg(long)]
     max_concurrency: Option<u32>,
+    /// Models the function may load with wasi:nn (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    models: Vec<String>,
     #[command(flatten)]
     server: Server,
 }
@@ -160,6 +163,9 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = args.max_concurrency {
         query.push(("max_concurrency", v.to_string()));
+    }
+    if !args.models.is_empty() {
+        query.push(("models", args.models.join(",")));
     }
     let size = bytes.len();
     let spinner = progress(format!(
