@@ -5,7 +5,8 @@
 //! scikit-learn's digits dataset) and get
 //! `{"label": 0-9, "probabilities": [10 numbers]}`. A malformed body gets
 //! `400` with the reason; a model that is unavailable or fails gets `503` or
-//! `500` with the `wasi:nn` error code.
+//! `500` with the `wasi:nn` error code. Successful answers carry
+//! `server-timing: infer;dur=<ms>`, the time spent in `compute`.
 
 use std::io::Write as _;
 
@@ -43,17 +44,24 @@ struct Input {
 struct Output {
     label: usize,
     probabilities: Vec<f32>,
+    /// Nanoseconds spent in `compute` (reported in a header, not the body).
+    #[serde(skip)]
+    infer_ns: u64,
 }
 
 struct ClassifyDigits;
 
 impl wasip2::exports::http::incoming_handler::Guest for ClassifyDigits {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
-        let (status, body) = match classify(&request) {
-            Ok(output) => (200, serde_json::to_vec(&output).unwrap_or_default()),
-            Err((status, detail)) => (status, problem(status, &detail)),
+        let (status, body, timing) = match classify(&request) {
+            Ok(output) => (
+                200,
+                serde_json::to_vec(&output).unwrap_or_default(),
+                Some(format!("infer;dur={:.3}", output.infer_ns as f64 / 1e6)),
+            ),
+            Err((status, detail)) => (status, problem(status, &detail), None),
         };
-        respond(response_out, status, &body);
+        respond(response_out, status, &body, timing);
     }
 }
 
@@ -78,9 +86,11 @@ fn classify(request: &IncomingRequest) -> Result<Output, (u16, String)> {
         .map_err(|e| nn_failure("preparing inference", &e))?;
     let data: Vec<u8> = input.pixels.iter().flat_map(|p| p.to_le_bytes()).collect();
     let tensor = Tensor::new(&[1, PIXELS as u32], TensorType::Fp32, &data);
+    let started = wasip2::clocks::monotonic_clock::now();
     let outputs = context
         .compute(vec![("pixels".to_string(), tensor)])
         .map_err(|e| nn_failure("running the model", &e))?;
+    let infer_ns = wasip2::clocks::monotonic_clock::now().saturating_sub(started);
     let (_, probabilities) = outputs
         .into_iter()
         .next()
@@ -99,6 +109,7 @@ fn classify(request: &IncomingRequest) -> Result<Output, (u16, String)> {
     Ok(Output {
         label,
         probabilities,
+        infer_ns,
     })
 }
 
@@ -150,14 +161,17 @@ fn read_body(request: &IncomingRequest) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
-fn respond(response_out: ResponseOutparam, status: u16, body: &[u8]) {
+fn respond(response_out: ResponseOutparam, status: u16, body: &[u8], timing: Option<String>) {
     let content_type = if status == 200 {
         "application/json"
     } else {
         "application/problem+json"
     };
-    let Ok(headers) = Fields::from_list(&[("content-type".to_string(), content_type.into())])
-    else {
+    let mut fields = vec![("content-type".to_string(), content_type.as_bytes().to_vec())];
+    if let Some(timing) = timing {
+        fields.push(("server-timing".to_string(), timing.into_bytes()));
+    }
+    let Ok(headers) = Fields::from_list(&fields) else {
         return;
     };
     let response = OutgoingResponse::new(headers);

@@ -147,4 +147,54 @@ pub trait LoadedModel: Send + Sync {
     /// Runs inference on one set of inputs, in model input order. Blocking;
     /// concurrent calls run in parallel.
     fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, NnError>;
+    /// How long a run typically takes, when known.
+    fn typical_run(&self) -> Option<std::time::Duration> {
+        None
+    }
+}
+
+/// A loaded model that keeps a moving average of its run time, so callers
+/// can tell cheap runs (fine to do in place) from expensive ones (moved to
+/// the blocking pool).
+pub struct Timed {
+    inner: Arc<dyn LoadedModel>,
+    /// Exponential moving average of run time, in nanoseconds (0: unknown).
+    average_ns: std::sync::atomic::AtomicU64,
+}
+
+impl Timed {
+    pub fn new(inner: Arc<dyn LoadedModel>) -> Self {
+        Self {
+            inner,
+            average_ns: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl LoadedModel for Timed {
+    fn inputs(&self) -> &[TensorSpec] {
+        self.inner.inputs()
+    }
+
+    fn outputs(&self) -> &[TensorSpec] {
+        self.inner.outputs()
+    }
+
+    fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, NnError> {
+        use std::sync::atomic::Ordering;
+        let started = std::time::Instant::now();
+        let result = self.inner.run(inputs);
+        let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let old = self.average_ns.load(Ordering::Relaxed);
+        let new = if old == 0 { ns } else { (old * 7 + ns) / 8 };
+        self.average_ns.store(new, Ordering::Relaxed);
+        result
+    }
+
+    fn typical_run(&self) -> Option<std::time::Duration> {
+        match self.average_ns.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            ns => Some(std::time::Duration::from_nanos(ns)),
+        }
+    }
 }

@@ -17,7 +17,7 @@ use dashmap::DashMap;
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 
-use super::{Backend, LoadedModel, NnError};
+use super::{Backend, LoadedModel, NnError, Timed};
 use crate::registry::{
     BlobStore, MetadataStore, ModelRecord, ModelVersionRecord, StoreError, UploadError, check_name,
     now_ms,
@@ -193,7 +193,9 @@ impl ModelRegistry {
         let (digest, loaded, load_ms) = tokio::task::spawn_blocking(move || {
             let digest = hex::encode(Sha256::digest(&bytes));
             let started = Instant::now();
-            let loaded = backend.load(&bytes).map_err(ModelError::Invalid)?;
+            let loaded: Arc<dyn LoadedModel> = Arc::new(Timed::new(
+                backend.load(&bytes).map_err(ModelError::Invalid)?,
+            ));
             let load_ms = started.elapsed().as_millis() as u64;
             blobs.put_model(&digest, &bytes)?;
             Ok::<_, ModelError>((digest, loaded, load_ms))

@@ -37,6 +37,11 @@ use generated::wasi::nn::graph::{ExecutionTarget, GraphEncoding};
 use generated::wasi::nn::tensor::TensorType;
 use generated::wasi::nn::{errors, graph, inference, tensor};
 
+/// Runs that typically take less than this happen in place, on the calling
+/// worker (handing them to the blocking pool would cost more than the run);
+/// longer or unknown ones go to the blocking pool.
+const INLINE_RUN_LIMIT: std::time::Duration = std::time::Duration::from_micros(100);
+
 /// Largest tensor (in elements) a guest may pass to `compute`.
 pub const MAX_TENSOR_ELEMENTS: usize = 64 * 1024 * 1024;
 
@@ -229,6 +234,19 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
             named.into_iter().map(|(_, t)| t).collect()
         };
 
+        if model.typical_run().is_some_and(|t| t < INLINE_RUN_LIMIT) {
+            let outputs = match model.run(&ordered) {
+                Ok(outputs) => outputs,
+                Err(e) => return self.fail(code_of(&e), e.to_string()),
+            };
+            if self.state.deadline.is_some_and(|d| Instant::now() > d) {
+                return self.fail(
+                    ErrorCode::Timeout,
+                    "inference did not finish before the function's deadline",
+                );
+            }
+            return self.push_outputs(&*model, outputs);
+        }
         let run_model = model.clone();
         let job = tokio::task::spawn_blocking(move || run_model.run(&ordered));
         let outcome = match self.state.deadline {
@@ -250,6 +268,22 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
             Ok(Err(e)) => return self.fail(code_of(&e), e.to_string()),
             Err(e) => return self.fail(ErrorCode::RuntimeError, format!("inference task: {e}")),
         };
+        self.push_outputs(&*model, outputs)
+    }
+
+    async fn drop(&mut self, ctx: Resource<GuestContext>) -> wasmtime::Result<()> {
+        self.table.delete(ctx)?;
+        Ok(())
+    }
+}
+
+impl NnView<'_> {
+    /// Hands a run's outputs to the guest, named after the model's outputs.
+    fn push_outputs(
+        &mut self,
+        model: &dyn LoadedModel,
+        outputs: Vec<Tensor>,
+    ) -> GuestResult<Vec<(String, Resource<Tensor>)>> {
         let mut result = Vec::with_capacity(outputs.len());
         for (ix, tensor) in outputs.into_iter().enumerate() {
             let name = model
@@ -260,11 +294,6 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
             result.push((name, self.table.push(tensor)?));
         }
         Ok(Ok(result))
-    }
-
-    async fn drop(&mut self, ctx: Resource<GuestContext>) -> wasmtime::Result<()> {
-        self.table.delete(ctx)?;
-        Ok(())
     }
 }
 
