@@ -186,7 +186,11 @@ impl LoadedModel for Timed {
         let result = self.inner.run(inputs);
         let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let old = self.average_ns.load(Ordering::Relaxed);
-        let new = if old == 0 { ns } else { (old * 7 + ns) / 8 };
+        let new = if old == 0 {
+            ns
+        } else {
+            (old.saturating_mul(7).saturating_add(ns)) / 8
+        };
         self.average_ns.store(new, Ordering::Relaxed);
         result
     }
