@@ -16,10 +16,10 @@
     reason = "benchmark setup"
 )]
 
+mod support;
+
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use glia_host::Platform;
-use glia_host::config::Config;
 use http_body_util::{BodyExt, Empty};
 
 fn request() -> http::Request<Empty<Bytes>> {
@@ -30,17 +30,7 @@ fn request() -> http::Request<Empty<Bytes>> {
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::default();
-    config.server.data_dir = dir.path().to_path_buf();
-    config.runtime.max_instances = 64;
-    config.scheduler.max_in_flight = 64;
-    let platform = rt.block_on(Platform::open(config)).unwrap();
+    let support::Bench { rt, platform, .. } = &support::platform(true);
     let app = platform.app().clone();
     let scheduler = platform.state().scheduler.clone();
 
@@ -76,7 +66,8 @@ fn bench(c: &mut Criterion) {
 
     let runtime = &platform.state().runtime;
     let wasm = glia_host::builtins::BUILTINS[0].wasm;
-    let artifact = dir.path().join("hello.cwasm");
+    let scratch = tempfile::tempdir().unwrap();
+    let artifact = scratch.path().join("hello.cwasm");
     std::fs::write(&artifact, runtime.precompile(wasm).unwrap()).unwrap();
     let mut group = c.benchmark_group("artifact");
     group.sample_size(10);

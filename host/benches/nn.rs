@@ -16,11 +16,11 @@
     reason = "benchmark setup"
 )]
 
+mod support;
+
 use std::time::Instant;
 
 use bytes::Bytes;
-use glia_host::Platform;
-use glia_host::config::Config;
 use glia_host::nn::Tensor;
 use http_body_util::{BodyExt, Full};
 
@@ -36,17 +36,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::default();
-    config.server.data_dir = dir.path().to_path_buf();
-    config.runtime.max_instances = 64;
-    config.scheduler.max_in_flight = 64;
-    let platform = rt.block_on(Platform::open(config)).unwrap();
+    let support::Bench { rt, platform, .. } = &support::platform(true);
     let app = platform.app().clone();
     let model = rt.block_on(platform.state().models.load("digits")).unwrap();
 

@@ -12,9 +12,9 @@
     reason = "benchmark setup"
 )]
 
+mod support;
+
 use bytes::Bytes;
-use glia_host::Platform;
-use glia_host::config::Config;
 use glia_host::registry::SettingsPatch;
 
 /// Resident set size in KiB, from /proc/self/status.
@@ -32,18 +32,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::default();
-    config.server.data_dir = dir.path().to_path_buf();
-    config.server.install_builtins = false;
-    config.runtime.max_instances = 64;
-    config.scheduler.max_in_flight = 64;
-    let platform = rt.block_on(Platform::open(config)).unwrap();
+    let support::Bench { rt, platform, .. } = &support::platform(false);
     let registry = platform.state().registry.clone();
     let wasm = Bytes::from_static(glia_host::builtins::BUILTINS[0].wasm);
 

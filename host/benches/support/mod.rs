@@ -1,0 +1,34 @@
+//! Set-up shared by the benchmarks: a runtime with one worker and a platform
+//! on a temporary data directory with a small instance pool.
+
+use glia_host::Platform;
+use glia_host::config::Config;
+
+/// A platform opened for a benchmark; the data directory lives as long as it.
+pub struct Bench {
+    pub rt: tokio::runtime::Runtime,
+    pub platform: Platform,
+    _dir: tempfile::TempDir,
+}
+
+/// Opens a platform; `install_builtins` deploys `hello`, `classify-digits`
+/// and the `digits` model.
+pub fn platform(install_builtins: bool) -> Bench {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = Config::default();
+    config.server.data_dir = dir.path().to_path_buf();
+    config.server.install_builtins = install_builtins;
+    config.runtime.max_instances = 64;
+    config.scheduler.max_in_flight = 64;
+    let platform = rt.block_on(Platform::open(config)).expect("platform opens");
+    Bench {
+        rt,
+        platform,
+        _dir: dir,
+    }
+}
