@@ -185,23 +185,18 @@ fn serve_deploy_invoke_list_delete_and_sigterm() {
 fn bad_configuration_fails_before_listening() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("platform.toml");
-    std::fs::write(&config, "[server]\nlisten_on = \"127.0.0.1:1\"\n").unwrap();
-    let out = Command::new(GLIA)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("listen_on"), "{err}");
-
-    std::fs::write(&config, "[functions]\nmemory_mb = 100000\n").unwrap();
-    let out = Command::new(GLIA)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("memory_mb"), "{err}");
+    for (text, named) in [
+        ("[server]\nlisten_on = \"127.0.0.1:1\"\n", "listen_on"),
+        ("[functions]\nmemory_mb = 100000\n", "memory_mb"),
+    ] {
+        std::fs::write(&config, text).unwrap();
+        let out = Command::new(GLIA)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(named), "{err}");
+    }
 }

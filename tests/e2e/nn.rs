@@ -7,7 +7,16 @@ use glia_e2e::{DIGITS_HELDOUT, DIGITS_ONNX, TestServer, builtin};
 use serde_json::{Value, json};
 
 async fn with_digits(settings: &str) -> TestServer {
-    let server = TestServer::start().await;
+    with_digits_on(|_| {}, settings).await
+}
+
+/// A server (with `tweak`ed configuration) holding the `digits` model and
+/// `classify-digits` deployed with `settings`.
+async fn with_digits_on(
+    tweak: impl FnOnce(&mut glia_host::config::Config),
+    settings: &str,
+) -> TestServer {
+    let server = TestServer::start_with(tweak).await;
     let r = server.upload_model("digits", DIGITS_ONNX, "").await;
     assert_eq!(r.status(), 201);
     server
@@ -138,17 +147,23 @@ async fn malformed_inputs_are_400_with_the_reason() {
     server.stop().await;
 }
 
+/// The `state` field of the JSON at `path`.
+async fn state(server: &TestServer, path: &str) -> Value {
+    let v: Value = server.get(path).await.json().await.unwrap();
+    v["state"].clone()
+}
+
 /// Polls `path` until its JSON `state` is `want`, or panics after 3 s.
 async fn wait_state(server: &TestServer, path: &str, want: &str) {
     let started = Instant::now();
     loop {
-        let v: Value = server.get(path).await.json().await.unwrap();
-        if v["state"] == want {
+        let got = state(server, path).await;
+        if got == want {
             return;
         }
         assert!(
             started.elapsed().as_secs() < 3,
-            "{path} never became {want}: {v}"
+            "{path} never became {want}: {got}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
@@ -159,62 +174,36 @@ async fn functions_and_models_keep_warm_on_their_own_policies() {
     let pixels = json!(vec![0; 64]);
 
     // The model goes idle and unloads while the function stays warm.
-    let server = TestServer::start_with(|c| {
-        c.scheduler.reap_interval_ms = 50;
-        c.models.idle_timeout_ms = 300;
-    })
+    let server = with_digits_on(
+        |c| {
+            c.scheduler.reap_interval_ms = 50;
+            c.models.idle_timeout_ms = 300;
+        },
+        "models=digits&min_warm=1",
+    )
     .await;
-    assert_eq!(
-        server
-            .upload_model("digits", DIGITS_ONNX, "")
-            .await
-            .status(),
-        201
-    );
-    server
-        .deploy_ok(
-            "classify-digits",
-            builtin("classify-digits"),
-            "models=digits&min_warm=1",
-        )
-        .await;
     assert_eq!(classify(&server, &pixels).await.0, 200);
     wait_state(&server, "/v1/models/digits", "unloaded").await;
-    let f: Value = server
-        .get("/v1/functions/classify-digits")
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(f["state"], "warm");
+    assert_eq!(
+        state(&server, "/v1/functions/classify-digits").await,
+        "warm"
+    );
     assert_eq!(
         classify(&server, &pixels).await.0,
         200,
         "the model loads again"
     );
-    let m: Value = server.get("/v1/models/digits").await.json().await.unwrap();
-    assert_eq!(m["state"], "loaded");
+    assert_eq!(state(&server, "/v1/models/digits").await, "loaded");
     server.stop().await;
 
     // The function goes to zero while its model stays loaded.
-    let server = TestServer::start_with(|c| c.scheduler.reap_interval_ms = 50).await;
-    assert_eq!(
-        server
-            .upload_model("digits", DIGITS_ONNX, "")
-            .await
-            .status(),
-        201
-    );
-    server
-        .deploy_ok(
-            "classify-digits",
-            builtin("classify-digits"),
-            "models=digits&idle_timeout_ms=200",
-        )
-        .await;
+    let server = with_digits_on(
+        |c| c.scheduler.reap_interval_ms = 50,
+        "models=digits&idle_timeout_ms=200",
+    )
+    .await;
     assert_eq!(classify(&server, &pixels).await.0, 200);
     wait_state(&server, "/v1/functions/classify-digits", "zero").await;
-    let m: Value = server.get("/v1/models/digits").await.json().await.unwrap();
-    assert_eq!(m["state"], "loaded");
+    assert_eq!(state(&server, "/v1/models/digits").await, "loaded");
     server.stop().await;
 }
