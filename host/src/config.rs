@@ -37,6 +37,12 @@ pub const DEFAULT_MAX_IN_FLIGHT: u32 = 1000;
 pub const DEFAULT_MAX_QUEUE: u32 = 1024;
 /// Default time a loaded model stays in memory unused.
 pub const DEFAULT_MODEL_IDLE_TIMEOUT_MS: u64 = 600_000;
+/// Default memory budget for loaded models.
+pub const DEFAULT_MODEL_MEMORY_BUDGET_MB: u64 = 4096;
+/// Default largest model a guest may pass to `wasi:nn` `load` as bytes.
+pub const DEFAULT_MAX_RAW_LOAD_MB: u64 = 16;
+/// Default ONNX Runtime intra-op threads per session.
+pub const DEFAULT_ORT_THREADS: u32 = 1;
 /// Default interval of the idle reaper.
 pub const DEFAULT_REAP_INTERVAL_MS: u64 = 1000;
 
@@ -147,10 +153,28 @@ impl SchedulerConfig {
     }
 }
 
-/// `[models]`: how long loaded models stay in memory.
+/// `[models]`: the inference backend and how loaded models are kept.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelsConfig {
+    /// Which backend runs ONNX models.
+    pub backend: OnnxBackendChoice,
+    /// The ONNX Runtime library; empty: `ORT_DYLIB_PATH`, the copy fetched
+    /// with the build, then the Python environment's `onnxruntime`.
+    pub ort_library: PathBuf,
+    /// ONNX Runtime intra-op threads per model (0: one per core).
+    pub ort_threads: u32,
+    /// What a guest asking for a device the platform lacks (`gpu`, `tpu`)
+    /// gets: the CPU, or an error.
+    pub fallback: FallbackPolicy,
+    /// Loaded models, counted at their file size, stay under this; idle ones
+    /// are unloaded (least recently used first) to make room.
+    pub memory_budget_mb: u64,
+    /// Largest model a guest may hand to `wasi:nn` `load` as bytes (0: raw
+    /// loads are refused).
+    pub max_raw_load_mb: u64,
+    /// Load every model at start-up instead of on first use.
+    pub preload: bool,
     /// A loaded model unused this long is unloaded (its functions may stay
     /// warm; it loads again on next use).
     pub idle_timeout_ms: u64,
@@ -159,9 +183,61 @@ pub struct ModelsConfig {
 impl Default for ModelsConfig {
     fn default() -> Self {
         Self {
+            backend: OnnxBackendChoice::Auto,
+            ort_library: PathBuf::new(),
+            ort_threads: DEFAULT_ORT_THREADS,
+            fallback: FallbackPolicy::Cpu,
+            memory_budget_mb: DEFAULT_MODEL_MEMORY_BUDGET_MB,
+            max_raw_load_mb: DEFAULT_MAX_RAW_LOAD_MB,
+            preload: false,
             idle_timeout_ms: DEFAULT_MODEL_IDLE_TIMEOUT_MS,
         }
     }
+}
+
+impl ModelsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.idle_timeout_ms == 0 {
+            return Err(invalid("models.idle_timeout_ms", "must be at least 1"));
+        }
+        if self.memory_budget_mb == 0 || self.memory_budget_mb > 1024 * 1024 {
+            return Err(invalid("models.memory_budget_mb", "must be 1..=1048576"));
+        }
+        if self.max_raw_load_mb > 16 * 1024 {
+            return Err(invalid("models.max_raw_load_mb", "must be 0..=16384"));
+        }
+        if self.ort_threads > 1024 {
+            return Err(invalid("models.ort_threads", "must be 0..=1024"));
+        }
+        Ok(())
+    }
+
+    /// The ONNX Runtime library named in the configuration, if any.
+    pub fn ort_library(&self) -> Option<&Path> {
+        (!self.ort_library.as_os_str().is_empty()).then_some(self.ort_library.as_path())
+    }
+}
+
+/// `[models] backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnnxBackendChoice {
+    /// ONNX Runtime when its library is found, else tract.
+    Auto,
+    /// ONNX Runtime; start-up fails without its library.
+    Ort,
+    /// tract, pure Rust, built in.
+    Tract,
+}
+
+/// `[models] fallback`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FallbackPolicy {
+    /// Run on the CPU and report the device that ran.
+    Cpu,
+    /// Fail the load with `unsupported-operation`.
+    Error,
 }
 
 /// A configuration that cannot be used, with the key it is about.
@@ -208,9 +284,7 @@ impl Config {
         self.server.validate()?;
         self.runtime.validate()?;
         self.scheduler.validate(&self.runtime)?;
-        if self.models.idle_timeout_ms == 0 {
-            return Err(invalid("models.idle_timeout_ms", "must be at least 1"));
-        }
+        self.models.validate()?;
         self.functions
             .validate(&self.runtime)
             .map_err(|reason| invalid("functions", reason))?;
@@ -234,7 +308,7 @@ impl Config {
              \x20 admission         {in_flight} in flight, {queue} queued per function\n\
              \x20 function defaults timeout {timeout} ms, memory {fmem} MiB, concurrency {conc}, queue wait {qwait} ms\n\
              \x20 scale to zero     after {idle} ms idle (min_warm {min_warm}), reaper every {reap} ms\n\
-             \x20 models            tract (ONNX), unloaded after {model_idle} ms unused\n\
+             \x20 models            backend {backend}, {budget} MiB budget, gpu/tpu fall back to {fallback}, unloaded after {model_idle} ms unused\n\
              \x20 guest capabilities no preopened dirs, empty env, no sockets, outgoing HTTP denied",
             version = env!("CARGO_PKG_VERSION"),
             listen = s.listen,
@@ -256,6 +330,16 @@ impl Config {
             min_warm = f.min_warm,
             reap = q.reap_interval_ms,
             model_idle = self.models.idle_timeout_ms,
+            backend = match self.models.backend {
+                OnnxBackendChoice::Auto => "auto (ONNX Runtime when found, else tract)",
+                OnnxBackendChoice::Ort => "ort",
+                OnnxBackendChoice::Tract => "tract",
+            },
+            budget = self.models.memory_budget_mb,
+            fallback = match self.models.fallback {
+                FallbackPolicy::Cpu => "cpu",
+                FallbackPolicy::Error => "an error",
+            },
         )
     }
 }
@@ -333,5 +417,28 @@ mod tests {
         let mut c = Config::default();
         c.runtime.epoch_tick_ms = 0;
         assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.models.memory_budget_mb = 0;
+        let err = c.validate().expect_err("no model memory");
+        assert!(err.to_string().contains("models.memory_budget_mb"), "{err}");
+    }
+
+    #[test]
+    fn models_section_parses_its_choices() {
+        let c = Config::from_toml(
+            "[models]\nbackend = \"ort\"\nfallback = \"error\"\nort_library = \"/x/libonnxruntime.so\"\n",
+            Path::new("t.toml"),
+        )
+        .expect("parses");
+        assert_eq!(c.models.backend, OnnxBackendChoice::Ort);
+        assert_eq!(c.models.fallback, FallbackPolicy::Error);
+        assert_eq!(
+            c.models.ort_library(),
+            Some(Path::new("/x/libonnxruntime.so"))
+        );
+        assert_eq!(Config::default().models.ort_library(), None);
+        let err = Config::from_toml("[models]\nbackend = \"cuda\"\n", Path::new("t.toml"))
+            .expect_err("unknown backend");
+        assert!(err.to_string().contains("cuda"), "{err}");
     }
 }

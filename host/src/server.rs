@@ -14,8 +14,10 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::api::{App, AppState};
-use crate::config::{Config, ConfigError};
-use crate::nn::models::ModelRegistry;
+use crate::config::{Config, ConfigError, ModelsConfig, OnnxBackendChoice};
+use crate::nn::Backend;
+use crate::nn::models::{ModelPolicy, ModelRegistry};
+use crate::nn::ort::OrtBackend;
 use crate::nn::tract::TractBackend;
 use crate::registry::{
     FsBlobStore, Registry, RegistryError, SettingsPatch, SqliteStore, StoreError,
@@ -23,8 +25,9 @@ use crate::registry::{
 use crate::runtime::{Runtime, RuntimeError};
 use crate::scheduler::Scheduler;
 
-/// Metadata key recording that built-in functions were installed once.
-const BUILTINS_INSTALLED_KEY: &str = "builtins_installed";
+/// Metadata key prefix recording that a built-in was installed once (so
+/// deleting it later is respected).
+const BUILTIN_INSTALLED_PREFIX: &str = "builtin_installed:";
 
 /// Why the platform could not start.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +45,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    #[error("models: {0}")]
+    Backend(String),
 }
 
 /// The platform, opened and ready to serve.
@@ -65,8 +70,12 @@ impl Platform {
         let models = Arc::new(ModelRegistry::open(
             meta.clone(),
             blobs.clone(),
-            Arc::new(TractBackend),
-            Duration::from_millis(config.models.idle_timeout_ms),
+            onnx_backend(&config.models)?,
+            ModelPolicy {
+                idle_timeout: Duration::from_millis(config.models.idle_timeout_ms),
+                budget_bytes: config.models.memory_budget_mb.saturating_mul(1024 * 1024),
+                fallback: config.models.fallback,
+            },
         )?);
         let registry = Arc::new(Registry::open(
             meta,
@@ -86,6 +95,10 @@ impl Platform {
         });
         if install_builtins {
             install_builtins_once(&state).await?;
+        }
+        if state.config.models.preload {
+            let models = state.models.clone();
+            tokio::spawn(async move { models.preload().await });
         }
         // Load what min_warm keeps warm, then let the reaper take over.
         state.scheduler.reap().await;
@@ -118,36 +131,117 @@ impl Platform {
     }
 }
 
-/// Installs the models and functions compiled into the binary, once per
-/// data directory (deleting them later is respected).
+/// The backend that runs ONNX models, as `[models] backend` says.
+fn onnx_backend(config: &ModelsConfig) -> Result<Arc<dyn Backend>, StartError> {
+    let tract = || {
+        tracing::info!("ONNX models run on tract");
+        Ok(Arc::new(TractBackend) as Arc<dyn Backend>)
+    };
+    if config.backend == OnnxBackendChoice::Tract {
+        return tract();
+    }
+    if let Some(path) = config.ort_library()
+        && !path.is_file()
+    {
+        return Err(StartError::Backend(format!(
+            "models.ort_library {} is not a file",
+            path.display()
+        )));
+    }
+    let Some(library) = crate::nn::ort::find_library(config.ort_library()) else {
+        if config.backend == OnnxBackendChoice::Ort {
+            return Err(StartError::Backend(
+                "models.backend is \"ort\" but no ONNX Runtime library was found: \
+                 `pip install onnxruntime==1.32.0`, or set models.ort_library or ORT_DYLIB_PATH"
+                    .into(),
+            ));
+        }
+        tracing::info!("no ONNX Runtime library found; `pip install onnxruntime` to use it");
+        return tract();
+    };
+    let threads = usize::try_from(config.ort_threads).unwrap_or(1);
+    match OrtBackend::new(&library, threads) {
+        Ok(ort) => {
+            tracing::info!(library = %library.display(), threads, "ONNX models run on ONNX Runtime");
+            Ok(Arc::new(ort))
+        }
+        Err(e) if config.backend == OnnxBackendChoice::Ort => Err(StartError::Backend(format!(
+            "ONNX Runtime at {}: {e}",
+            library.display()
+        ))),
+        Err(e) => {
+            tracing::warn!(library = %library.display(), error = %e, "ONNX Runtime unusable; using tract");
+            tract()
+        }
+    }
+}
+
+/// Installs the models and functions that come with the binary, each once
+/// per data directory (deleting one later is respected). A function whose
+/// models are not available (pretrained models fetched with the build) is
+/// left for a later start.
 async fn install_builtins_once(state: &AppState) -> Result<(), StartError> {
     let registry = &state.registry;
-    let meta = registry.metadata().clone();
-    let done = tokio::task::spawn_blocking(move || meta.get_meta(BUILTINS_INSTALLED_KEY))
-        .await
-        .map_err(|e| RegistryError::Internal(e.to_string()))??;
-    if done.is_some() {
-        return Ok(());
-    }
+    let installed = |key: String| {
+        let meta = registry.metadata().clone();
+        async move {
+            tokio::task::spawn_blocking(move || meta.get_meta(&key))
+                .await
+                .map_err(|e| RegistryError::Internal(e.to_string()))?
+                .map(|v| v.is_some())
+                .map_err(RegistryError::from)
+        }
+    };
+    let mark = |key: String| {
+        let meta = registry.metadata().clone();
+        async move {
+            tokio::task::spawn_blocking(move || meta.set_meta(&key, "1"))
+                .await
+                .map_err(|e| RegistryError::Internal(e.to_string()))?
+                .map_err(RegistryError::from)
+        }
+    };
     for model in crate::builtins::BUILTIN_MODELS {
+        let key = format!("{BUILTIN_INSTALLED_PREFIX}model:{}", model.name);
+        if installed(key.clone()).await? {
+            continue;
+        }
+        let Some(bytes) = model.bytes() else {
+            tracing::info!(
+                model = model.name,
+                "built-in model not available (fetched with the build from PyPI)"
+            );
+            continue;
+        };
         if state.models.get(model.name).is_none() {
             state
                 .models
-                .upload(
-                    model.name,
-                    model.encoding,
-                    bytes::Bytes::from_static(model.bytes),
-                )
+                .upload(model.name, model.encoding, bytes)
                 .await
                 .map_err(|e| {
                     RegistryError::Internal(format!("built-in model {}: {e}", model.name))
                 })?;
         }
+        mark(key).await?;
     }
     for builtin in crate::builtins::BUILTINS {
+        let key = format!("{BUILTIN_INSTALLED_PREFIX}function:{}", builtin.name);
+        if installed(key.clone()).await? {
+            continue;
+        }
+        let settings =
+            SettingsPatch::from_query(builtin.settings).map_err(RegistryError::Settings)?;
+        if let Some(missing) = settings
+            .models
+            .iter()
+            .flatten()
+            .flatten()
+            .find(|m| state.models.get(m).is_none())
+        {
+            tracing::info!(function = builtin.name, model = %missing, "built-in function left out: its model is not available");
+            continue;
+        }
         if registry.get(builtin.name).is_none() {
-            let settings =
-                SettingsPatch::from_query(builtin.settings).map_err(RegistryError::Settings)?;
             registry
                 .deploy(
                     builtin.name,
@@ -156,11 +250,8 @@ async fn install_builtins_once(state: &AppState) -> Result<(), StartError> {
                 )
                 .await?;
         }
+        mark(key).await?;
     }
-    let meta = registry.metadata().clone();
-    tokio::task::spawn_blocking(move || meta.set_meta(BUILTINS_INSTALLED_KEY, "1"))
-        .await
-        .map_err(|e| RegistryError::Internal(e.to_string()))??;
     Ok(())
 }
 

@@ -1,6 +1,8 @@
 //! Models: uploads validated by loading, versions, persistence, sharing.
 
-use glia_e2e::{DIGITS_HELDOUT, DIGITS_ONNX, TestServer};
+use glia_e2e::{BACKENDS, Backend, DIGITS_HELDOUT, DIGITS_ONNX, TestServer, pretrained};
+use glia_host::builtins::{MINILM_FILE, ORIENTATION_FILE};
+use glia_host::nn::Device;
 use glia_host::nn::Tensor;
 use serde_json::Value;
 
@@ -45,7 +47,13 @@ async fn upload_validates_by_loading_and_versions() {
 
 #[tokio::test]
 async fn bad_models_are_refused_with_reasons() {
-    let server = TestServer::start_with(|c| c.server.max_model_mb = 1).await;
+    for backend in BACKENDS {
+        bad_models_are_refused_on(backend).await;
+    }
+}
+
+async fn bad_models_are_refused_on(backend: Backend) {
+    let server = TestServer::start_on(backend, |c| c.server.max_model_mb = 1).await;
     let p = problem(
         server
             .upload_model("junk", b"definitely not onnx", "")
@@ -154,4 +162,118 @@ async fn models_persist_load_lazily_and_are_shared() {
     )
     .await;
     server.stop().await;
+}
+
+/// The memory budget: idle models make room for new ones, least recently
+/// used first; a model that cannot fit is refused with a clear error, and
+/// nothing else is disturbed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loaded_models_stay_under_the_memory_budget() {
+    let minilm = pretrained(MINILM_FILE);
+    let orientation = pretrained(ORIENTATION_FILE);
+    let mib = |b: usize| b.div_ceil(1 << 20) as u64;
+    // Room for the bigger model, or for both small ones, never for all.
+    let budget = mib(minilm.len()) + 1;
+    assert!(mib(minilm.len()) + mib(orientation.len()) > budget);
+    let server = TestServer::start_with(|c| c.models.memory_budget_mb = budget).await;
+    json(server.upload_model("minilm", &minilm, "").await, 201).await;
+    json(server.upload_model("digits", DIGITS_ONNX, "").await, 201).await;
+    let state = |name: &'static str| {
+        let server = &server;
+        async move {
+            let m = json(server.get(&format!("/v1/models/{name}")).await, 200).await;
+            m["state"].as_str().unwrap().to_string()
+        }
+    };
+    assert_eq!(state("minilm").await, "loaded");
+    assert_eq!(state("digits").await, "loaded");
+
+    // Loading orientation needs room: the least recently used idle model
+    // (minilm, used before digits) is unloaded, digits stays.
+    let models = &server.state.models;
+    let held = models.acquire("digits", Device::Cpu).await.unwrap();
+    json(
+        server.upload_model("orientation", &orientation, "").await,
+        201,
+    )
+    .await;
+    assert_eq!(state("orientation").await, "loaded");
+    assert_eq!(state("minilm").await, "unloaded");
+    assert_eq!(state("digits").await, "loaded");
+    assert!(models.resident_bytes() <= models.budget_bytes());
+
+    // minilm cannot come back while orientation and digits are in use.
+    let held_orientation = models.acquire("orientation", Device::Cpu).await.unwrap();
+    let err = models
+        .acquire("minilm", Device::Cpu)
+        .await
+        .err()
+        .expect("over the budget");
+    assert!(
+        err.to_string().contains("memory budget") && err.to_string().contains("in use"),
+        "{err}"
+    );
+    assert_eq!(
+        state("orientation").await,
+        "loaded",
+        "nothing in use is unloaded"
+    );
+    assert_eq!(state("digits").await, "loaded");
+
+    // Once they are idle, it can.
+    drop((held, held_orientation));
+    let ready = models.acquire("minilm", Device::Cpu).await.unwrap();
+    assert!(ready.loaded_in.is_some(), "this call loaded it");
+    assert_eq!(state("minilm").await, "loaded");
+    assert!(models.resident_bytes() <= models.budget_bytes());
+    let m = json(server.get("/v1/models/minilm").await, 200).await;
+    assert_eq!(m["resident"][0]["device"], "cpu", "{m}");
+    assert_eq!(m["resident"][0]["backend"], "tract", "{m}");
+    server.stop().await;
+}
+
+/// A model bigger than the whole budget uploads (it is validated) but is
+/// never kept loaded, and using it is refused instead of exhausting memory.
+#[tokio::test]
+async fn a_model_bigger_than_the_budget_is_refused_at_load() {
+    let orientation = pretrained(ORIENTATION_FILE);
+    let server = TestServer::start_with(|c| c.models.memory_budget_mb = 1).await;
+    json(
+        server.upload_model("orientation", &orientation, "").await,
+        201,
+    )
+    .await;
+    let m = json(server.get("/v1/models/orientation").await, 200).await;
+    assert_eq!(m["state"], "unloaded");
+    let err = server
+        .state
+        .models
+        .acquire("orientation", Device::Cpu)
+        .await
+        .err()
+        .expect("bigger than the budget");
+    assert!(err.to_string().contains("models.memory_budget_mb"), "{err}");
+    server.stop().await;
+}
+
+/// `backend = "auto"` takes ONNX Runtime when its library is found (the
+/// build fetched it); a configured library that is missing stops start-up
+/// with a message naming the setting.
+#[tokio::test]
+async fn the_backend_is_chosen_at_start() {
+    use glia_host::config::OnnxBackendChoice;
+    let server = TestServer::start_with(|c| c.models.backend = OnnxBackendChoice::Auto).await;
+    let up = json(server.upload_model("digits", DIGITS_ONNX, "").await, 201).await;
+    assert_eq!(up["backend"], "ort", "{up}");
+    server.stop().await;
+
+    let temp = tempfile::tempdir().unwrap();
+    let mut config = glia_e2e::test_config(temp.path());
+    config.models.backend = OnnxBackendChoice::Ort;
+    config.models.ort_library = temp.path().join("libonnxruntime.so");
+    let err = glia_host::Platform::open(config)
+        .await
+        .err()
+        .expect("no such library");
+    assert!(err.to_string().contains("models.ort_library"), "{err}");
 }

@@ -1,22 +1,23 @@
 //! Model functions: `classify-digits` calls the shared `digits` model
-//! through `wasi:nn`, end to end over HTTP.
+//! through `wasi:nn`, end to end over HTTP, on every backend.
 
 use std::time::Instant;
 
-use glia_e2e::{DIGITS_HELDOUT, DIGITS_ONNX, TestServer, builtin};
+use glia_e2e::{BACKENDS, Backend, DIGITS_HELDOUT, DIGITS_ONNX, TestServer, builtin};
 use serde_json::{Value, json};
 
-async fn with_digits(settings: &str) -> TestServer {
-    with_digits_on(|_| {}, settings).await
+async fn with_digits(backend: Backend, settings: &str) -> TestServer {
+    with_digits_on(backend, |_| {}, settings).await
 }
 
-/// A server (with `tweak`ed configuration) holding the `digits` model and
-/// `classify-digits` deployed with `settings`.
+/// A server on `backend` (with `tweak`ed configuration) holding the
+/// `digits` model and `classify-digits` deployed with `settings`.
 async fn with_digits_on(
+    backend: Backend,
     tweak: impl FnOnce(&mut glia_host::config::Config),
     settings: &str,
 ) -> TestServer {
-    let server = TestServer::start_with(tweak).await;
+    let server = TestServer::start_on(backend, tweak).await;
     let r = server.upload_model("digits", DIGITS_ONNX, "").await;
     assert_eq!(r.status(), 201);
     server
@@ -39,7 +40,15 @@ async fn classify(server: &TestServer, pixels: &Value) -> (u16, Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heldout_split_matches_onnx_runtime_sample_by_sample() {
-    let server = with_digits("models=digits").await;
+    for backend in BACKENDS {
+        heldout_split_on(backend).await;
+    }
+}
+
+async fn heldout_split_on(backend: Backend) {
+    let server = with_digits(backend, "models=digits").await;
+    let m: Value = server.get("/v1/models/digits").await.json().await.unwrap();
+    assert_eq!(m["backend"], backend.name());
     let heldout: Value = serde_json::from_str(DIGITS_HELDOUT).unwrap();
     let samples = heldout["samples"].as_array().unwrap();
     let mut correct = 0;
@@ -50,12 +59,18 @@ async fn heldout_split_matches_onnx_runtime_sample_by_sample() {
             .into_iter()
             .zip(chunk)
         {
-            assert_eq!(status, 200, "{out}");
-            assert_eq!(out["label"], s["expected"], "label as ONNX Runtime gave it");
+            assert_eq!(status, 200, "{backend:?}: {out}");
+            assert_eq!(
+                out["label"], s["expected"],
+                "{backend:?}: label as Python's ONNX Runtime gave it"
+            );
             let probs = out["probabilities"].as_array().unwrap();
             assert_eq!(probs.len(), 10);
             for (p, want) in probs.iter().zip(s["probabilities"].as_array().unwrap()) {
-                assert!((p.as_f64().unwrap() - want.as_f64().unwrap()).abs() < 1e-4);
+                assert!(
+                    (p.as_f64().unwrap() - want.as_f64().unwrap()).abs() < 1e-4,
+                    "{backend:?}"
+                );
             }
             if out["label"] == s["label"] {
                 correct += 1;
@@ -65,32 +80,41 @@ async fn heldout_split_matches_onnx_runtime_sample_by_sample() {
     let accuracy = correct as f64 / samples.len() as f64;
     assert!(
         (accuracy - heldout["accuracy"].as_f64().unwrap()).abs() < 1e-9,
-        "accuracy {accuracy} equals ONNX Runtime's"
+        "{backend:?}: accuracy {accuracy} equals ONNX Runtime's"
     );
     server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_two_concurrent_calls_share_one_model() {
-    let server = with_digits("models=digits").await;
-    let heldout: Value = serde_json::from_str(DIGITS_HELDOUT).unwrap();
-    let sample = heldout["samples"][0].clone();
-    let started = Instant::now();
-    let calls = (0..32).map(|_| classify(&server, &sample["pixels"]));
-    for (status, out) in futures::future::join_all(calls).await {
-        assert_eq!(status, 200, "{out}");
-        assert_eq!(out["label"], sample["expected"]);
+    for backend in BACKENDS {
+        let server = with_digits(backend, "models=digits").await;
+        let heldout: Value = serde_json::from_str(DIGITS_HELDOUT).unwrap();
+        let sample = heldout["samples"][0].clone();
+        let calls = (0..32).map(|_| classify(&server, &sample["pixels"]));
+        for (status, out) in futures::future::join_all(calls).await {
+            assert_eq!(status, 200, "{backend:?}: {out}");
+            assert_eq!(out["label"], sample["expected"], "{backend:?}");
+        }
+        let m: Value = server.get("/v1/models/digits").await.json().await.unwrap();
+        assert_eq!(m["state"], "loaded", "{backend:?}");
+        let resident = m["resident"].as_array().unwrap();
+        assert_eq!(resident.len(), 1, "{backend:?}: one shared graph: {m}");
+        assert_eq!(resident[0]["stats"]["runs"], 32, "{backend:?}: {m}");
+        server.stop().await;
     }
-    assert!(started.elapsed().as_secs() < 30);
-    let m: Value = server.get("/v1/models/digits").await.json().await.unwrap();
-    assert_eq!(m["state"], "loaded");
-    server.stop().await;
 }
 
 #[tokio::test]
 async fn models_are_denied_unless_granted() {
+    for backend in BACKENDS {
+        models_are_denied_unless_granted_on(backend).await;
+    }
+}
+
+async fn models_are_denied_unless_granted_on(backend: Backend) {
     // Deployed without `models=digits`: load-by-name finds nothing.
-    let server = with_digits("").await;
+    let server = with_digits(backend, "").await;
     let pixels = json!(vec![0; 64]);
     let (status, out) = classify(&server, &pixels).await;
     assert_eq!(status, 503, "{out}");
@@ -111,10 +135,30 @@ async fn models_are_denied_unless_granted() {
     let (status, _) = classify(&server, &pixels).await;
     assert_eq!(status, 200);
 
-    // Granted but deleted: not found again.
+    // A granted model is not deleted by accident...
     let r = server
         .client
         .delete(server.url("/v1/models/digits"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let problem: Value = r.json().await.unwrap();
+    assert_eq!(problem["type"], "urn:glia:problem:model-in-use");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("classify-digits"),
+        "{problem}"
+    );
+    let (status, _) = classify(&server, &pixels).await;
+    assert_eq!(status, 200, "the refused delete changed nothing");
+
+    // ...but can be forced; then it is not found again.
+    let r = server
+        .client
+        .delete(server.url("/v1/models/digits?force=true"))
         .send()
         .await
         .unwrap();
@@ -126,7 +170,7 @@ async fn models_are_denied_unless_granted() {
 
 #[tokio::test]
 async fn malformed_inputs_are_400_with_the_reason() {
-    let server = with_digits("models=digits").await;
+    let server = with_digits(Backend::Tract, "models=digits").await;
     let (status, out) = classify(&server, &json!([1, 2, 3])).await;
     assert_eq!(status, 400);
     assert!(
@@ -175,6 +219,7 @@ async fn functions_and_models_keep_warm_on_their_own_policies() {
 
     // The model goes idle and unloads while the function stays warm.
     let server = with_digits_on(
+        Backend::Tract,
         |c| {
             c.scheduler.reap_interval_ms = 50;
             c.models.idle_timeout_ms = 300;
@@ -198,6 +243,7 @@ async fn functions_and_models_keep_warm_on_their_own_policies() {
 
     // The function goes to zero while its model stays loaded.
     let server = with_digits_on(
+        Backend::Tract,
         |c| c.scheduler.reap_interval_ms = 50,
         "models=digits&idle_timeout_ms=200",
     )

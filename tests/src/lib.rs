@@ -47,9 +47,55 @@ pub fn hello() -> &'static [u8] {
     builtin("hello")
 }
 
-/// A configuration suited to tests: small pool, short grace, no built-ins.
+/// The backends that run ONNX models. End-to-end model tests run on each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Pure Rust, always built in.
+    Tract,
+    /// ONNX Runtime, from the library the build fetched from PyPI (or
+    /// `ORT_DYLIB_PATH`, or the Python environment's `onnxruntime`). A test
+    /// on it fails, rather than skips, when the library is missing.
+    Ort,
+}
+
+/// Every backend, in the order tests run them.
+pub const BACKENDS: [Backend; 2] = [Backend::Tract, Backend::Ort];
+
+impl Backend {
+    /// Points `config` at this backend.
+    pub fn configure(self, config: &mut Config) {
+        config.models.backend = match self {
+            Backend::Tract => glia_host::config::OnnxBackendChoice::Tract,
+            Backend::Ort => glia_host::config::OnnxBackendChoice::Ort,
+        };
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Tract => "tract",
+            Backend::Ort => "ort",
+        }
+    }
+}
+
+/// A pretrained model file the build fetched from PyPI; panics with how to
+/// get it when it is missing.
+pub fn pretrained(file: &str) -> Vec<u8> {
+    let path = glia_host::builtins::pypi_dir().join("models").join(file);
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}. The build fetches it from PyPI (host/build_pypi.rs); \
+             check the build's warnings, or unset GLIA_NO_PYPI",
+            path.display()
+        )
+    })
+}
+
+/// A configuration suited to tests: small pool, short grace, no built-ins,
+/// models on tract unless a test picks a backend.
 pub fn test_config(data_dir: &Path) -> Config {
     let mut config = Config::default();
+    Backend::Tract.configure(&mut config);
     config.server.data_dir = data_dir.to_path_buf();
     config.server.install_builtins = false;
     config.server.shutdown_grace_ms = 10_000;
@@ -83,6 +129,15 @@ impl TestServer {
         let mut config = test_config(temp.path());
         tweak(&mut config);
         Self::start_config(config, Some(temp)).await
+    }
+
+    /// Starts a server whose ONNX models run on `backend`.
+    pub async fn start_on(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::start_with(|c| {
+            backend.configure(c);
+            tweak(c);
+        })
+        .await
     }
 
     /// Starts a server with exactly `config`.

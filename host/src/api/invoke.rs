@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, Uri};
 
-use super::{ApiError, AppState, COLD_START_HEADER, COLD_START_US_HEADER, INVOCATION_ID_HEADER};
+use super::{
+    ApiError, AppState, COLD_START_HEADER, COLD_START_US_HEADER, INVOCATION_ID_HEADER,
+    NN_DEVICE_HEADER,
+};
 use crate::nn::wasi::NnState;
 use crate::runtime::{BoxError, InvokeLimits, ResponseBody};
 use crate::scheduler::VersionKey;
@@ -110,12 +113,36 @@ where
         timeout,
         memory_bytes: settings.memory_mb * MIB,
     };
-    let nn = granted_models(state, &settings.models, limits.deadline).await;
+    let nn = NnState::new(
+        state.models.clone(),
+        settings.models.clone(),
+        limits.deadline,
+        usize::try_from(state.config.models.max_raw_load_mb.saturating_mul(MIB))
+            .unwrap_or(usize::MAX),
+    );
+    let nn_usage = nn.usage();
     let mut response = state
         .runtime
         .invoke(&ready.pre, limits, req, nn, admission)
         .await?;
     let headers = response.headers_mut();
+    // What wasi:nn did before the guest answered.
+    let nn = nn_usage.report();
+    if let Some(timing) = nn.server_timing()
+        && let Ok(value) = HeaderValue::from_str(&timing)
+    {
+        headers.append(
+            http::header::HeaderName::from_static("server-timing"),
+            value,
+        );
+    }
+    let devices = nn.devices();
+    if !devices.is_empty() {
+        let list: Vec<&str> = devices.iter().map(|d| d.name()).collect();
+        if let Ok(value) = HeaderValue::from_str(&list.join(", ")) {
+            headers.insert(NN_DEVICE_HEADER, value);
+        }
+    }
     headers.insert(
         COLD_START_HEADER,
         HeaderValue::from_static(if ready.cold_start.is_some() {
@@ -131,27 +158,6 @@ where
         );
     }
     Ok(response)
-}
-
-/// The `wasi:nn` state for a call: the granted models that exist, loaded
-/// (shared with every other caller; loaded now if this is their first use).
-/// A granted model that cannot be loaded is left out, so the guest's
-/// `load-by-name` reports `not-found`.
-async fn granted_models(
-    state: &AppState,
-    names: &[String],
-    deadline: std::time::Instant,
-) -> NnState {
-    let mut granted = std::collections::HashMap::with_capacity(names.len());
-    for name in names {
-        match state.models.load(name).await {
-            Ok(model) => {
-                granted.insert(name.clone(), model);
-            }
-            Err(e) => tracing::debug!(model = %name, error = %e, "granted model unavailable"),
-        }
-    }
-    NnState::new(granted, deadline)
 }
 
 /// Gives the guest the path after the function name, with the original query

@@ -30,6 +30,8 @@ pub const INVOCATION_ID_HEADER: &str = "glia-invocation-id";
 pub const COLD_START_HEADER: &str = "glia-cold-start";
 /// Header with the time spent loading, in microseconds, on a cold start.
 pub const COLD_START_US_HEADER: &str = "glia-cold-start-us";
+/// Devices `wasi:nn` inference ran on during the call (`cpu`, `gpu`).
+pub const NN_DEVICE_HEADER: &str = "glia-nn-device";
 
 /// Everything a request handler can reach.
 pub struct AppState {
@@ -95,7 +97,7 @@ impl App {
                 match *req.method() {
                     Method::PUT => models::upload(&self.state, &name, req).await,
                     Method::GET => models::get(&self.state, &name),
-                    Method::DELETE => models::delete(&self.state, &name).await,
+                    Method::DELETE => models::delete(&self.state, &name, req.uri().query()).await,
                     _ => Err(ApiError::method_not_allowed("GET, PUT, DELETE")),
                 }
             }

@@ -32,6 +32,18 @@ impl From<ModelError> for ApiError {
                 Self::new(StatusCode::NOT_FOUND, "model-not-found", "Model not found")
                     .detail(detail)
             }
+            ModelError::OverBudget(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "model-memory-budget",
+                "Model memory budget exhausted",
+            )
+            .detail(detail),
+            ModelError::DeviceUnavailable(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "device-unavailable",
+                "Device unavailable",
+            )
+            .detail(detail),
             ModelError::Store(_) | ModelError::Internal(_) => {
                 tracing::error!(error = %e, "model registry failure");
                 Self::internal()
@@ -110,6 +122,10 @@ pub(super) fn get(state: &AppState, name: &str) -> ApiResult {
         /// `loaded` when the latest version is in memory, else `unloaded`.
         state: &'static str,
         backend: &'static str,
+        /// Where the latest version is loaded (backend, device, size).
+        resident: Vec<crate::nn::models::Residency>,
+        /// Functions granted this model.
+        used_by: Vec<String>,
         #[serde(skip_serializing_if = "Option::is_none")]
         signature: Option<Signature>,
         created_at_ms: i64,
@@ -131,6 +147,11 @@ pub(super) fn get(state: &AppState, name: &str) -> ApiResult {
                 "unloaded"
             },
             backend: state.models.backend_name(),
+            resident: record
+                .latest()
+                .map(|v| state.models.residency(&v.digest))
+                .unwrap_or_default(),
+            used_by: users(state, name),
             signature: loaded.as_deref().map(signature),
             created_at_ms: record.created_at_ms,
             updated_at_ms: record.updated_at_ms,
@@ -197,7 +218,53 @@ where
     ))
 }
 
-pub(super) async fn delete(state: &AppState, name: &str) -> ApiResult {
+/// Deployed functions whose `models` setting grants `model`.
+fn users(state: &AppState, model: &str) -> Vec<String> {
+    state
+        .registry
+        .list()
+        .iter()
+        .filter(|f| {
+            state
+                .registry
+                .settings_of(f)
+                .models
+                .iter()
+                .any(|m| m == model)
+        })
+        .map(|f| f.name.clone())
+        .collect()
+}
+
+/// Deletes a model. While deployed functions are granted it, the delete is
+/// refused with 409 naming them, unless `?force=true` (their calls then get
+/// `not-found` from `load-by-name`).
+pub(super) async fn delete(state: &AppState, name: &str, query: Option<&str>) -> ApiResult {
+    let mut force = false;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair {
+            "force=true" | "force=1" => force = true,
+            "force=false" | "force=0" => force = false,
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter `{pair}` (known: force=true)"
+                )));
+            }
+        }
+    }
+    if state.models.get(name).is_none() {
+        return Err(ModelError::NotFound(name.to_string()).into());
+    }
+    let users = users(state, name);
+    if !force && !users.is_empty() {
+        return Err(
+            ApiError::new(StatusCode::CONFLICT, "model-in-use", "Model in use").detail(format!(
+                "model `{name}` is granted to deployed function(s) {}: remove it from their \
+                 `models` setting or delete them first, or delete with ?force=true",
+                users.join(", ")
+            )),
+        );
+    }
     let record: std::sync::Arc<ModelRecord> = state.models.delete(name).await?;
     Ok(json_response(
         StatusCode::OK,

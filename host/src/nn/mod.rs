@@ -9,10 +9,49 @@
 //! copied once in and once out.
 
 pub mod models;
+pub mod ort;
 pub mod tract;
+pub mod usage;
 pub mod wasi;
 
 use std::sync::Arc;
+
+pub use usage::{NnUsage, NnUsageReport};
+
+/// Where inference runs. `wasi:nn` names these execution targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    Cpu,
+    Gpu,
+    Tpu,
+}
+
+impl Device {
+    pub fn name(self) -> &'static str {
+        match self {
+            Device::Cpu => "cpu",
+            Device::Gpu => "gpu",
+            Device::Tpu => "tpu",
+        }
+    }
+
+    /// Parses `cpu`, `gpu` or `tpu`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "cpu" => Some(Device::Cpu),
+            "gpu" => Some(Device::Gpu),
+            "tpu" => Some(Device::Tpu),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// Element types of `wasi:nn` tensors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -136,8 +175,24 @@ pub enum NnError {
 pub trait Backend: Send + Sync {
     /// Short name used in configuration and reports (`tract`, `ort`, …).
     fn name(&self) -> &'static str;
-    /// Parses and prepares a model. Blocking; may take long for big models.
+    /// Parses and prepares a model for the CPU. Blocking; may take long for
+    /// big models.
     fn load(&self, bytes: &[u8]) -> Result<Arc<dyn LoadedModel>, NnError>;
+    /// Whether this backend can run models on `device`.
+    fn supports(&self, device: Device) -> bool {
+        device == Device::Cpu
+    }
+    /// Loads a model for `device` (one the backend [supports](Self::supports)).
+    fn load_on(&self, bytes: &[u8], device: Device) -> Result<Arc<dyn LoadedModel>, NnError> {
+        if device == Device::Cpu {
+            self.load(bytes)
+        } else {
+            Err(NnError::UnsupportedOperation(format!(
+                "the {} backend runs on the CPU only, not on {device}",
+                self.name()
+            )))
+        }
+    }
 }
 
 /// A loaded model, shared by every caller.
@@ -151,6 +206,22 @@ pub trait LoadedModel: Send + Sync {
     fn typical_run(&self) -> Option<std::time::Duration> {
         None
     }
+    /// Run statistics, when kept.
+    fn stats(&self) -> Option<RunStats> {
+        None
+    }
+}
+
+/// What a loaded model has done since it was loaded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RunStats {
+    pub runs: u64,
+    /// Runs in progress now.
+    pub running: u64,
+    /// Most runs ever in progress at once.
+    pub peak_running: u64,
+    /// Moving average of a run's time, in microseconds.
+    pub typical_run_us: u64,
 }
 
 /// A loaded model that keeps a moving average of its run time, so callers
@@ -160,6 +231,9 @@ pub struct Timed {
     inner: Arc<dyn LoadedModel>,
     /// Exponential moving average of run time, in nanoseconds (0: unknown).
     average_ns: std::sync::atomic::AtomicU64,
+    runs: std::sync::atomic::AtomicU64,
+    running: std::sync::atomic::AtomicU64,
+    peak_running: std::sync::atomic::AtomicU64,
 }
 
 impl Timed {
@@ -167,6 +241,9 @@ impl Timed {
         Self {
             inner,
             average_ns: std::sync::atomic::AtomicU64::new(0),
+            runs: std::sync::atomic::AtomicU64::new(0),
+            running: std::sync::atomic::AtomicU64::new(0),
+            peak_running: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }
@@ -182,8 +259,15 @@ impl LoadedModel for Timed {
 
     fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, NnError> {
         use std::sync::atomic::Ordering;
+        let now_running = self
+            .running
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        self.peak_running.fetch_max(now_running, Ordering::Relaxed);
         let started = std::time::Instant::now();
         let result = self.inner.run(inputs);
+        self.running.fetch_sub(1, Ordering::Relaxed);
+        self.runs.fetch_add(1, Ordering::Relaxed);
         let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let old = self.average_ns.load(Ordering::Relaxed);
         let new = if old == 0 {
@@ -200,5 +284,15 @@ impl LoadedModel for Timed {
             0 => None,
             ns => Some(std::time::Duration::from_nanos(ns)),
         }
+    }
+
+    fn stats(&self) -> Option<RunStats> {
+        use std::sync::atomic::Ordering;
+        Some(RunStats {
+            runs: self.runs.load(Ordering::Relaxed),
+            running: self.running.load(Ordering::Relaxed),
+            peak_running: self.peak_running.load(Ordering::Relaxed),
+            typical_run_us: self.average_ns.load(Ordering::Relaxed) / 1000,
+        })
     }
 }

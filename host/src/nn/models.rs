@@ -7,6 +7,17 @@
 //! Models keep warm on their own policy, independent of the functions that
 //! use them: a loaded model unused for `[models] idle_timeout_ms` is
 //! unloaded by the reaper (calls already holding it finish on it).
+//!
+//! Loaded models count against a memory budget (`[models] memory_budget_mb`,
+//! each model counted at its file size, which is what its weights take once
+//! loaded). A load that would exceed it first unloads idle models, least
+//! recently used first; if the models in use still leave no room, the load
+//! is refused with a clear error instead of running the process out of
+//! memory.
+//!
+//! One graph is loaded per (model digest, backend, device). A request for a
+//! device no backend has (`gpu`, `tpu` on a CPU-only build) follows
+//! `[models] fallback`: run on the CPU and say so, or fail.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +28,8 @@ use dashmap::DashMap;
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 
-use super::{Backend, LoadedModel, NnError, Timed};
+use super::{Backend, Device, LoadedModel, NnError, Timed};
+use crate::config::FallbackPolicy;
 use crate::registry::{
     BlobStore, MetadataStore, ModelRecord, ModelVersionRecord, StoreError, UploadError, check_name,
     now_ms,
@@ -37,6 +49,13 @@ pub enum ModelError {
     Invalid(NnError),
     #[error("model `{0}` not found")]
     NotFound(String),
+    /// Loading would exceed the memory budget even after unloading every
+    /// idle model.
+    #[error("{0}")]
+    OverBudget(String),
+    /// The requested device is not available and the policy says fail.
+    #[error("{0}")]
+    DeviceUnavailable(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("internal error: {0}")]
@@ -63,15 +82,36 @@ impl std::fmt::Debug for dyn LoadedModel {
     }
 }
 
+/// How loaded models are kept.
+#[derive(Debug, Clone)]
+pub struct ModelPolicy {
+    /// Unused this long, a loaded model is unloaded.
+    pub idle_timeout: Duration,
+    /// Total size of loaded models.
+    pub budget_bytes: u64,
+    /// What a request for a missing device gets.
+    pub fallback: FallbackPolicy,
+}
+
 /// Models and their loaded graphs.
 pub struct ModelRegistry {
     meta: Arc<dyn MetadataStore>,
     blobs: Arc<dyn BlobStore>,
     backend: Arc<dyn Backend>,
+    policy: ModelPolicy,
     index: DashMap<String, Arc<ModelRecord>>,
-    loaded: DashMap<String, Arc<Slot>>,
-    idle_timeout: Duration,
+    loaded: DashMap<SlotKey, Arc<Slot>>,
+    /// Serialises the decision to admit a new model under the budget.
+    admit: std::sync::Mutex<()>,
     epoch: Instant,
+}
+
+/// One loaded graph: a model version, on a backend, for a device.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct SlotKey {
+    digest: String,
+    backend: &'static str,
+    device: Device,
 }
 
 /// One loaded (or loading) model and when it was last used.
@@ -79,6 +119,40 @@ struct Slot {
     model: OnceCell<Arc<dyn LoadedModel>>,
     /// Milliseconds since the registry opened.
     last_used: AtomicU64,
+    /// What it counts against the budget.
+    size: u64,
+}
+
+impl Slot {
+    /// Loaded, and nobody but the registry holds it.
+    fn idle(&self) -> bool {
+        self.model.get().is_some_and(|m| Arc::strong_count(m) == 1)
+    }
+}
+
+/// A loaded model handed to a caller.
+pub struct Ready {
+    pub model: Arc<dyn LoadedModel>,
+    pub backend: &'static str,
+    /// The device it runs on.
+    pub device: Device,
+    /// The device asked for, when the fallback policy moved it.
+    pub fell_back_from: Option<Device>,
+    /// How long the load took, when this call triggered it.
+    pub loaded_in: Option<Duration>,
+}
+
+/// Where a loaded model lives, for the API.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Residency {
+    pub backend: &'static str,
+    pub device: Device,
+    pub size_bytes: u64,
+    /// Some call holds it now.
+    pub in_use: bool,
+    pub idle_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stats: Option<super::RunStats>,
 }
 
 impl ModelRegistry {
@@ -86,7 +160,7 @@ impl ModelRegistry {
         meta: Arc<dyn MetadataStore>,
         blobs: Arc<dyn BlobStore>,
         backend: Arc<dyn Backend>,
-        idle_timeout: Duration,
+        policy: ModelPolicy,
     ) -> Result<Self, StoreError> {
         let index = DashMap::new();
         for record in meta.load_models()? {
@@ -96,9 +170,10 @@ impl ModelRegistry {
             meta,
             blobs,
             backend,
+            policy,
             index,
             loaded: DashMap::new(),
-            idle_timeout,
+            admit: std::sync::Mutex::new(()),
             epoch: Instant::now(),
         })
     }
@@ -107,26 +182,103 @@ impl ModelRegistry {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// The slot for a digest, created empty if needed, marked as used now.
-    fn slot(&self, digest: &str) -> Arc<Slot> {
-        let slot = self
+    fn key(&self, digest: &str, device: Device) -> SlotKey {
+        SlotKey {
+            digest: digest.to_string(),
+            backend: self.backend.name(),
+            device,
+        }
+    }
+
+    /// The slot for `key`, marked as used now; a new one is admitted under
+    /// the memory budget, unloading idle models (least recently used
+    /// first) to make room.
+    fn slot(&self, key: SlotKey, size: u64) -> Result<Arc<Slot>, ModelError> {
+        let now = self.now();
+        if let Some(slot) = self.loaded.get(&key).map(|s| s.clone()) {
+            slot.last_used.store(now, Ordering::Relaxed);
+            return Ok(slot);
+        }
+        let _admitting = self.admit.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = self.loaded.get(&key).map(|s| s.clone()) {
+            slot.last_used.store(now, Ordering::Relaxed);
+            return Ok(slot);
+        }
+        self.make_room(size)?;
+        let slot = Arc::new(Slot {
+            model: OnceCell::new(),
+            last_used: AtomicU64::new(now),
+            size,
+        });
+        self.loaded.insert(key, slot.clone());
+        Ok(slot)
+    }
+
+    /// Unloads idle models, least recently used first, until `size` more
+    /// bytes fit in the budget. Called with `admit` held.
+    fn make_room(&self, size: u64) -> Result<(), ModelError> {
+        let budget = self.policy.budget_bytes;
+        let mib = |b: u64| b.div_ceil(1024 * 1024);
+        if size > budget {
+            return Err(ModelError::OverBudget(format!(
+                "the model needs {} MiB, more than the whole model memory budget of {} MiB \
+                 (models.memory_budget_mb)",
+                mib(size),
+                mib(budget)
+            )));
+        }
+        let mut resident = self.resident_bytes();
+        if resident.saturating_add(size) <= budget {
+            return Ok(());
+        }
+        let mut idle: Vec<(u64, SlotKey, u64)> = self
             .loaded
-            .entry(digest.to_string())
-            .or_insert_with(|| {
-                Arc::new(Slot {
-                    model: OnceCell::new(),
-                    last_used: AtomicU64::new(0),
-                })
+            .iter()
+            .filter(|e| e.value().idle())
+            .map(|e| {
+                (
+                    e.value().last_used.load(Ordering::Relaxed),
+                    e.key().clone(),
+                    e.value().size,
+                )
             })
-            .clone();
-        slot.last_used.store(self.now(), Ordering::Relaxed);
-        slot
+            .collect();
+        idle.sort_by_key(|(used, _, _)| *used);
+        for (_, key, freed) in idle {
+            if resident.saturating_add(size) <= budget {
+                break;
+            }
+            if self.loaded.remove_if(&key, |_, s| s.idle()).is_some() {
+                tracing::info!(digest = %key.digest, device = %key.device, freed_bytes = freed, "model unloaded to make room");
+                resident = resident.saturating_sub(freed);
+            }
+        }
+        if resident.saturating_add(size) <= budget {
+            Ok(())
+        } else {
+            Err(ModelError::OverBudget(format!(
+                "loading the model ({} MiB) would exceed the model memory budget of {} MiB: \
+                 {} MiB are held by models in use (models.memory_budget_mb)",
+                mib(size),
+                mib(budget),
+                mib(resident)
+            )))
+        }
+    }
+
+    /// Bytes of loaded (and loading) models, as counted against the budget.
+    pub fn resident_bytes(&self) -> u64 {
+        self.loaded.iter().map(|e| e.value().size).sum()
+    }
+
+    pub fn budget_bytes(&self) -> u64 {
+        self.policy.budget_bytes
     }
 
     /// Unloads models unused for the idle timeout. Returns how many.
     pub fn reap(&self) -> usize {
         let now = self.now();
-        let idle = u64::try_from(self.idle_timeout.as_millis()).unwrap_or(u64::MAX);
+        let idle = u64::try_from(self.policy.idle_timeout.as_millis()).unwrap_or(u64::MAX);
         let before = self.loaded.len();
         self.loaded.retain(|_, slot| {
             !slot.model.initialized()
@@ -167,14 +319,38 @@ impl ModelRegistry {
         self.index.get(name).map(|e| e.value().clone())
     }
 
-    /// The loaded model for a digest, if it is loaded (without marking it
+    /// A loaded graph of a digest, if one is loaded (without marking it
     /// used).
     pub fn loaded_now(&self, digest: &str) -> Option<Arc<dyn LoadedModel>> {
-        self.loaded.get(digest).and_then(|s| s.model.get().cloned())
+        self.loaded
+            .iter()
+            .filter(|e| e.key().digest == digest)
+            .find_map(|e| e.value().model.get().cloned())
+    }
+
+    /// Where a digest is loaded.
+    pub fn residency(&self, digest: &str) -> Vec<Residency> {
+        let now = self.now();
+        let mut all: Vec<Residency> = self
+            .loaded
+            .iter()
+            .filter(|e| e.key().digest == digest && e.value().model.initialized())
+            .map(|e| Residency {
+                backend: e.key().backend,
+                device: e.key().device,
+                size_bytes: e.value().size,
+                in_use: !e.value().idle(),
+                idle_ms: now.saturating_sub(e.value().last_used.load(Ordering::Relaxed)),
+                stats: e.value().model.get().and_then(|m| m.stats()),
+            })
+            .collect();
+        all.sort_by_key(|r| r.device);
+        all
     }
 
     /// Validates `bytes` by loading them and records a new version of
-    /// `name` (or returns the latest when the bytes are identical).
+    /// `name` (or returns the latest when the bytes are identical). The
+    /// validated graph stays loaded when the budget has room for it.
     pub async fn upload(
         &self,
         name: &str,
@@ -182,11 +358,7 @@ impl ModelRegistry {
         bytes: Bytes,
     ) -> Result<Uploaded, ModelError> {
         check_name(name)?;
-        if !ENCODINGS.contains(&encoding) {
-            return Err(ModelError::UnsupportedEncoding(
-                encoding.chars().take(40).collect(),
-            ));
-        }
+        check_encoding(encoding)?;
         let backend = self.backend.clone();
         let blobs = self.blobs.clone();
         let size_bytes = bytes.len() as u64;
@@ -202,7 +374,12 @@ impl ModelRegistry {
         })
         .await
         .map_err(|e| ModelError::Internal(format!("load task: {e}")))??;
-        let _ = self.slot(&digest).model.set(loaded.clone());
+        match self.slot(self.key(&digest, Device::Cpu), size_bytes) {
+            Ok(slot) => {
+                let _ = slot.model.set(loaded.clone());
+            }
+            Err(e) => tracing::info!(model = name, reason = %e, "uploaded model not kept loaded"),
+        }
 
         if let Some(record) = self.get(name)
             && let Some(latest) = record.latest().filter(|v| v.digest == digest)
@@ -244,8 +421,8 @@ impl ModelRegistry {
         })
     }
 
-    /// Deletes a model and its versions. Loaded graphs stay until nothing
-    /// references their digest.
+    /// Deletes a model and its versions. Loaded graphs of digests no other
+    /// model uses are unloaded (calls holding them finish on them).
     pub async fn delete(&self, name: &str) -> Result<Arc<ModelRecord>, ModelError> {
         let record = self
             .get(name)
@@ -267,33 +444,150 @@ impl ModelRegistry {
                     .collect::<Vec<_>>()
             })
             .collect();
-        self.loaded.retain(|digest, _| still_used.contains(digest));
+        self.loaded
+            .retain(|key, _| still_used.contains(&key.digest));
         Ok(record)
     }
 
-    /// The loaded latest version of `name`, loading it on first use
-    /// (concurrent callers share one load).
+    /// The loaded latest version of `name` on the CPU, loading it on first
+    /// use (concurrent callers share one load).
     pub async fn load(&self, name: &str) -> Result<Arc<dyn LoadedModel>, ModelError> {
+        self.acquire(name, Device::Cpu).await.map(|r| r.model)
+    }
+
+    /// The latest version of `name`, loaded for `device` (or where the
+    /// fallback policy puts it), loading it on first use.
+    pub async fn acquire(&self, name: &str, device: Device) -> Result<Ready, ModelError> {
         let record = self
             .get(name)
             .ok_or_else(|| ModelError::NotFound(name.to_string()))?;
-        let digest = record
+        let version = record
             .latest()
-            .map(|v| v.digest.clone())
             .ok_or_else(|| ModelError::NotFound(name.to_string()))?;
-        let slot = self.slot(&digest);
-        slot.model
+        let digest = version.digest.clone();
+        let (device, fell_back_from) = self.place(device)?;
+        let blobs = self.blobs.clone();
+        let source = digest.clone();
+        self.ready(
+            &digest,
+            version.size_bytes,
+            device,
+            fell_back_from,
+            move || blobs.read_model(&source).map_err(ModelError::from),
+        )
+        .await
+    }
+
+    /// A model given as bytes (a guest's raw `load`), loaded for `device`;
+    /// identical bytes share one loaded graph, under the same budget.
+    pub async fn acquire_bytes(
+        &self,
+        encoding: &str,
+        bytes: Vec<u8>,
+        device: Device,
+    ) -> Result<Ready, ModelError> {
+        check_encoding(encoding)?;
+        let (device, fell_back_from) = self.place(device)?;
+        let size = bytes.len() as u64;
+        let (digest, bytes) =
+            tokio::task::spawn_blocking(move || (hex::encode(Sha256::digest(&bytes)), bytes))
+                .await
+                .map_err(|e| ModelError::Internal(format!("hash task: {e}")))?;
+        self.ready(&digest, size, device, fell_back_from, move || Ok(bytes))
+            .await
+    }
+
+    /// Where a request for `device` runs, under the fallback policy.
+    fn place(&self, device: Device) -> Result<(Device, Option<Device>), ModelError> {
+        if self.backend.supports(device) {
+            return Ok((device, None));
+        }
+        match self.policy.fallback {
+            FallbackPolicy::Cpu => Ok((Device::Cpu, Some(device))),
+            FallbackPolicy::Error => Err(ModelError::DeviceUnavailable(format!(
+                "no {device} is available to the {} backend, and models.fallback is \"error\"",
+                self.backend.name()
+            ))),
+        }
+    }
+
+    async fn ready(
+        &self,
+        digest: &str,
+        size: u64,
+        device: Device,
+        fell_back_from: Option<Device>,
+        bytes: impl FnOnce() -> Result<Vec<u8>, ModelError> + Send + 'static,
+    ) -> Result<Ready, ModelError> {
+        let key = self.key(digest, device);
+        let slot = self.slot(key.clone(), size)?;
+        // A load that fails, or whose caller gives up (deadline), gives its
+        // reservation back.
+        let _unreserve = Unreserve {
+            loaded: &self.loaded,
+            key: &key,
+        };
+        let mut loaded_in = None;
+        let result = slot
+            .model
             .get_or_try_init(|| async {
-                let blobs = self.blobs.clone();
                 let backend = self.backend.clone();
-                tokio::task::spawn_blocking(move || {
-                    let bytes = blobs.read_model(&digest)?;
-                    backend.load(&bytes).map_err(ModelError::Invalid)
+                let started = Instant::now();
+                let loaded = tokio::task::spawn_blocking(move || {
+                    let bytes = bytes()?;
+                    backend
+                        .load_on(&bytes, device)
+                        .map(|m| Arc::new(Timed::new(m)) as Arc<dyn LoadedModel>)
+                        .map_err(ModelError::Invalid)
                 })
                 .await
-                .map_err(|e| ModelError::Internal(format!("load task: {e}")))?
+                .map_err(|e| ModelError::Internal(format!("load task: {e}")))?;
+                loaded_in = Some(started.elapsed());
+                loaded
             })
             .await
-            .cloned()
+            .cloned();
+        match result {
+            Ok(model) => Ok(Ready {
+                model,
+                backend: key.backend,
+                device,
+                fell_back_from,
+                loaded_in,
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Loads the latest version of every model (`[models] preload`).
+    pub async fn preload(&self) {
+        for record in self.list() {
+            if let Err(e) = self.acquire(&record.name, Device::Cpu).await {
+                tracing::warn!(model = %record.name, error = %e, "preloading failed");
+            }
+        }
+    }
+}
+
+/// Removes a slot that never finished loading when dropped.
+struct Unreserve<'a> {
+    loaded: &'a DashMap<SlotKey, Arc<Slot>>,
+    key: &'a SlotKey,
+}
+
+impl Drop for Unreserve<'_> {
+    fn drop(&mut self) {
+        self.loaded
+            .remove_if(self.key, |_, s| !s.model.initialized());
+    }
+}
+
+fn check_encoding(encoding: &str) -> Result<(), ModelError> {
+    if ENCODINGS.contains(&encoding) {
+        Ok(())
+    } else {
+        Err(ModelError::UnsupportedEncoding(
+            encoding.chars().take(40).collect(),
+        ))
     }
 }

@@ -7,6 +7,7 @@
 //! threads, each call with its own state.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use tract_onnx::prelude::*;
@@ -18,6 +19,8 @@ use super::{Backend, DType, LoadedModel, NnError, Tensor, TensorSpec};
 const MAX_PLANS_PER_MODEL: usize = 16;
 
 type Plan = Arc<TypedRunnableModel>;
+/// The shapes of a run's inputs, in input order.
+type Shapes = Vec<Vec<usize>>;
 
 /// The tract backend.
 #[derive(Debug, Default)]
@@ -41,6 +44,7 @@ impl Backend for TractBackend {
             inputs,
             outputs,
             plans: RwLock::new(HashMap::new()),
+            tick: AtomicU64::new(0),
         };
         // Build the plan for the model's own input shapes when they are all
         // concrete, so load-time validation covers optimisation too.
@@ -55,7 +59,10 @@ struct TractModel {
     model: InferenceModel,
     inputs: Vec<TensorSpec>,
     outputs: Vec<TensorSpec>,
-    plans: RwLock<HashMap<Vec<Vec<usize>>, Plan>>,
+    /// Plans by input shapes, each with the tick it was last used.
+    plans: RwLock<HashMap<Shapes, (Plan, AtomicU64)>>,
+    /// Advances on every plan lookup; orders plans by recency.
+    tick: AtomicU64,
 }
 
 fn specs(
@@ -66,10 +73,12 @@ fn specs(
     outlets
         .iter()
         .map(|outlet| {
+            // The ONNX value name (what Python's ONNX Runtime reports), else
+            // the node's.
             let name = model
-                .nodes()
-                .get(outlet.node)
-                .map(|n| n.name.clone())
+                .outlet_label(*outlet)
+                .map(str::to_string)
+                .or_else(|| model.nodes().get(outlet.node).map(|n| n.name.clone()))
                 .unwrap_or_default();
             let fact = model
                 .outlet_fact(*outlet)
@@ -174,14 +183,17 @@ impl TractModel {
             .collect()
     }
 
-    /// The optimised plan for these input shapes, built on first use.
+    /// The optimised plan for these input shapes, built on first use. At
+    /// most [`MAX_PLANS_PER_MODEL`] are kept; the least recently used goes.
     fn plan(&self, shapes: &[Vec<usize>]) -> Result<Plan, NnError> {
-        if let Some(plan) = self
+        let tick = self.tick.fetch_add(1, Ordering::Relaxed);
+        if let Some((plan, used)) = self
             .plans
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(shapes)
         {
+            used.store(tick, Ordering::Relaxed);
             return Ok(plan.clone());
         }
         let mut model = self.model.clone();
@@ -200,10 +212,15 @@ impl TractModel {
                 ))
             })?;
         let mut plans = self.plans.write().unwrap_or_else(|p| p.into_inner());
-        if plans.len() >= MAX_PLANS_PER_MODEL {
-            plans.clear();
+        if plans.len() >= MAX_PLANS_PER_MODEL
+            && let Some(oldest) = plans
+                .iter()
+                .min_by_key(|(_, (_, used))| used.load(Ordering::Relaxed))
+                .map(|(k, _)| k.clone())
+        {
+            plans.remove(&oldest);
         }
-        plans.insert(shapes.to_vec(), plan.clone());
+        plans.insert(shapes.to_vec(), (plan.clone(), AtomicU64::new(tick)));
         Ok(plan)
     }
 }
@@ -331,6 +348,33 @@ mod tests {
                 assert!((p - want).abs() < 1e-4, "sample {i}: {p} vs {want}");
             }
         }
+    }
+
+    #[test]
+    fn plans_are_kept_least_recently_used_first() {
+        let model = tract_onnx::onnx()
+            .with_ignore_output_shapes(true)
+            .with_ignore_value_info(true)
+            .model_for_read(&mut &*DIGITS)
+            .expect("parses");
+        let inputs = specs(&model, model.input_outlets()).expect("inputs");
+        let outputs = specs(&model, model.output_outlets()).expect("outputs");
+        let t = TractModel {
+            model,
+            inputs,
+            outputs,
+            plans: RwLock::new(HashMap::new()),
+            tick: AtomicU64::new(0),
+        };
+        t.plan(&[vec![1, 64]]).expect("plan");
+        for batch in 2..=MAX_PLANS_PER_MODEL + 4 {
+            t.plan(&[vec![1, 64]]).expect("plan");
+            t.plan(&[vec![batch, 64]]).expect("plan");
+        }
+        let plans = t.plans.read().expect("lock");
+        assert_eq!(plans.len(), MAX_PLANS_PER_MODEL);
+        assert!(plans.contains_key(&vec![vec![1, 64]]), "the hot plan stays");
+        assert!(!plans.contains_key(&vec![vec![2, 64]]), "the oldest went");
     }
 
     #[test]

@@ -3,20 +3,28 @@
 //!
 //! A function reaches only the models its `models` setting grants:
 //! `load-by-name` of anything else is `not-found`, exactly as for a model
-//! that does not exist, so a function cannot probe for other models. Raw
-//! `load` is refused (`unsupported-operation`): models are uploaded through
-//! the API, validated once and shared. `compute` runs on the blocking pool,
-//! never on the async workers, and stops waiting at the invocation's
-//! deadline (epoch interruption cannot stop host code).
+//! that does not exist, so a function cannot probe for other models. The
+//! name may end in `@cpu`, `@gpu` or `@tpu` to choose the execution target
+//! (`load-by-name` has no target argument; the name scheme is the host's to
+//! choose); without one the model runs on the CPU. A granted model is
+//! loaded on first use and shared with every other caller.
+//!
+//! Raw `load` takes one ONNX builder of at most `[models] max_raw_load_mb`;
+//! identical bytes share one loaded graph, under the same memory budget.
+//!
+//! Expensive `compute` calls run on the blocking pool, never on the async
+//! workers, and stop waiting at the invocation's deadline (epoch
+//! interruption cannot stop host code). Every load this call triggers and
+//! every run's time per device go to the invocation's [`NnUsage`].
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
 pub use super::Tensor;
-use super::{DType, LoadedModel, NnError};
+use super::models::{ModelError, ModelRegistry, Ready};
+use super::{DType, Device, LoadedModel, NnError, NnUsage};
 
 mod generated {
     wasmtime::component::bindgen!({
@@ -47,12 +55,19 @@ pub const MAX_TENSOR_ELEMENTS: usize = 64 * 1024 * 1024;
 
 /// A graph handed to a guest: a granted, loaded model.
 pub struct GuestGraph {
-    model: Arc<dyn LoadedModel>,
+    loaded: Arc<Loaded>,
 }
 
 /// An execution context on a graph.
 pub struct GuestContext {
+    loaded: Arc<Loaded>,
+}
+
+/// A loaded model and where it runs.
+struct Loaded {
     model: Arc<dyn LoadedModel>,
+    backend: &'static str,
+    device: Device,
 }
 
 /// An error handed to a guest.
@@ -64,17 +79,34 @@ pub struct GuestError {
 /// Per-invocation `wasi:nn` state: the models this function may use.
 #[derive(Default)]
 pub struct NnState {
-    granted: HashMap<String, Arc<dyn LoadedModel>>,
+    models: Option<Arc<ModelRegistry>>,
+    granted: Vec<String>,
     deadline: Option<Instant>,
+    max_raw_bytes: usize,
+    usage: Arc<NnUsage>,
 }
 
 impl NnState {
-    /// State granting `models`, with inference cut off at `deadline`.
-    pub fn new(granted: HashMap<String, Arc<dyn LoadedModel>>, deadline: Instant) -> Self {
+    /// State granting `granted` from `models`, with loads and inference cut
+    /// off at `deadline`, and raw loads up to `max_raw_bytes`.
+    pub fn new(
+        models: Arc<ModelRegistry>,
+        granted: Vec<String>,
+        deadline: Instant,
+        max_raw_bytes: usize,
+    ) -> Self {
         Self {
+            models: Some(models),
             granted,
             deadline: Some(deadline),
+            max_raw_bytes,
+            usage: Arc::default(),
         }
+    }
+
+    /// What this invocation's `wasi:nn` calls used, shared with the store.
+    pub fn usage(&self) -> Arc<NnUsage> {
+        self.usage.clone()
     }
 }
 
@@ -125,6 +157,46 @@ fn code_of(e: &NnError) -> ErrorCode {
     }
 }
 
+fn code_of_model(e: &ModelError) -> ErrorCode {
+    match e {
+        ModelError::NotFound(_) => ErrorCode::NotFound,
+        ModelError::Invalid(e) => code_of(e),
+        ModelError::UnsupportedEncoding(_) => ErrorCode::InvalidEncoding,
+        ModelError::OverBudget(_) => ErrorCode::TooLarge,
+        ModelError::DeviceUnavailable(_) => ErrorCode::UnsupportedOperation,
+        ModelError::Name(_) => ErrorCode::InvalidArgument,
+        ModelError::Store(_) | ModelError::Internal(_) => ErrorCode::RuntimeError,
+    }
+}
+
+fn encoding_name(encoding: GraphEncoding) -> &'static str {
+    match encoding {
+        GraphEncoding::Openvino => "openvino",
+        GraphEncoding::Onnx => "onnx",
+        GraphEncoding::Tensorflow => "tensorflow",
+        GraphEncoding::Pytorch => "pytorch",
+        GraphEncoding::Tensorflowlite => "tensorflowlite",
+        GraphEncoding::Ggml => "ggml",
+        GraphEncoding::Autodetect => "autodetect",
+    }
+}
+
+fn device_of(target: ExecutionTarget) -> Device {
+    match target {
+        ExecutionTarget::Cpu => Device::Cpu,
+        ExecutionTarget::Gpu => Device::Gpu,
+        ExecutionTarget::Tpu => Device::Tpu,
+    }
+}
+
+/// Splits `name[@cpu|@gpu|@tpu]`.
+fn parse_model_name(full: &str) -> Option<(&str, Device)> {
+    match full.rsplit_once('@') {
+        Some((name, target)) => Device::parse(target).map(|d| (name, d)),
+        None => Some((full, Device::Cpu)),
+    }
+}
+
 fn dtype_of(t: TensorType) -> DType {
     match t {
         TensorType::Fp16 => DType::F16,
@@ -149,31 +221,121 @@ fn tensor_type_of(d: DType) -> TensorType {
     }
 }
 
+impl NnView<'_> {
+    /// Waits for a model load, up to the invocation's deadline, and hands
+    /// the graph to the guest.
+    async fn finish_load(
+        &mut self,
+        label: &str,
+        load: impl std::future::Future<Output = Result<Ready, ModelError>>,
+    ) -> GuestResult<Resource<GuestGraph>> {
+        let outcome = match self.state.deadline {
+            Some(deadline) => {
+                match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), load).await
+                {
+                    Ok(outcome) => outcome,
+                    Err(_) => {
+                        return self.fail(
+                            ErrorCode::Timeout,
+                            format!(
+                                "loading `{label}` did not finish before the function's deadline"
+                            ),
+                        );
+                    }
+                }
+            }
+            None => load.await,
+        };
+        let ready = match outcome {
+            Ok(ready) => ready,
+            Err(e) => return self.fail(code_of_model(&e), format!("`{label}`: {e}")),
+        };
+        let usage = &self.state.usage;
+        if let Some(took) = ready.loaded_in {
+            usage.record_load(label, ready.device, ready.backend, took);
+        }
+        if let Some(requested) = ready.fell_back_from {
+            usage.record_fallback(label, requested, ready.device);
+            tracing::debug!(model = label, %requested, ran_on = %ready.device, "device fallback");
+        }
+        let loaded = Arc::new(Loaded {
+            model: ready.model,
+            backend: ready.backend,
+            device: ready.device,
+        });
+        Ok(Ok(self.table.push(GuestGraph { loaded })?))
+    }
+}
+
 impl graph::Host for NnView<'_> {
     async fn load(
         &mut self,
-        _builder: Vec<Vec<u8>>,
-        _encoding: GraphEncoding,
-        _target: ExecutionTarget,
+        builder: Vec<Vec<u8>>,
+        encoding: GraphEncoding,
+        target: ExecutionTarget,
     ) -> GuestResult<Resource<GuestGraph>> {
-        self.fail(
-            ErrorCode::UnsupportedOperation,
-            "loading models from bytes is not offered: upload the model (PUT /v1/models/{name}), \
-             grant it to the function (models=...) and use load-by-name",
-        )
+        let Some(models) = self.state.models.clone() else {
+            return self.fail(ErrorCode::UnsupportedOperation, "no models in this context");
+        };
+        if encoding != GraphEncoding::Onnx {
+            return self.fail(
+                ErrorCode::InvalidEncoding,
+                format!(
+                    "{} models are not supported; glia loads ONNX",
+                    encoding_name(encoding)
+                ),
+            );
+        }
+        let limit = self.state.max_raw_bytes;
+        if limit == 0 {
+            return self.fail(
+                ErrorCode::UnsupportedOperation,
+                "loading models from bytes is disabled (models.max_raw_load_mb = 0): upload the \
+                 model (PUT /v1/models/{name}), grant it to the function and use load-by-name",
+            );
+        }
+        let [bytes]: [Vec<u8>; 1] = match builder.try_into() {
+            Ok(one) => one,
+            Err(parts) => {
+                return self.fail(
+                    ErrorCode::InvalidArgument,
+                    format!("an ONNX model is one builder, got {}", parts.len()),
+                );
+            }
+        };
+        if bytes.len() > limit {
+            return self.fail(
+                ErrorCode::TooLarge,
+                format!(
+                    "the model is {} bytes; raw loads are limited to {limit} (models.max_raw_load_mb)",
+                    bytes.len()
+                ),
+            );
+        }
+        let device = device_of(target);
+        self.finish_load("(bytes)", models.acquire_bytes("onnx", bytes, device))
+            .await
     }
 
     async fn load_by_name(&mut self, name: String) -> GuestResult<Resource<GuestGraph>> {
-        match self.state.granted.get(&name) {
-            Some(model) => {
-                let model = model.clone();
-                Ok(Ok(self.table.push(GuestGraph { model })?))
-            }
-            None => self.fail(
+        let not_found = format!("no model `{name}` is available to this function");
+        let Some((model, device)) = parse_model_name(&name) else {
+            return self.fail(
                 ErrorCode::NotFound,
-                format!("no model `{name}` is available to this function"),
-            ),
-        }
+                format!("{not_found} (a target suffix is @cpu, @gpu or @tpu)"),
+            );
+        };
+        let Some(models) = self
+            .state
+            .models
+            .clone()
+            .filter(|_| self.state.granted.iter().any(|g| g == model))
+        else {
+            return self.fail(ErrorCode::NotFound, not_found);
+        };
+        let model = model.to_string();
+        self.finish_load(&model, models.acquire(&model, device))
+            .await
     }
 }
 
@@ -182,8 +344,8 @@ impl graph::HostGraph for NnView<'_> {
         &mut self,
         graph: Resource<GuestGraph>,
     ) -> GuestResult<Resource<GuestContext>> {
-        let model = self.table.get(&graph)?.model.clone();
-        Ok(Ok(self.table.push(GuestContext { model })?))
+        let loaded = self.table.get(&graph)?.loaded.clone();
+        Ok(Ok(self.table.push(GuestContext { loaded })?))
     }
 
     async fn drop(&mut self, graph: Resource<GuestGraph>) -> wasmtime::Result<()> {
@@ -200,7 +362,8 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
         ctx: Resource<GuestContext>,
         inputs: Vec<(String, Resource<Tensor>)>,
     ) -> GuestResult<Vec<(String, Resource<Tensor>)>> {
-        let model = self.table.get(&ctx)?.model.clone();
+        let loaded = self.table.get(&ctx)?.loaded.clone();
+        let model = loaded.model.clone();
         let mut named = Vec::with_capacity(inputs.len());
         for (name, tensor) in inputs {
             let tensor = self.table.delete(tensor)?;
@@ -234,8 +397,13 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
             named.into_iter().map(|(_, t)| t).collect()
         };
 
+        let started = Instant::now();
         if model.typical_run().is_some_and(|t| t < INLINE_RUN_LIMIT) {
-            let outputs = match model.run(&ordered) {
+            let result = model.run(&ordered);
+            self.state
+                .usage
+                .record_compute(loaded.device, loaded.backend, started.elapsed());
+            let outputs = match result {
                 Ok(outputs) => outputs,
                 Err(e) => return self.fail(code_of(&e), e.to_string()),
             };
@@ -254,6 +422,11 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
                 match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), job).await {
                     Ok(joined) => joined,
                     Err(_) => {
+                        self.state.usage.record_compute(
+                            loaded.device,
+                            loaded.backend,
+                            started.elapsed(),
+                        );
                         return self.fail(
                             ErrorCode::Timeout,
                             "inference did not finish before the function's deadline",
@@ -263,6 +436,9 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
             }
             None => job.await,
         };
+        self.state
+            .usage
+            .record_compute(loaded.device, loaded.backend, started.elapsed());
         let outputs = match outcome {
             Ok(Ok(outputs)) => outputs,
             Ok(Err(e)) => return self.fail(code_of(&e), e.to_string()),

@@ -1,0 +1,181 @@
+//! What `wasi:nn` did during one invocation: which models it loaded and how
+//! long that took, and how long inference ran on each device. Billing and
+//! telemetry read this; the response carries a summary in `server-timing`.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::Device;
+
+/// Inference time on one device, through one backend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ComputeTime {
+    pub device: Device,
+    pub backend: &'static str,
+    /// Finished `compute` calls.
+    pub runs: u32,
+    pub micros: u64,
+}
+
+/// A model load this invocation triggered (models already loaded cost none).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModelLoad {
+    pub model: String,
+    pub device: Device,
+    pub backend: &'static str,
+    pub micros: u64,
+}
+
+/// A request for a device the platform does not have, served on another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Fallback {
+    pub model: String,
+    pub requested: Device,
+    pub ran_on: Device,
+}
+
+/// A snapshot of one invocation's `wasi:nn` use.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct NnUsageReport {
+    pub compute: Vec<ComputeTime>,
+    pub loads: Vec<ModelLoad>,
+    pub fallbacks: Vec<Fallback>,
+}
+
+impl NnUsageReport {
+    /// Total inference time on `device`.
+    pub fn compute_on(&self, device: Device) -> Duration {
+        Duration::from_micros(
+            self.compute
+                .iter()
+                .filter(|c| c.device == device)
+                .map(|c| c.micros)
+                .sum(),
+        )
+    }
+
+    /// Total model-load time this invocation triggered.
+    pub fn load_time(&self) -> Duration {
+        Duration::from_micros(self.loads.iter().map(|l| l.micros).sum())
+    }
+
+    /// The devices inference ran on, in a stable order.
+    pub fn devices(&self) -> Vec<Device> {
+        let mut devices: Vec<Device> = self.compute.iter().map(|c| c.device).collect();
+        devices.sort();
+        devices.dedup();
+        devices
+    }
+
+    /// `server-timing` entries (durations in milliseconds), or `None` when
+    /// the invocation did not use `wasi:nn`.
+    pub fn server_timing(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        if !self.loads.is_empty() {
+            parts.push(format!(
+                "nn-load;dur={:.3}",
+                self.load_time().as_secs_f64() * 1e3
+            ));
+        }
+        for c in &self.compute {
+            parts.push(format!(
+                "nn-compute;dur={:.3};desc=\"{} {} x{}\"",
+                Duration::from_micros(c.micros).as_secs_f64() * 1e3,
+                c.backend,
+                c.device,
+                c.runs
+            ));
+        }
+        (!parts.is_empty()).then(|| parts.join(", "))
+    }
+}
+
+/// Collects one invocation's `wasi:nn` use; shared between the guest's
+/// store and the code that answers the call.
+#[derive(Debug, Default)]
+pub struct NnUsage {
+    report: Mutex<NnUsageReport>,
+}
+
+impl NnUsage {
+    fn with<R>(&self, f: impl FnOnce(&mut NnUsageReport) -> R) -> R {
+        f(&mut self.report.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub fn record_compute(&self, device: Device, backend: &'static str, took: Duration) {
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.with(|r| {
+            match r
+                .compute
+                .iter_mut()
+                .find(|c| c.device == device && c.backend == backend)
+            {
+                Some(c) => {
+                    c.runs = c.runs.saturating_add(1);
+                    c.micros = c.micros.saturating_add(micros);
+                }
+                None => r.compute.push(ComputeTime {
+                    device,
+                    backend,
+                    runs: 1,
+                    micros,
+                }),
+            }
+        });
+    }
+
+    pub fn record_load(&self, model: &str, device: Device, backend: &'static str, took: Duration) {
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.with(|r| {
+            r.loads.push(ModelLoad {
+                model: model.to_string(),
+                device,
+                backend,
+                micros,
+            })
+        });
+    }
+
+    pub fn record_fallback(&self, model: &str, requested: Device, ran_on: Device) {
+        self.with(|r| {
+            r.fallbacks.push(Fallback {
+                model: model.to_string(),
+                requested,
+                ran_on,
+            })
+        });
+    }
+
+    pub fn report(&self) -> NnUsageReport {
+        self.with(|r| r.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compute_accumulates_per_device_and_backend() {
+        let usage = NnUsage::default();
+        usage.record_compute(Device::Cpu, "tract", Duration::from_micros(10));
+        usage.record_compute(Device::Cpu, "tract", Duration::from_micros(15));
+        usage.record_compute(Device::Gpu, "torch", Duration::from_micros(7));
+        usage.record_load("digits", Device::Cpu, "tract", Duration::from_millis(2));
+        let r = usage.report();
+        assert_eq!(r.compute_on(Device::Cpu), Duration::from_micros(25));
+        assert_eq!(r.compute_on(Device::Gpu), Duration::from_micros(7));
+        assert_eq!(r.devices(), vec![Device::Cpu, Device::Gpu]);
+        assert_eq!(r.load_time(), Duration::from_millis(2));
+        assert_eq!(
+            r.server_timing().as_deref(),
+            Some(
+                "nn-load;dur=2.000, nn-compute;dur=0.025;desc=\"tract cpu x2\", \
+                 nn-compute;dur=0.007;desc=\"torch gpu x1\""
+            )
+        );
+        assert_eq!(NnUsage::default().report().server_timing(), None);
+    }
+}
