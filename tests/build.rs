@@ -10,7 +10,7 @@ mod guests;
 use std::path::PathBuf;
 
 /// The fixture crates (members of tests/fixtures/Cargo.toml).
-const FIXTURES: &[&str] = &["hostile"];
+const FIXTURES: &[&str] = &["hostile", "nn-probe"];
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
