@@ -11,9 +11,15 @@ pub struct Bench {
     _dir: tempfile::TempDir,
 }
 
-/// Opens a platform; `install_builtins` deploys `hello`, `classify-digits`
-/// and the `digits` model.
+/// Opens a platform; `install_builtins` deploys the built-in functions and
+/// models.
+#[allow(dead_code, reason = "not every benchmark tweaks the configuration")]
 pub fn platform(install_builtins: bool) -> Bench {
+    platform_with(install_builtins, |_| {})
+}
+
+/// Opens a platform with a `tweak`ed configuration.
+pub fn platform_with(install_builtins: bool, tweak: impl FnOnce(&mut Config)) -> Bench {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -25,6 +31,7 @@ pub fn platform(install_builtins: bool) -> Bench {
     config.server.install_builtins = install_builtins;
     config.runtime.max_instances = 64;
     config.scheduler.max_in_flight = 64;
+    tweak(&mut config);
     let platform = rt.block_on(Platform::open(config)).expect("platform opens");
     Bench {
         rt,
