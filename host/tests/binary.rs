@@ -63,6 +63,15 @@ fn glia(args: &[&str], url: &str) -> Output {
         .expect("run glia")
 }
 
+/// A GET answered with JSON, through the CLI's own HTTP client crate.
+fn reqwest_get(url: &str) -> serde_json::Value {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async { reqwest::get(url).await.unwrap().json().await.unwrap() })
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -87,6 +96,26 @@ fn serve_deploy_invoke_list_delete_and_sigterm() {
     assert!(out.status.success(), "{out:?}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["label"], 0, "{v}");
+
+    // And the pretrained text model, on ONNX Runtime (fetched by the build).
+    let out = glia(
+        &[
+            "invoke",
+            "embed-text",
+            "/similarity",
+            "-d",
+            r#"{"a":"A man is playing a guitar.","b":"Someone plays an instrument."}"#,
+        ],
+        &url,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let similarity = v["similarity"].as_f64().unwrap();
+    assert!((similarity - 0.4856).abs() < 1e-3, "{v}");
+    let out = glia(&["list", "--json"], &url);
+    assert!(stdout(&out).contains("embed-text"), "{out:?}");
+    let models = reqwest_get(&format!("{url}/v1/models/minilm"));
+    assert_eq!(models["backend"], "ort", "{models}");
 
     // Deploy a component file under a new name with a setting.
     let wasm = dir.path().join("greeter.wasm");

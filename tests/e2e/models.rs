@@ -277,3 +277,21 @@ async fn the_backend_is_chosen_at_start() {
         .expect("no such library");
     assert!(err.to_string().contains("models.ort_library"), "{err}");
 }
+
+/// `models.preload` loads every model at start instead of on first use.
+#[tokio::test]
+async fn preload_loads_models_at_start() {
+    let server = TestServer::start().await;
+    json(server.upload_model("digits", DIGITS_ONNX, "").await, 201).await;
+    let server = server.restart_with(|c| c.models.preload = true).await;
+    let started = std::time::Instant::now();
+    loop {
+        let m = json(server.get("/v1/models/digits").await, 200).await;
+        if m["state"] == "loaded" {
+            break;
+        }
+        assert!(started.elapsed().as_secs() < 5, "never preloaded: {m}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    server.stop().await;
+}

@@ -168,9 +168,15 @@ impl TestServer {
     }
 
     /// Restarts on the same data directory (a new process would do the same).
-    pub async fn restart(mut self) -> Self {
+    pub async fn restart(self) -> Self {
+        self.restart_with(|_| {}).await
+    }
+
+    /// Restarts on the same data directory with a `tweak`ed configuration.
+    pub async fn restart_with(mut self, tweak: impl FnOnce(&mut Config)) -> Self {
         let temp = self._temp.take();
         let mut config = self.state.config.clone();
+        tweak(&mut config);
         self.stop_in_place().await;
         config.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         drop(self);
