@@ -43,6 +43,18 @@ pub const DEFAULT_MODEL_MEMORY_BUDGET_MB: u64 = 4096;
 pub const DEFAULT_MAX_RAW_LOAD_MB: u64 = 16;
 /// Default ONNX Runtime intra-op threads per session.
 pub const DEFAULT_ORT_THREADS: u32 = 1;
+/// Default longest interval between ledger writes in `batched` mode.
+pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 100;
+/// Default largest response held back until metered.
+pub const DEFAULT_BUFFER_RESPONSE_KB: u64 = 1024;
+/// Default price per request: 1 micro-unit (one currency unit per million).
+pub const DEFAULT_PRICE_PER_REQUEST: u64 = 1;
+/// Default price per GB-second of configured memory.
+pub const DEFAULT_PRICE_PER_GB_SECOND: u64 = 17;
+/// Default price per second of CPU inference.
+pub const DEFAULT_PRICE_PER_CPU_INFERENCE_SECOND: u64 = 50;
+/// Default price per GPU-second.
+pub const DEFAULT_PRICE_PER_GPU_SECOND: u64 = 1000;
 /// Default interval of the idle reaper.
 pub const DEFAULT_REAP_INTERVAL_MS: u64 = 1000;
 
@@ -54,6 +66,7 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub scheduler: SchedulerConfig,
     pub models: ModelsConfig,
+    pub billing: BillingConfig,
     /// The settings every function gets unless it sets its own.
     pub functions: Settings,
 }
@@ -240,6 +253,110 @@ pub enum FallbackPolicy {
     Error,
 }
 
+/// `[billing]`: metering, the price plan and the ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BillingConfig {
+    /// Meter every invocation and keep the ledger.
+    pub enabled: bool,
+    /// When a call's ledger row is written.
+    pub durability: Durability,
+    /// `batched`: rows are written at least this often.
+    pub flush_interval_ms: u64,
+    /// Responses up to this size are held until the call is metered, so
+    /// they carry their cost in headers; larger ones stream, and their cost
+    /// is in the ledger only.
+    pub buffer_response_kb: u64,
+    /// The currency prices are in (micro-units of it).
+    pub currency: String,
+    pub plan: PricePlan,
+}
+
+impl Default for BillingConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            durability: Durability::Strict,
+            flush_interval_ms: DEFAULT_FLUSH_INTERVAL_MS,
+            buffer_response_kb: DEFAULT_BUFFER_RESPONSE_KB,
+            currency: "USD".to_string(),
+            plan: PricePlan::default(),
+        }
+    }
+}
+
+impl BillingConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=60_000).contains(&self.flush_interval_ms) {
+            return Err(invalid("billing.flush_interval_ms", "must be 1..=60000"));
+        }
+        if self.buffer_response_kb > 1024 * 1024 {
+            return Err(invalid(
+                "billing.buffer_response_kb",
+                "must be at most 1048576",
+            ));
+        }
+        if self.currency.is_empty()
+            || self.currency.len() > 8
+            || !self.currency.chars().all(|c| c.is_ascii_alphanumeric())
+        {
+            return Err(invalid(
+                "billing.currency",
+                "must be 1 to 8 letters or digits (e.g. USD)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `[billing] durability`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// A response is released only once its row is on disk.
+    Strict,
+    /// Rows are written together at least every `flush_interval_ms`; a crash
+    /// loses at most that window.
+    Batched,
+}
+
+/// `[billing.plan]`: prices in micro-units of the currency (integers; no
+/// floating point touches money). Every price is optional (0). Durations
+/// are billed in whole milliseconds, rounded up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PricePlan {
+    /// Stamped on every record priced under this plan; change it with the
+    /// prices.
+    pub version: u32,
+    /// Per invocation.
+    pub per_request: u64,
+    /// Per GB-second of configured memory (`memory_mb` × billed duration).
+    pub per_gb_second: u64,
+    /// Per second of inference on the CPU.
+    pub per_cpu_inference_second: u64,
+    /// Per second of inference on a GPU.
+    pub per_gpu_second: u64,
+    /// Per call that had to load its function first.
+    pub per_cold_start: u64,
+    /// Per model load a call triggered.
+    pub per_model_load: u64,
+}
+
+impl Default for PricePlan {
+    fn default() -> Self {
+        Self {
+            version: 1,
+            per_request: DEFAULT_PRICE_PER_REQUEST,
+            per_gb_second: DEFAULT_PRICE_PER_GB_SECOND,
+            per_cpu_inference_second: DEFAULT_PRICE_PER_CPU_INFERENCE_SECOND,
+            per_gpu_second: DEFAULT_PRICE_PER_GPU_SECOND,
+            per_cold_start: 0,
+            per_model_load: 0,
+        }
+    }
+}
+
 /// A configuration that cannot be used, with the key it is about.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -285,6 +402,7 @@ impl Config {
         self.runtime.validate()?;
         self.scheduler.validate(&self.runtime)?;
         self.models.validate()?;
+        self.billing.validate()?;
         self.functions
             .validate(&self.runtime)
             .map_err(|reason| invalid("functions", reason))?;

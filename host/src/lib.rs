@@ -4,6 +4,7 @@
 //! same library with a real listener on a free port.
 
 pub mod api;
+pub mod billing;
 pub mod builtins;
 pub mod cli;
 pub mod config;

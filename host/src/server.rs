@@ -47,6 +47,8 @@ pub enum StartError {
     Registry(#[from] RegistryError),
     #[error("models: {0}")]
     Backend(String),
+    #[error("billing ledger: {0}")]
+    Billing(String),
 }
 
 /// The platform, opened and ready to serve.
@@ -84,6 +86,21 @@ impl Platform {
             config.functions.clone(),
             config.runtime.clone(),
         )?);
+        let billing = if config.billing.enabled {
+            let strict = config.billing.durability == crate::config::Durability::Strict;
+            let ledger = crate::billing::SqliteLedger::open(&data_dir.join("ledger.db"), strict)
+                .map_err(|e| StartError::Billing(e.to_string()))?;
+            Some(Arc::new(
+                crate::billing::LedgerWriter::start(
+                    Arc::new(ledger),
+                    config.billing.durability,
+                    Duration::from_millis(config.billing.flush_interval_ms),
+                )
+                .map_err(|e| StartError::Billing(e.to_string()))?,
+            ))
+        } else {
+            None
+        };
         let install_builtins = config.server.install_builtins;
         let scheduler = Arc::new(Scheduler::new(registry.clone(), config.scheduler.clone()));
         let state = Arc::new(AppState {
@@ -92,6 +109,7 @@ impl Platform {
             registry,
             scheduler,
             models,
+            billing,
         });
         if install_builtins {
             install_builtins_once(&state).await?;
@@ -127,7 +145,15 @@ impl Platform {
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
         let grace = Duration::from_millis(self.state().config.server.shutdown_grace_ms);
-        serve(listener, self.app, grace, shutdown).await
+        let billing = self.state().billing.clone();
+        let served = serve(listener, self.app, grace, shutdown).await;
+        // Every drained call's record reaches the ledger before returning.
+        if let Some(billing) = billing
+            && let Err(e) = billing.flush().await
+        {
+            tracing::error!(error = %e, "flushing the ledger at shutdown failed");
+        }
+        served
     }
 }
 

@@ -4,15 +4,15 @@
 //! response streams back. Every response, error or not, carries the
 //! invocation id.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, Uri};
 
-use super::{
-    ApiError, AppState, COLD_START_HEADER, COLD_START_US_HEADER, INVOCATION_ID_HEADER,
-    NN_DEVICE_HEADER,
-};
+use super::metering::{self, Meter};
+use super::{ApiError, AppState, COLD_START_HEADER, COLD_START_US_HEADER, INVOCATION_ID_HEADER};
+use crate::billing::{LedgerWriter, Outcome};
 use crate::nn::wasi::NnState;
 use crate::runtime::{BoxError, InvokeLimits, ResponseBody};
 use crate::scheduler::VersionKey;
@@ -55,9 +55,11 @@ fn parse_target(path: &str) -> Result<Target<'_>, ApiError> {
     })
 }
 
-/// Runs one invocation; always answers, always with the invocation id.
+/// Runs one invocation; always answers, always with the invocation id, and
+/// (with billing on) meters it.
 pub(super) async fn handle<B>(
     state: &AppState,
+    billing: Option<&Arc<LedgerWriter>>,
     path: &str,
     req: Request<B>,
 ) -> Response<ResponseBody>
@@ -66,30 +68,38 @@ where
     B::Error: Into<BoxError>,
 {
     let id = uuid::Uuid::now_v7().simple().to_string();
-    let started = Instant::now();
-    let mut response = match run(state, path, req).await {
-        Ok(response) => response,
-        Err(e) => {
-            // Refusals (4xx) are routine under load; failures are not.
-            if e.status.is_server_error() {
-                tracing::warn!(invocation_id = %id, path, status = e.status.as_u16(), kind = e.kind, detail = %e.detail, "invocation failed");
-            } else {
-                tracing::debug!(invocation_id = %id, path, status = e.status.as_u16(), kind = e.kind, "invocation refused");
-            }
-            e.into_response(Some(&id))
+    let mut meter = Meter::new(id.clone());
+    let result = run(state, path, req, &mut meter, billing.is_none()).await;
+    if let Err(e) = &result {
+        // Refusals (4xx) are routine under load; failures are not.
+        if e.status.is_server_error() {
+            tracing::warn!(invocation_id = %id, path, status = e.status.as_u16(), kind = e.kind, detail = %e.detail, "invocation failed");
+        } else {
+            tracing::debug!(invocation_id = %id, path, status = e.status.as_u16(), kind = e.kind, "invocation refused");
         }
+    }
+    let mut response = match (result, billing) {
+        (Ok(response), None) => response,
+        (Err(e), None) => e.into_response(Some(&id)),
+        (Ok(response), Some(billing)) => metering::finish_ok(state, billing, meter, response).await,
+        (Err(e), Some(billing)) => metering::finish_error(state, billing, meter, e).await,
     };
-    tracing::debug!(invocation_id = %id, path, status = response.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "invocation");
+    tracing::debug!(invocation_id = %id, path, status = response.status().as_u16(), "invocation");
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(INVOCATION_ID_HEADER, value);
     }
     response
 }
 
+/// Resolves, admits, warms and invokes; fills `meter` as it goes.
+/// `nn_headers_now`: set the `wasi:nn` headers from what happened before
+/// the guest answered (when metering does not wait for the guest to end).
 async fn run<B>(
     state: &AppState,
     path: &str,
     req: Request<B>,
+    meter: &mut Meter,
+    nn_headers_now: bool,
 ) -> Result<Response<ResponseBody>, ApiError>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -98,13 +108,28 @@ where
     let target = parse_target(path)?;
     let resolved = state.registry.resolve(target.name, target.version)?;
     let settings = &resolved.settings;
+    meter.target = Some(metering::Target {
+        function: resolved.name.clone(),
+        version: resolved.version.version,
+        memory_mb: settings.memory_mb,
+    });
     let timeout = Duration::from_millis(settings.timeout_ms);
 
-    let mut admission = state.scheduler.admit(&resolved).await?;
+    let queued = Instant::now();
+    let mut admission = state.scheduler.admit(&resolved).await.map_err(|e| {
+        meter.outcome = Some(Outcome::Rejected);
+        ApiError::from(e)
+    })?;
+    meter.queue = queued.elapsed();
     let ready = state
         .scheduler
         .ready(&VersionKey::of(&resolved), Some(&mut admission))
-        .await?;
+        .await
+        .map_err(|e| {
+            meter.outcome = Some(Outcome::Error);
+            ApiError::from(e)
+        })?;
+    meter.cold_start = ready.cold_start;
 
     let req = rewrite_uri(req, &target.guest_path)?;
     let req = req.map(|body| http_body_util::BodyExt::map_err(body, |e| e.into()));
@@ -121,28 +146,21 @@ where
             .unwrap_or(usize::MAX),
     );
     let nn_usage = nn.usage();
-    let mut response = state
+    meter.nn = Some(nn_usage.clone());
+    let invoked = state
         .runtime
         .invoke(&ready.pre, limits, req, nn, admission)
-        .await?;
+        .await;
+    meter.bytes_in = Some(invoked.bytes_in);
+    meter.finished = Some(invoked.finished);
+    let mut response = invoked.response.map_err(|e| {
+        meter.outcome = Some(metering::outcome_of(&e));
+        ApiError::from(e)
+    })?;
+    if nn_headers_now {
+        metering::nn_headers(&mut response, &nn_usage);
+    }
     let headers = response.headers_mut();
-    // What wasi:nn did before the guest answered.
-    let nn = nn_usage.report();
-    if let Some(timing) = nn.server_timing()
-        && let Ok(value) = HeaderValue::from_str(&timing)
-    {
-        headers.append(
-            http::header::HeaderName::from_static("server-timing"),
-            value,
-        );
-    }
-    let devices = nn.devices();
-    if !devices.is_empty() {
-        let list: Vec<&str> = devices.iter().map(|d| d.name()).collect();
-        if let Ok(value) = HeaderValue::from_str(&list.join(", ")) {
-            headers.insert(NN_DEVICE_HEADER, value);
-        }
-    }
     headers.insert(
         COLD_START_HEADER,
         HeaderValue::from_static(if ready.cold_start.is_some() {

@@ -5,6 +5,8 @@
 mod error;
 mod functions;
 mod invoke;
+mod ledger;
+mod metering;
 mod models;
 
 use std::convert::Infallible;
@@ -40,6 +42,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     pub scheduler: Arc<Scheduler>,
     pub models: Arc<ModelRegistry>,
+    /// The ledger writer; `None` when billing is off.
+    pub billing: Option<Arc<crate::billing::LedgerWriter>>,
 }
 
 /// The glia HTTP service.
@@ -73,7 +77,9 @@ impl App {
                 )),
                 _ => Err(ApiError::method_not_allowed("GET, HEAD")),
             },
-            ["fn", ..] => return invoke::handle(&self.state, &path, req).await,
+            ["fn", ..] => {
+                return invoke::handle(&self.state, self.state.billing.as_ref(), &path, req).await;
+            }
             ["v1", "functions"] | ["v1", "functions", ""] => match *req.method() {
                 Method::GET => Ok(functions::list(&self.state)),
                 _ => Err(ApiError::method_not_allowed("GET")),
@@ -101,6 +107,22 @@ impl App {
                     _ => Err(ApiError::method_not_allowed("GET, PUT, DELETE")),
                 }
             }
+            ["v1", "invocations", id] => match *req.method() {
+                Method::GET => ledger::invocation(&self.state, id).await,
+                _ => Err(ApiError::method_not_allowed("GET")),
+            },
+            ["v1", "usage"] => match *req.method() {
+                Method::GET => {
+                    let uri = req.uri().clone();
+                    let accept = req
+                        .headers()
+                        .get(http::header::ACCEPT)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    ledger::usage(&self.state, &uri, accept.as_deref()).await
+                }
+                _ => Err(ApiError::method_not_allowed("GET")),
+            },
             _ => Err(ApiError::not_found(format!("no route for {path}"))),
         };
         result.unwrap_or_else(|e| e.into_response(None))

@@ -19,7 +19,9 @@ use std::sync::Arc;
 pub use usage::{NnUsage, NnUsageReport};
 
 /// Where inference runs. `wasi:nn` names these execution targets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Device {
     Cpu,

@@ -5,31 +5,31 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::Device;
 
 /// Inference time on one device, through one backend.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ComputeTime {
     pub device: Device,
-    pub backend: &'static str,
+    pub backend: String,
     /// Finished `compute` calls.
     pub runs: u32,
     pub micros: u64,
 }
 
 /// A model load this invocation triggered (models already loaded cost none).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelLoad {
     pub model: String,
     pub device: Device,
-    pub backend: &'static str,
+    pub backend: String,
     pub micros: u64,
 }
 
 /// A request for a device the platform does not have, served on another.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fallback {
     pub model: String,
     pub requested: Device,
@@ -37,11 +37,14 @@ pub struct Fallback {
 }
 
 /// A snapshot of one invocation's `wasi:nn` use.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NnUsageReport {
     pub compute: Vec<ComputeTime>,
     pub loads: Vec<ModelLoad>,
     pub fallbacks: Vec<Fallback>,
+    /// Inference run in place, on the thread running the guest (so it is
+    /// not counted as the guest's own time).
+    pub inline_micros: u64,
 }
 
 impl NnUsageReport {
@@ -104,9 +107,19 @@ impl NnUsage {
         f(&mut self.report.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    pub fn record_compute(&self, device: Device, backend: &'static str, took: Duration) {
+    /// Records a run; `inline` when it ran on the guest's own thread.
+    pub fn record_compute(
+        &self,
+        device: Device,
+        backend: &'static str,
+        took: Duration,
+        inline: bool,
+    ) {
         let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         self.with(|r| {
+            if inline {
+                r.inline_micros = r.inline_micros.saturating_add(micros);
+            }
             match r
                 .compute
                 .iter_mut()
@@ -118,7 +131,7 @@ impl NnUsage {
                 }
                 None => r.compute.push(ComputeTime {
                     device,
-                    backend,
+                    backend: backend.to_string(),
                     runs: 1,
                     micros,
                 }),
@@ -132,7 +145,7 @@ impl NnUsage {
             r.loads.push(ModelLoad {
                 model: model.to_string(),
                 device,
-                backend,
+                backend: backend.to_string(),
                 micros,
             })
         });
@@ -160,15 +173,16 @@ mod tests {
     #[test]
     fn compute_accumulates_per_device_and_backend() {
         let usage = NnUsage::default();
-        usage.record_compute(Device::Cpu, "tract", Duration::from_micros(10));
-        usage.record_compute(Device::Cpu, "tract", Duration::from_micros(15));
-        usage.record_compute(Device::Gpu, "torch", Duration::from_micros(7));
+        usage.record_compute(Device::Cpu, "tract", Duration::from_micros(10), true);
+        usage.record_compute(Device::Cpu, "tract", Duration::from_micros(15), false);
+        usage.record_compute(Device::Gpu, "torch", Duration::from_micros(7), false);
         usage.record_load("digits", Device::Cpu, "tract", Duration::from_millis(2));
         let r = usage.report();
         assert_eq!(r.compute_on(Device::Cpu), Duration::from_micros(25));
         assert_eq!(r.compute_on(Device::Gpu), Duration::from_micros(7));
         assert_eq!(r.devices(), vec![Device::Cpu, Device::Gpu]);
         assert_eq!(r.load_time(), Duration::from_millis(2));
+        assert_eq!(r.inline_micros, 10);
         assert_eq!(
             r.server_timing().as_deref(),
             Some(

@@ -402,7 +402,7 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
             let result = model.run(&ordered);
             self.state
                 .usage
-                .record_compute(loaded.device, loaded.backend, started.elapsed());
+                .record_compute(loaded.device, loaded.backend, started.elapsed(), true);
             let outputs = match result {
                 Ok(outputs) => outputs,
                 Err(e) => return self.fail(code_of(&e), e.to_string()),
@@ -426,6 +426,7 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
                             loaded.device,
                             loaded.backend,
                             started.elapsed(),
+                            false,
                         );
                         return self.fail(
                             ErrorCode::Timeout,
@@ -438,7 +439,7 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
         };
         self.state
             .usage
-            .record_compute(loaded.device, loaded.backend, started.elapsed());
+            .record_compute(loaded.device, loaded.backend, started.elapsed(), false);
         let outputs = match outcome {
             Ok(Ok(outputs)) => outputs,
             Ok(Err(e)) => return self.fail(code_of(&e), e.to_string()),

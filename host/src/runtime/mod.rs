@@ -13,7 +13,7 @@ mod state;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -105,6 +105,29 @@ pub enum InvokeError {
     Capacity,
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl InvokeError {
+    /// A copy for records, with the guest's error code reduced to its text.
+    pub fn clone_kind(&self) -> InvokeError {
+        match self {
+            InvokeError::Timeout { timeout_ms } => InvokeError::Timeout {
+                timeout_ms: *timeout_ms,
+            },
+            InvokeError::MemoryLimit { limit_mb, trap } => InvokeError::MemoryLimit {
+                limit_mb: *limit_mb,
+                trap: trap.clone(),
+            },
+            InvokeError::Trap { reason, backtrace } => InvokeError::Trap {
+                reason: reason.clone(),
+                backtrace: backtrace.clone(),
+            },
+            InvokeError::NoResponse => InvokeError::NoResponse,
+            InvokeError::GuestError(code) => InvokeError::Internal(format!("{code:?}")),
+            InvokeError::Capacity => InvokeError::Capacity,
+            InvokeError::Internal(m) => InvokeError::Internal(m.clone()),
+        }
+    }
 }
 
 /// Limits for one invocation.
@@ -207,7 +230,8 @@ impl Runtime {
     /// Runs one invocation of `pre` with a fresh store: hands the guest the
     /// request and returns its response as soon as the guest sets it. The
     /// body keeps streaming from the guest until it finishes or the deadline
-    /// passes; `guard` is held until then.
+    /// passes; `guard` is held until then. What the guest used is known when
+    /// it has finished ([`Invoked::finished`]).
     pub async fn invoke<B, G>(
         &self,
         pre: &FunctionPre,
@@ -215,12 +239,13 @@ impl Runtime {
         request: http::Request<B>,
         nn: NnState,
         guard: G,
-    ) -> Result<http::Response<ResponseBody>, InvokeError>
+    ) -> Invoked
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: std::fmt::Display,
         G: Send + 'static,
     {
+        let bytes_in = Arc::new(AtomicU64::new(0));
         let memory_limit = usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX);
         let mut store = Store::new(&self.engine, HostState::new(memory_limit, nn));
         store.limiter(|s| &mut s.limits);
@@ -234,58 +259,162 @@ impl Runtime {
             })
         });
 
+        let counted = bytes_in.clone();
         let request = request.map(|body| {
-            body.map_err(|e| wasmtime_wasi_http::Error::InternalError(Some(e.to_string())))
+            body.map_frame(move |frame| {
+                if let Some(data) = frame.data_ref() {
+                    counted.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                frame
+            })
+            .map_err(|e| wasmtime_wasi_http::Error::InternalError(Some(e.to_string())))
         });
         let (sender, receiver) = tokio::sync::oneshot::channel();
-        let (req, out) = {
+        let prepared = {
             let mut http = store.data_mut().http();
-            let req = http
-                .new_incoming_request(Scheme::Http, request)
-                .map_err(|e| InvokeError::Internal(format!("{e:#}")))?;
-            let out = http
-                .new_response_outparam(sender)
-                .map_err(|e| InvokeError::Internal(format!("{e:#}")))?;
-            (req, out)
+            http.new_incoming_request(Scheme::Http, request)
+                .and_then(|req| Ok((req, http.new_response_outparam(sender)?)))
+        };
+        let (req, out) = match prepared {
+            Ok(pair) => pair,
+            Err(e) => {
+                return Invoked {
+                    response: Err(InvokeError::Internal(format!("{e:#}"))),
+                    finished: GuestFinished::Done(GuestReport::default()),
+                    bytes_in,
+                };
+            }
         };
 
         let pre = pre.clone();
         let tokio_deadline = tokio::time::Instant::from_std(deadline);
+        let timeout_ms = u64::try_from(limits.timeout.as_millis()).unwrap_or(u64::MAX);
+        let limit_mb = limits.memory_bytes / MIB;
         let task = tokio::spawn(async move {
             let _guard = guard;
-            let run = async {
-                let proxy = pre.instantiate_async(&mut store).await?;
-                proxy
-                    .wasi_http_incoming_handler()
-                    .call_handle(&mut store, req, out)
-                    .await
+            let started = Instant::now();
+            let mut busy = Duration::ZERO;
+            let result = {
+                let run = async {
+                    let proxy = pre.instantiate_async(&mut store).await?;
+                    proxy
+                        .wasi_http_incoming_handler()
+                        .call_handle(&mut store, req, out)
+                        .await
+                };
+                let timed = Busy {
+                    inner: Box::pin(run),
+                    total: &mut busy,
+                };
+                tokio::time::timeout_at(tokio_deadline, timed).await
             };
-            let result = tokio::time::timeout_at(tokio_deadline, run).await;
+            let run = started.elapsed();
             let limits = &store.data().limits;
-            GuestOutcome {
+            let outcome = GuestOutcome {
                 result: result.ok(),
                 hit_memory_limit: limits.hit_memory_limit,
+            };
+            GuestReport {
+                run,
+                busy,
+                peak_memory: limits.peak_memory as u64,
+                error: outcome.into_error(timeout_ms, limit_mb),
             }
         });
 
-        let timeout_ms = u64::try_from(limits.timeout.as_millis()).unwrap_or(u64::MAX);
-        let limit_mb = limits.memory_bytes / MIB;
-        match tokio::time::timeout_at(tokio_deadline, receiver).await {
-            Ok(Ok(Ok(response))) => {
-                Ok(response.map(|body| body.map_err(|e| Box::new(e) as BoxError).boxed_unsync()))
-            }
-            Ok(Ok(Err(code))) => Err(InvokeError::GuestError(code)),
+        let (response, finished) = match tokio::time::timeout_at(tokio_deadline, receiver).await {
+            Ok(Ok(Ok(response))) => (
+                Ok(response.map(|body| body.map_err(|e| Box::new(e) as BoxError).boxed_unsync())),
+                GuestFinished::Running(task),
+            ),
+            Ok(Ok(Err(code))) => (
+                Err(InvokeError::GuestError(code)),
+                GuestFinished::Running(task),
+            ),
             // The guest dropped its response-outparam: it finished or failed
             // without answering; its task says which.
-            Ok(Err(_)) => match task.await {
-                Ok(outcome) => Err(outcome.into_error(timeout_ms, limit_mb)),
-                Err(join) => Err(InvokeError::Internal(format!("guest task: {join}"))),
-            },
-            Err(_elapsed) => {
-                task.abort();
-                Err(InvokeError::Timeout { timeout_ms })
+            Ok(Err(_)) => {
+                let mut report = GuestFinished::Running(task).wait().await;
+                let error = report.error.take().unwrap_or(InvokeError::NoResponse);
+                report.error = Some(error.clone_kind());
+                (Err(error), GuestFinished::Done(report))
             }
+            // The task stops itself at the same deadline.
+            Err(_elapsed) => (
+                Err(InvokeError::Timeout { timeout_ms }),
+                GuestFinished::Running(task),
+            ),
+        };
+        Invoked {
+            response,
+            finished,
+            bytes_in,
         }
+    }
+}
+
+/// What [`Runtime::invoke`] produced.
+pub struct Invoked {
+    /// The guest's response (its body may still be streaming), or why there
+    /// is none.
+    pub response: Result<http::Response<ResponseBody>, InvokeError>,
+    /// Resolves once the guest has finished, with what it used.
+    pub finished: GuestFinished,
+    /// Request body bytes the guest has read so far.
+    pub bytes_in: Arc<AtomicU64>,
+}
+
+/// A guest that has finished, or is still running.
+pub enum GuestFinished {
+    Done(GuestReport),
+    Running(tokio::task::JoinHandle<GuestReport>),
+}
+
+impl GuestFinished {
+    /// Waits for the guest to finish (at the latest, its deadline).
+    pub async fn wait(self) -> GuestReport {
+        match self {
+            GuestFinished::Done(report) => report,
+            GuestFinished::Running(task) => task.await.unwrap_or_else(|e| GuestReport {
+                error: Some(InvokeError::Internal(format!("guest task: {e}"))),
+                ..GuestReport::default()
+            }),
+        }
+    }
+}
+
+/// What a guest used, and how it ended.
+#[derive(Debug, Default)]
+pub struct GuestReport {
+    /// From the start of instantiation to the end of the handler.
+    pub run: Duration,
+    /// Time spent running the guest (polling it: wasm and the host calls it
+    /// makes in place), as opposed to waiting.
+    pub busy: Duration,
+    /// The largest linear memory it reached, in bytes.
+    pub peak_memory: u64,
+    /// Why it failed; `None` when its handler returned.
+    pub error: Option<InvokeError>,
+}
+
+/// A future that adds the time spent in its polls to `total`.
+struct Busy<'a, F> {
+    inner: std::pin::Pin<Box<F>>,
+    total: &'a mut Duration,
+}
+
+impl<F: Future> Future for Busy<'_, F> {
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let this = self.get_mut();
+        let started = Instant::now();
+        let out = this.inner.as_mut().poll(cx);
+        *this.total += started.elapsed();
+        out
     }
 }
 
@@ -306,13 +435,28 @@ struct GuestOutcome {
 }
 
 impl GuestOutcome {
-    fn into_error(self, timeout_ms: u64, limit_mb: u64) -> InvokeError {
+    /// Why the guest failed, or `None` when its handler returned.
+    fn into_error(self, timeout_ms: u64, limit_mb: u64) -> Option<InvokeError> {
         let Some(result) = self.result else {
-            return InvokeError::Timeout { timeout_ms };
+            return Some(InvokeError::Timeout { timeout_ms });
         };
         let Err(error) = result else {
-            return InvokeError::NoResponse;
+            return None;
         };
+        Some(Self::classify(
+            error,
+            self.hit_memory_limit,
+            timeout_ms,
+            limit_mb,
+        ))
+    }
+
+    fn classify(
+        error: wasmtime::Error,
+        hit_memory_limit: bool,
+        timeout_ms: u64,
+        limit_mb: u64,
+    ) -> InvokeError {
         if error.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
             return InvokeError::Capacity;
         }
@@ -325,7 +469,7 @@ impl GuestOutcome {
         if *trap == Trap::Interrupt {
             return InvokeError::Timeout { timeout_ms };
         }
-        if self.hit_memory_limit {
+        if hit_memory_limit {
             return InvokeError::MemoryLimit {
                 limit_mb,
                 trap: trap.to_string(),

@@ -1,0 +1,480 @@
+//! Metering a data-plane call: what it used, its price, its ledger row and
+//! its billing headers.
+//!
+//! A response up to `billing.buffer_response_kb` is held until the guest
+//! has finished and the call is priced, so it carries `glia-billed-ms`,
+//! `glia-cost` and `glia-usage`; under `strict` durability it is released
+//! only once its ledger row is committed. A larger response streams; its row
+//! is written when the body ends (under `strict`, the last frame is held
+//! back until the row is committed, so a client that has the whole body has
+//! its record). A guest that fails while its buffered body is incomplete
+//! gets a proper error response instead of a truncated body.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+
+use super::error::full;
+use super::{ApiError, AppState, NN_DEVICE_HEADER};
+use crate::billing::{InvocationRecord, LedgerWriter, Outcome, Usage, price};
+use crate::config::{Durability, PricePlan};
+use crate::nn::NnUsage;
+use crate::runtime::{BoxError, GuestFinished, GuestReport, InvokeError, ResponseBody};
+
+/// Header: whole milliseconds billed.
+pub const BILLED_MS_HEADER: &str = "glia-billed-ms";
+/// Header: the call's cost in micro-units of the plan's currency.
+pub const COST_HEADER: &str = "glia-cost";
+/// Header: a compact usage breakdown.
+pub const USAGE_HEADER: &str = "glia-usage";
+
+/// The function a call reached.
+#[derive(Debug, Clone)]
+pub(super) struct Target {
+    pub function: String,
+    pub version: u32,
+    pub memory_mb: u64,
+}
+
+/// What is known about a call as it goes.
+pub(super) struct Meter {
+    pub id: String,
+    pub started: Instant,
+    pub started_at_ms: i64,
+    /// Set once the function is resolved; calls that never reach one are
+    /// not recorded.
+    pub target: Option<Target>,
+    pub queue: Duration,
+    pub cold_start: Option<Duration>,
+    pub nn: Option<Arc<NnUsage>>,
+    pub bytes_in: Option<Arc<AtomicU64>>,
+    pub finished: Option<GuestFinished>,
+    /// Set when the call failed before or at invocation.
+    pub outcome: Option<Outcome>,
+}
+
+impl Meter {
+    pub fn new(id: String) -> Self {
+        Self {
+            id,
+            started: Instant::now(),
+            started_at_ms: crate::registry::now_ms(),
+            target: None,
+            queue: Duration::ZERO,
+            cold_start: None,
+            nn: None,
+            bytes_in: None,
+            finished: None,
+            outcome: None,
+        }
+    }
+}
+
+/// How a failed invocation is billed.
+pub(super) fn outcome_of(e: &InvokeError) -> Outcome {
+    match e {
+        InvokeError::Timeout { .. } => Outcome::Timeout,
+        InvokeError::MemoryLimit { .. } | InvokeError::Trap { .. } => Outcome::Trap,
+        InvokeError::Capacity => Outcome::Rejected,
+        InvokeError::NoResponse | InvokeError::GuestError(_) | InvokeError::Internal(_) => {
+            Outcome::Error
+        }
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Builds a call's ledger row.
+struct Pricing {
+    plan: PricePlan,
+    currency: String,
+}
+
+impl Pricing {
+    fn of(state: &AppState) -> Self {
+        Self {
+            plan: state.config.billing.plan.clone(),
+            currency: state.config.billing.currency.clone(),
+        }
+    }
+
+    fn record(
+        &self,
+        meter: &Meter,
+        target: &Target,
+        report: &GuestReport,
+        status: u16,
+        outcome: Outcome,
+        bytes_out: u64,
+    ) -> InvocationRecord {
+        use crate::nn::Device;
+        let nn = meter.nn.as_ref().map(|n| n.report()).unwrap_or_default();
+        let busy = micros(report.busy);
+        let usage = Usage {
+            wall_us: micros(meter.started.elapsed()),
+            queue_us: micros(meter.queue),
+            cold_start_us: meter.cold_start.map(micros).unwrap_or(0),
+            run_us: micros(report.run),
+            guest_us: busy.saturating_sub(nn.inline_micros),
+            memory_mb: target.memory_mb,
+            peak_memory_bytes: report.peak_memory,
+            cpu_inference_us: micros(nn.compute_on(Device::Cpu)),
+            gpu_inference_us: micros(nn.compute_on(Device::Gpu))
+                .saturating_add(micros(nn.compute_on(Device::Tpu))),
+            model_loads: u32::try_from(nn.loads.len()).unwrap_or(u32::MAX),
+            model_load_us: micros(nn.load_time()),
+            bytes_in: meter
+                .bytes_in
+                .as_ref()
+                .map_or(0, |b| b.load(Ordering::Relaxed)),
+            bytes_out,
+        };
+        let (billed_ms, cost) = price(&self.plan, outcome, &usage);
+        InvocationRecord {
+            id: meter.id.clone(),
+            tenant: "default".to_string(),
+            function: target.function.clone(),
+            version: target.version,
+            started_at_ms: meter.started_at_ms,
+            status,
+            outcome,
+            memory_mb_ms: if outcome == Outcome::Rejected {
+                0
+            } else {
+                target.memory_mb.saturating_mul(billed_ms)
+            },
+            usage,
+            billed_ms,
+            plan_version: self.plan.version,
+            currency: self.currency.clone(),
+            cost,
+            nn,
+        }
+    }
+}
+
+/// Sets the billing headers of a priced call.
+fn billing_headers(response: &mut Response<ResponseBody>, record: &InvocationRecord) {
+    let headers = response.headers_mut();
+    headers.insert(BILLED_MS_HEADER, HeaderValue::from(record.billed_ms));
+    headers.insert(COST_HEADER, HeaderValue::from(record.cost.total_micros));
+    if let Ok(v) = HeaderValue::from_str(&record.usage_header()) {
+        headers.insert(USAGE_HEADER, v);
+    }
+}
+
+/// Sets the `wasi:nn` headers from what the call did.
+pub(super) fn nn_headers(response: &mut Response<ResponseBody>, nn: &NnUsage) {
+    let nn = nn.report();
+    let headers = response.headers_mut();
+    if let Some(timing) = nn.server_timing()
+        && let Ok(value) = HeaderValue::from_str(&timing)
+    {
+        headers.append(
+            http::header::HeaderName::from_static("server-timing"),
+            value,
+        );
+    }
+    let devices = nn.devices();
+    if !devices.is_empty() {
+        let list: Vec<&str> = devices.iter().map(|d| d.name()).collect();
+        if let Ok(value) = HeaderValue::from_str(&list.join(", ")) {
+            headers.insert(NN_DEVICE_HEADER, value);
+        }
+    }
+}
+
+/// Writes `record`; under `strict`, waits for its commit.
+async fn commit(billing: &LedgerWriter, record: InvocationRecord) -> Result<(), ApiError> {
+    billing.record(record).await.map_err(|e| {
+        tracing::error!(error = %e, "ledger write failed; response withheld");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "billing-unavailable",
+            "Billing ledger unavailable",
+        )
+        .detail("the call ran but its billing record could not be stored; retry later")
+        .with("retry_after_s", 1)
+    })
+}
+
+/// Meters a call that failed with `error` (refused, or the guest failed
+/// before answering).
+pub(super) async fn finish_error(
+    state: &AppState,
+    billing: &LedgerWriter,
+    mut meter: Meter,
+    error: ApiError,
+) -> Response<ResponseBody> {
+    let Some(target) = meter.target.clone() else {
+        return error.into_response(Some(&meter.id));
+    };
+    let report = match meter.finished.take() {
+        Some(finished) => finished.wait().await,
+        None => GuestReport::default(),
+    };
+    let outcome = meter.outcome.unwrap_or(Outcome::Error);
+    let status = error.status.as_u16();
+    let mut response = error.into_response(Some(&meter.id));
+    let bytes_out = response.body().size_hint().exact().unwrap_or(0);
+    let record = Pricing::of(state).record(&meter, &target, &report, status, outcome, bytes_out);
+    billing_headers(&mut response, &record);
+    if let Err(e) = commit(billing, record).await {
+        return e.into_response(Some(&meter.id));
+    }
+    response
+}
+
+/// Meters a call the guest answered.
+pub(super) async fn finish_ok(
+    state: &AppState,
+    billing: &Arc<LedgerWriter>,
+    mut meter: Meter,
+    response: Response<ResponseBody>,
+) -> Response<ResponseBody> {
+    let Some(target) = meter.target.clone() else {
+        return response;
+    };
+    let limit = usize::try_from(state.config.billing.buffer_response_kb.saturating_mul(1024))
+        .unwrap_or(usize::MAX);
+    let (parts, mut body) = response.into_parts();
+    let mut buffered = BytesMut::new();
+    let mut trailers = None;
+    loop {
+        match body.frame().await {
+            None => break,
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    buffered.extend_from_slice(&data);
+                    if buffered.len() > limit {
+                        return stream(state, billing, meter, target, parts, buffered, body);
+                    }
+                }
+                Err(frame) => {
+                    if let Ok(t) = frame.into_trailers() {
+                        trailers = Some(t);
+                    }
+                }
+            },
+            Some(Err(e)) => {
+                // The guest failed mid-body: answer with why, not a
+                // truncated body.
+                let report = match meter.finished.take() {
+                    Some(finished) => finished.wait().await,
+                    None => GuestReport::default(),
+                };
+                let error = report.error.as_ref().map_or_else(
+                    || InvokeError::Internal(format!("response body: {e}")),
+                    InvokeError::clone_kind,
+                );
+                meter.outcome = Some(outcome_of(&error));
+                meter.finished = Some(GuestFinished::Done(report));
+                return finish_error(state, billing, meter, ApiError::from(error)).await;
+            }
+        }
+    }
+    let report = match meter.finished.take() {
+        Some(finished) => finished.wait().await,
+        None => GuestReport::default(),
+    };
+    let outcome = report.error.as_ref().map_or(Outcome::Ok, outcome_of);
+    let bytes = buffered.freeze();
+    let record = Pricing::of(state).record(
+        &meter,
+        &target,
+        &report,
+        parts.status.as_u16(),
+        outcome,
+        bytes.len() as u64,
+    );
+    let body = match trailers {
+        None => full(bytes),
+        Some(trailers) => {
+            let frames = [
+                Ok::<_, BoxError>(Frame::data(bytes)),
+                Ok(Frame::trailers(trailers)),
+            ];
+            http_body_util::StreamBody::new(futures::stream::iter(frames)).boxed_unsync()
+        }
+    };
+    let mut response = Response::from_parts(parts, body);
+    // The guest has finished: the nn headers are complete now.
+    if let Some(nn) = &meter.nn {
+        nn_headers(&mut response, nn);
+    }
+    billing_headers(&mut response, &record);
+    if let Err(e) = commit(billing, record).await {
+        return e.into_response(Some(&meter.id));
+    }
+    response
+}
+
+/// Streams a response too big to hold; its row is written when it ends.
+fn stream(
+    state: &AppState,
+    billing: &Arc<LedgerWriter>,
+    meter: Meter,
+    target: Target,
+    parts: http::response::Parts,
+    prefix: BytesMut,
+    rest: ResponseBody,
+) -> Response<ResponseBody> {
+    let mut parts = parts;
+    parts.headers.insert(
+        COST_HEADER,
+        HeaderValue::from_static("streamed; see GET /v1/invocations/{id}"),
+    );
+    let status = parts.status.as_u16();
+    let prefix = prefix.freeze();
+    let body = MeteredBody {
+        bytes: prefix.len() as u64,
+        prefix: Some(prefix),
+        inner: rest,
+        held: None,
+        strict: billing.durability() == Durability::Strict,
+        finalizer: Some(Finalizer {
+            billing: billing.clone(),
+            pricing: Pricing::of(state),
+            meter,
+            target,
+            status,
+        }),
+        finishing: None,
+        done: false,
+    };
+    Response::from_parts(parts, body.boxed_unsync())
+}
+
+/// Everything needed to write a streamed call's row.
+struct Finalizer {
+    billing: Arc<LedgerWriter>,
+    pricing: Pricing,
+    meter: Meter,
+    target: Target,
+    status: u16,
+}
+
+impl Finalizer {
+    async fn finish(mut self, bytes_out: u64, failed: bool, wait_commit: bool) {
+        let report = match self.meter.finished.take() {
+            Some(finished) => finished.wait().await,
+            None => GuestReport::default(),
+        };
+        let outcome = match report.error.as_ref() {
+            Some(e) => outcome_of(e),
+            None if failed => Outcome::Error,
+            None => Outcome::Ok,
+        };
+        let record = self.pricing.record(
+            &self.meter,
+            &self.target,
+            &report,
+            self.status,
+            outcome,
+            bytes_out,
+        );
+        if wait_commit {
+            if let Err(e) = self.billing.record(record).await {
+                tracing::error!(error = %e, "ledger write of a streamed call failed");
+            }
+        } else {
+            self.billing.record_detached(record);
+        }
+    }
+}
+
+/// A streamed guest body that counts its bytes and writes the call's row
+/// when it ends (or is dropped).
+struct MeteredBody {
+    prefix: Option<Bytes>,
+    inner: ResponseBody,
+    /// Under `strict`, the latest frame, released once the next one arrives
+    /// or the row is committed.
+    held: Option<Frame<Bytes>>,
+    bytes: u64,
+    strict: bool,
+    finalizer: Option<Finalizer>,
+    finishing: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    done: bool,
+}
+
+impl Body for MeteredBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if let Some(prefix) = this.prefix.take() {
+            let frame = Frame::data(prefix);
+            if this.strict {
+                this.held = Some(frame);
+            } else {
+                return Poll::Ready(Some(Ok(frame)));
+            }
+        }
+        loop {
+            if let Some(finishing) = this.finishing.as_mut() {
+                if finishing.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.finishing = None;
+                this.done = true;
+            }
+            if this.done {
+                return Poll::Ready(this.held.take().map(Ok));
+            }
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        this.bytes += data.len() as u64;
+                    }
+                    if !this.strict {
+                        return Poll::Ready(Some(Ok(frame)));
+                    }
+                    if let Some(previous) = this.held.replace(frame) {
+                        return Poll::Ready(Some(Ok(previous)));
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    if let Some(f) = this.finalizer.take() {
+                        tokio::spawn(f.finish(this.bytes, true, false));
+                    }
+                    this.done = true;
+                    this.held = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(None) => match this.finalizer.take() {
+                    Some(f) => {
+                        let strict = this.strict;
+                        this.finishing = Some(Box::pin(f.finish(this.bytes, false, strict)));
+                    }
+                    None => this.done = true,
+                },
+            }
+        }
+    }
+}
+
+impl Drop for MeteredBody {
+    fn drop(&mut self) {
+        // The client went away before the end: record what was sent.
+        if let Some(f) = self.finalizer.take()
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            handle.spawn(f.finish(self.bytes, true, false));
+        }
+    }
+}

@@ -1,0 +1,403 @@
+//! Billing: every call is metered and priced under the plan, recorded once
+//! in the ledger, visible per call and in usage totals.
+
+use std::time::Duration;
+
+use glia_e2e::{DIGITS_ONNX, HOSTILE, TestServer, builtin, hello};
+use glia_host::config::{Durability, PricePlan};
+use serde_json::{Value, json};
+
+use crate::{json, problem};
+
+/// A plan whose components are easy to predict: memory costs exactly
+/// `memory_mb × billed_ms` nano-units (1024 µ per GB-second).
+fn plan() -> PricePlan {
+    PricePlan {
+        version: 42,
+        per_request: 100,
+        per_gb_second: 1024,
+        per_cpu_inference_second: 1000,
+        per_gpu_second: 5000,
+        per_cold_start: 7,
+        per_model_load: 3,
+    }
+}
+
+async fn server_with_plan(tweak: impl FnOnce(&mut glia_host::config::Config)) -> TestServer {
+    TestServer::start_with(|c| {
+        c.billing.plan = plan();
+        tweak(c);
+    })
+    .await
+}
+
+fn header(r: &glia_e2e::reqwest::Response, name: &str) -> String {
+    r.headers()
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} header"))
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The cost the plan gives for a record's usage, computed independently.
+fn expected_micros(record: &Value) -> u64 {
+    let u = &record["usage"];
+    let n = |v: &Value| v.as_u64().unwrap();
+    let billed = n(&record["billed_ms"]);
+    let ceil_ms = |us: u64| us.div_ceil(1000);
+    let mut nanos = 100 * 1000; // per request
+    nanos += n(&u["memory_mb"]) * billed; // 1024 µ/GB-s: 1 nano per MB-ms
+    nanos += 1000 * ceil_ms(n(&u["cpu_inference_us"]));
+    nanos += 5000 * ceil_ms(n(&u["gpu_inference_us"]));
+    if n(&u["cold_start_us"]) > 0 {
+        nanos += 7 * 1000;
+    }
+    nanos += 3 * 1000 * n(&u["model_loads"]);
+    (nanos + 500) / 1000
+}
+
+async fn record(server: &TestServer, id: &str) -> Value {
+    json(server.get(&format!("/v1/invocations/{id}")).await, 200).await
+}
+
+#[tokio::test]
+async fn known_calls_cost_exactly_what_the_plan_says() {
+    let server = server_with_plan(|_| {}).await;
+    server.deploy_ok("hello", hello(), "memory_mb=64").await;
+
+    // Cold, then warm.
+    for cold in [true, false] {
+        let r = server
+            .client
+            .post(server.url("/fn/hello/x"))
+            .body("four")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(header(&r, "glia-cold-start"), cold.to_string());
+        let id = header(&r, "glia-invocation-id");
+        let billed: u64 = header(&r, "glia-billed-ms").parse().unwrap();
+        let cost: u64 = header(&r, "glia-cost").parse().unwrap();
+        let usage = header(&r, "glia-usage");
+        assert!(usage.contains("mem=64MB"), "{usage}");
+        let body = r.bytes().await.unwrap();
+
+        let rec = record(&server, &id).await;
+        assert_eq!(rec["id"], id);
+        assert_eq!(rec["function"], "hello");
+        assert_eq!(rec["version"], 1);
+        assert_eq!(rec["outcome"], "ok");
+        assert_eq!(rec["status"], 200);
+        assert_eq!(rec["plan_version"], 42);
+        assert_eq!(rec["currency"], "USD");
+        assert_eq!(rec["billed_ms"], billed);
+        assert!(billed >= 1);
+        assert_eq!(rec["cost"]["total_micros"], cost);
+        assert_eq!(cost, expected_micros(&rec), "{rec}");
+        assert_eq!(rec["cost"]["request_nanos"], 100_000);
+        assert_eq!(rec["cost"]["memory_nanos"], 64 * billed);
+        assert_eq!(
+            rec["cost"]["cold_start_nanos"],
+            if cold { 7000 } else { 0 },
+            "{rec}"
+        );
+        let u = &rec["usage"];
+        assert_eq!(u["bytes_in"], 4);
+        assert_eq!(u["bytes_out"], body.len() as u64);
+        assert_eq!(u["memory_mb"], 64);
+        assert!(u["peak_memory_bytes"].as_u64().unwrap() > 0, "{rec}");
+        assert!(u["run_us"].as_u64().unwrap() > 0);
+        assert!(u["guest_us"].as_u64().unwrap() <= u["run_us"].as_u64().unwrap());
+        assert!(u["wall_us"].as_u64().unwrap() >= u["run_us"].as_u64().unwrap());
+        assert_eq!(u["cold_start_us"].as_u64().unwrap() > 0, cold);
+    }
+
+    problem(
+        server.get("/v1/invocations/0000").await,
+        404,
+        "invocation-not-found",
+    )
+    .await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn inference_and_model_loads_are_billed_per_device() {
+    let server = server_with_plan(|_| {}).await;
+    assert_eq!(
+        server
+            .upload_model("digits", DIGITS_ONNX, "")
+            .await
+            .status(),
+        201
+    );
+    server
+        .deploy_ok(
+            "classify-digits",
+            builtin("classify-digits"),
+            "models=digits",
+        )
+        .await;
+    // A restart unloads the model: the first call loads it.
+    let server = server.restart().await;
+    let pixels = json!({"pixels": vec![0; 64]});
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let r = server
+            .client
+            .post(server.url("/fn/classify-digits"))
+            .json(&pixels)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(header(&r, "glia-nn-device"), "cpu");
+        assert!(header(&r, "glia-usage").contains("cpu-inference="));
+        ids.push(header(&r, "glia-invocation-id"));
+    }
+    let first = record(&server, &ids[0]).await;
+    let second = record(&server, &ids[1]).await;
+    for rec in [&first, &second] {
+        let cpu = rec["usage"]["cpu_inference_us"].as_u64().unwrap();
+        assert!(cpu > 0, "{rec}");
+        assert_eq!(rec["usage"]["gpu_inference_us"], 0);
+        assert_eq!(
+            rec["cost"]["cpu_inference_nanos"],
+            1000 * cpu.div_ceil(1000)
+        );
+        assert_eq!(rec["nn"]["compute"][0]["device"], "cpu");
+        assert_eq!(
+            rec["cost"]["total_micros"].as_u64().unwrap(),
+            expected_micros(rec),
+            "{rec}"
+        );
+        // The guest's own time excludes inference run in place.
+        let guest = rec["usage"]["guest_us"].as_u64().unwrap();
+        assert!(guest < rec["usage"]["run_us"].as_u64().unwrap(), "{rec}");
+    }
+    assert_eq!(first["usage"]["model_loads"], 1, "{first}");
+    assert_eq!(first["cost"]["model_load_nanos"], 3000);
+    assert_eq!(first["nn"]["loads"][0]["model"], "digits");
+    assert_eq!(second["usage"]["model_loads"], 0, "{second}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn traps_and_timeouts_are_billed_for_the_time_used() {
+    let server = server_with_plan(|_| {}).await;
+    server
+        .deploy_ok("hostile", HOSTILE, "timeout_ms=300&memory_mb=32")
+        .await;
+    for (path, status, outcome, min_ms) in [
+        ("/trap", 500, "trap", 1),
+        ("/oom", 500, "trap", 1),
+        ("/loop", 504, "timeout", 300),
+    ] {
+        let r = server
+            .client
+            .get(server.url(&format!("/fn/hostile{path}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{path}");
+        let id = header(&r, "glia-invocation-id");
+        let billed: u64 = header(&r, "glia-billed-ms").parse().unwrap();
+        assert!(billed >= min_ms, "{path}: billed {billed} ms");
+        let rec = record(&server, &id).await;
+        assert_eq!(rec["outcome"], outcome, "{path}: {rec}");
+        assert_eq!(rec["status"], status);
+        assert_eq!(rec["billed_ms"], billed);
+        assert!(rec["cost"]["total_micros"].as_u64().unwrap() > 0);
+        assert_eq!(rec["cost"]["memory_nanos"], 32 * billed, "{path}");
+        assert_eq!(
+            rec["cost"]["total_micros"].as_u64().unwrap(),
+            expected_micros(&rec)
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_calls_are_recorded_at_zero_cost() {
+    let server = server_with_plan(|_| {}).await;
+    server
+        .deploy_ok("hostile", HOSTILE, "max_concurrency=1&queue_timeout_ms=50")
+        .await;
+    let slow = {
+        let client = server.client.clone();
+        let url = server.url("/fn/hostile/sleep?ms=600");
+        tokio::spawn(async move { client.get(url).send().await.unwrap().status() })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let r = server
+        .client
+        .get(server.url("/fn/hostile/ok"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let id = header(&r, "glia-invocation-id");
+    assert_eq!(header(&r, "glia-cost"), "0");
+    assert_eq!(header(&r, "glia-billed-ms"), "0");
+    let rec = record(&server, &id).await;
+    assert_eq!(rec["outcome"], "rejected", "{rec}");
+    assert_eq!(rec["status"], 429);
+    assert_eq!(rec["cost"]["total_micros"], 0);
+    assert_eq!(slow.await.unwrap(), 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn usage_totals_equal_the_sum_of_records() {
+    let server = server_with_plan(|_| {}).await;
+    server.deploy_ok("hello", hello(), "").await;
+    server.deploy_ok("hostile", HOSTILE, "").await;
+    for path in [
+        "/fn/hello/",
+        "/fn/hello/a",
+        "/fn/hostile/ok",
+        "/fn/hostile/trap",
+        "/fn/nope/",
+    ] {
+        server.get(path).await;
+    }
+    let all = json(server.get("/v1/usage").await, 200).await;
+    let groups = all["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 2, "{all}");
+    assert_eq!(groups[0]["key"], "hello");
+    assert_eq!(groups[0]["invocations"], 2);
+    assert_eq!(groups[1]["key"], "hostile");
+    assert_eq!(groups[1]["ok"], 1);
+    assert_eq!(groups[1]["failed"], 1);
+    assert_eq!(
+        all["total"]["invocations"], 4,
+        "unknown functions are not billed"
+    );
+
+    // The totals are the records' sums.
+    let records = server
+        .state
+        .billing
+        .as_ref()
+        .unwrap()
+        .ledger()
+        .records(0, i64::MAX)
+        .unwrap();
+    assert_eq!(records.len(), 4);
+    let sum = |f: fn(&glia_host::billing::InvocationRecord) -> u64| -> u64 {
+        records.iter().map(f).sum()
+    };
+    assert_eq!(all["total"]["cost_micros"], sum(|r| r.cost.total_micros));
+    assert_eq!(all["total"]["billed_ms"], sum(|r| r.billed_ms));
+    assert_eq!(all["total"]["bytes_out"], sum(|r| r.usage.bytes_out));
+    assert!(sum(|r| r.cost.total_micros) > 0);
+
+    // Filters, other groupings, CSV.
+    let hello_only = json(server.get("/v1/usage?function=hello").await, 200).await;
+    assert_eq!(hello_only["total"]["invocations"], 2);
+    let by_outcome = json(server.get("/v1/usage?group_by=outcome").await, 200).await;
+    let keys: Vec<&str> = by_outcome["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["ok", "trap"]);
+    let by_day = json(server.get("/v1/usage?group_by=day").await, 200).await;
+    assert_eq!(by_day["groups"].as_array().unwrap().len(), 1);
+    assert_eq!(by_day["total"], all["total"]);
+    let empty = json(
+        server.get("/v1/usage?from=2000-01-01&to=2000-02-01").await,
+        200,
+    )
+    .await;
+    assert_eq!(empty["total"]["invocations"], 0);
+    let csv = server
+        .client
+        .get(server.url("/v1/usage"))
+        .header("accept", "text/csv")
+        .send()
+        .await
+        .unwrap();
+    assert!(header(&csv, "content-type").starts_with("text/csv"));
+    let text = csv.text().await.unwrap();
+    let last = text.lines().last().unwrap();
+    assert!(
+        last.starts_with("total,4,")
+            && last.ends_with(&format!(",{}", sum(|r| r.cost.total_micros))),
+        "{text}"
+    );
+    for bad in [
+        "from=yesterday",
+        "group_by=week",
+        "colour=red",
+        "from=2026-02-01&to=2026-01-01",
+    ] {
+        problem(
+            server.get(&format!("/v1/usage?{bad}")).await,
+            400,
+            "invalid-request",
+        )
+        .await;
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn batched_rows_arrive_within_the_flush_interval() {
+    let server = server_with_plan(|c| {
+        c.billing.durability = Durability::Batched;
+        c.billing.flush_interval_ms = 50;
+    })
+    .await;
+    server.deploy_ok("hello", hello(), "").await;
+    let r = server.get("/fn/hello/").await;
+    let id = header(&r, "glia-invocation-id");
+    assert!(header(&r, "glia-cost").parse::<u64>().is_ok());
+    let started = std::time::Instant::now();
+    loop {
+        if server.get(&format!("/v1/invocations/{id}")).await.status() == 200 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(3), "never written");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    server.stop().await;
+}
+
+/// Responses over `billing.buffer_response_kb` stream; their record is
+/// written when the body ends, with every byte counted.
+#[tokio::test]
+async fn streamed_responses_are_recorded_when_they_end() {
+    let server = server_with_plan(|c| c.billing.buffer_response_kb = 64).await;
+    server.deploy_ok("hostile", HOSTILE, "").await;
+    let r = server.get("/fn/hostile/big?mb=2").await;
+    assert_eq!(r.status(), 200);
+    let id = header(&r, "glia-invocation-id");
+    assert!(header(&r, "glia-cost").starts_with("streamed"));
+    let body = r.bytes().await.unwrap();
+    assert_eq!(body.len(), 2 << 20);
+    // Strict: the whole body reached us only after the row was committed.
+    let rec = record(&server, &id).await;
+    assert_eq!(rec["usage"]["bytes_out"], 2 << 20);
+    assert_eq!(rec["outcome"], "ok");
+    assert_eq!(
+        rec["cost"]["total_micros"].as_u64().unwrap(),
+        expected_micros(&rec)
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn billing_can_be_turned_off() {
+    let server = TestServer::start_with(|c| c.billing.enabled = false).await;
+    server.deploy_ok("hello", hello(), "").await;
+    let r = server.get("/fn/hello/").await;
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("glia-cost").is_none());
+    assert!(r.headers().get("glia-invocation-id").is_some());
+    problem(server.get("/v1/usage").await, 404, "not-found").await;
+    server.stop().await;
+}
