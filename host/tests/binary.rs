@@ -117,6 +117,27 @@ fn serve_deploy_invoke_list_delete_and_sigterm() {
     let models = reqwest_get(&format!("{url}/v1/models/minilm"));
     assert_eq!(models["backend"], "ort", "{models}");
 
+    // Every call so far is in the ledger: `glia usage` totals them.
+    let out = glia(&["usage"], &url);
+    assert!(out.status.success(), "{out:?}");
+    let table = stdout(&out);
+    let row = |name: &str| {
+        table
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no {name} row in\n{table}"))
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(row("hello"), "1", "{table}");
+    assert_eq!(row("classify-digits"), "1", "{table}");
+    assert_eq!(row("embed-text"), "1", "{table}");
+    assert_eq!(row("TOTAL"), "3", "{table}");
+    let out = glia(&["usage", "--csv", "--group-by", "outcome"], &url);
+    assert!(stdout(&out).starts_with("key,invocations,"), "{out:?}");
+
     // Deploy a component file under a new name with a setting.
     let wasm = dir.path().join("greeter.wasm");
     std::fs::write(&wasm, glia_host::builtins::BUILTINS[0].wasm).unwrap();
@@ -228,4 +249,98 @@ fn bad_configuration_fails_before_listening() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(named), "{err}");
     }
+}
+
+/// The ledger under `strict` durability loses nothing on `kill -9`: every
+/// call whose response a client received has exactly one record after a
+/// restart.
+#[test]
+fn strict_ledger_keeps_every_answered_call_across_sigkill() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut served = serve(&data);
+    let url = served.url.clone();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let received: Arc<Mutex<Vec<String>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    rt.block_on(async {
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let workers: Vec<_> = (0..16)
+            .map(|w| {
+                let (client, url) = (client.clone(), url.clone());
+                let (received, stop) = (received.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        i += 1;
+                        let call = client
+                            .post(format!("{url}/fn/hello/w{w}"))
+                            .body(format!("call {i}"))
+                            .send()
+                            .await;
+                        // Calls cut off by the kill have no response.
+                        let Ok(response) = call else { continue };
+                        let id = response
+                            .headers()
+                            .get("glia-invocation-id")
+                            .map(|v| v.to_str().unwrap().to_string());
+                        if response.status() == 200 && response.bytes().await.is_ok() {
+                            received.lock().unwrap().push(id.expect("an invocation id"));
+                        }
+                    }
+                })
+            })
+            .collect();
+        // Kill it in the middle of the load.
+        let started = Instant::now();
+        while received.lock().unwrap().len() < 300 {
+            assert!(started.elapsed() < Duration::from_secs(60), "too slow");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        served.child.kill().unwrap(); // SIGKILL
+        served.child.wait().unwrap();
+        stop.store(true, Ordering::Relaxed);
+        for w in workers {
+            w.await.unwrap();
+        }
+    });
+    drop(served);
+    let received = received.lock().unwrap().clone();
+    assert!(received.len() >= 300);
+
+    // Every answered call has its record after a restart.
+    let served = serve(&data);
+    rt.block_on(async {
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        for id in &received {
+            let r = client
+                .get(format!("{}/v1/invocations/{id}", served.url))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "no record for answered call {id}");
+            let record: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(record["id"], id.as_str());
+            assert_eq!(record["outcome"], "ok");
+        }
+    });
+    drop(served);
+    // And none twice.
+    let ledger = rusqlite::Connection::open(data.join("ledger.db")).unwrap();
+    let (rows, distinct): (i64, i64) = ledger
+        .query_row(
+            "SELECT COUNT(*), COUNT(DISTINCT id) FROM invocations",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(rows, distinct, "a record is duplicated");
+    assert!(rows as usize >= received.len());
 }

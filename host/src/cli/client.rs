@@ -354,3 +354,123 @@ pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[derive(Debug, Args)]
+pub struct UsageArgs {
+    /// Start (inclusive): `YYYY-MM-DD`, `YYYY-MM-DDTHH:MM[:SS]Z` or ms since
+    /// the epoch; default the start of this month (UTC).
+    #[arg(long)]
+    from: Option<String>,
+    /// End (exclusive); default now.
+    #[arg(long)]
+    to: Option<String>,
+    /// Only this function.
+    #[arg(long)]
+    function: Option<String>,
+    /// Rows per `function`, `day`, `hour` or `outcome`.
+    #[arg(long, default_value = "function")]
+    group_by: String,
+    /// Print CSV.
+    #[arg(long, conflicts_with = "json")]
+    csv: bool,
+    #[command(flatten)]
+    server: Server,
+}
+
+/// Micro-units as a decimal amount of the currency.
+fn money(micros: u64) -> String {
+    format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
+}
+
+pub async fn usage(args: UsageArgs) -> anyhow::Result<()> {
+    let mut query = vec![("group_by", args.group_by.clone())];
+    for (key, value) in [
+        ("from", &args.from),
+        ("to", &args.to),
+        ("function", &args.function),
+    ] {
+        if let Some(v) = value {
+            query.push((key, v.clone()));
+        }
+    }
+    let mut request = http()?.get(args.server.endpoint("/v1/usage")).query(&query);
+    if args.csv {
+        request = request.header("accept", "text/csv");
+    }
+    let response = request.send().await.context("contacting the server")?;
+    if args.csv {
+        let status = response.status();
+        let text = response.text().await.context("reading the response")?;
+        if !status.is_success() {
+            bail!("{status}: {text}");
+        }
+        print!("{text}");
+        return Ok(());
+    }
+    let value = check(response).await?;
+    if args.server.json {
+        print_json(&value);
+        return Ok(());
+    }
+    let currency = value.get("currency").and_then(Value::as_str).unwrap_or("");
+    let ms = |key: &str| value.get(key).and_then(Value::as_i64).unwrap_or(0);
+    println!(
+        "usage from {} to {} (ms since the epoch), plan {}, costs in {currency}",
+        ms("from_ms"),
+        ms("to_ms"),
+        value
+            .get("plan_version")
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+    );
+    println!(
+        "{:<24} {:>8} {:>8} {:>7} {:>9} {:>6} {:>11} {:>11} {:>12} {:>14}",
+        args.group_by.to_uppercase(),
+        "CALLS",
+        "OK",
+        "FAILED",
+        "REJECTED",
+        "COLD",
+        "BILLED",
+        "GB-SECONDS",
+        "INFERENCE",
+        "COST"
+    );
+    let groups = value
+        .get("groups")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let total = value.get("total").cloned().unwrap_or(Value::Null);
+    for row in groups.iter().chain(std::iter::once(&total)) {
+        let n = |k: &str| row.get(k).and_then(Value::as_u64).unwrap_or(0);
+        let key = row.get("key").and_then(Value::as_str).unwrap_or("");
+        let key = if key == "total" { "TOTAL" } else { key };
+        println!(
+            "{:<24} {:>8} {:>8} {:>7} {:>9} {:>6} {:>9}ms {:>11.6} {:>10}ms {:>14}",
+            key,
+            n("invocations"),
+            n("ok"),
+            n("failed"),
+            n("rejected"),
+            n("cold_starts"),
+            n("billed_ms"),
+            n("memory_mb_ms") as f64 / 1024.0 / 1000.0,
+            (n("cpu_inference_us") + n("gpu_inference_us")) / 1000,
+            money(n("cost_micros")),
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::money;
+
+    #[test]
+    fn money_is_exact_decimal() {
+        assert_eq!(money(0), "0.000000");
+        assert_eq!(money(4), "0.000004");
+        assert_eq!(money(12_345_678), "12.345678");
+    }
+}

@@ -36,6 +36,8 @@ enum Command {
     /// Delete a function and all its versions.
     #[command(alias = "rm")]
     Delete(client::DeleteArgs),
+    /// Show usage and cost totals from the ledger.
+    Usage(client::UsageArgs),
 }
 
 #[derive(Debug, Args)]
@@ -60,6 +62,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::List(args) => client::list(args).await,
         Command::Invoke(args) => client::invoke(args).await,
         Command::Delete(args) => client::delete(args).await,
+        Command::Usage(args) => client::usage(args).await,
     }
 }
 
