@@ -29,6 +29,7 @@ pub fn build(workspace: &Path, crates: &[&str], out: &Path) {
     for krate in crates {
         println!("cargo:rerun-if-changed={}", workspace.join(krate).display());
     }
+    watch_shared_sources();
     ensure_target();
     let target_dir = guest_target_dir();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
@@ -76,6 +77,17 @@ pub fn build(workspace: &Path, crates: &[&str], out: &Path) {
         let dest = out.join(format!("{krate}.wasm"));
         std::fs::copy(&built, &dest)
             .unwrap_or_else(|e| panic!("copying {} to {}: {e}", built.display(), dest.display()));
+    }
+}
+
+/// Asks cargo to rebuild when what every guest may build from changes: the
+/// SDK (a path dependency) and the WIT its bindings read.
+fn watch_shared_sources() {
+    // Both build scripts that include this file sit one level below the root.
+    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let root = manifest.parent().unwrap_or(&manifest);
+    for shared in ["sdk", "wit"] {
+        println!("cargo:rerun-if-changed={}", root.join(shared).display());
     }
 }
 
