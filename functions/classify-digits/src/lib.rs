@@ -4,35 +4,18 @@
 //! `POST` a JSON body `{"pixels": [64 numbers, 0-16]}` (row-major, as in
 //! scikit-learn's digits dataset) and get
 //! `{"label": 0-9, "probabilities": [10 numbers]}`. A malformed body gets
-//! `400` with the reason; a model that is unavailable or fails gets `503` or
-//! `500` with the `wasi:nn` error code. Successful answers carry
+//! `400` with the reason (`413` over 64 KiB); a model that is unavailable or
+//! fails gets `503` or `500` with the `wasi:nn` error code. Answers carry
 //! `server-timing: infer;dur=<ms>`, the time spent in `compute`.
 
-use std::io::Write as _;
-
+use glia_sdk::nn::{self, Model, Tensor};
+use glia_sdk::{Error, Request, Response, handler, ops};
 use serde::{Deserialize, Serialize};
-use wasip2::http::types::{
-    Fields, IncomingBody, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
-};
-use wasip2::io::streams::StreamError;
-
-wit_bindgen::generate!({
-    path: "../../wit/deps/nn.wit",
-    world: "ml",
-});
-
-use wasi::nn::errors::{Error as NnError, ErrorCode};
-use wasi::nn::graph;
-use wasi::nn::tensor::{Tensor, TensorType};
-
-wasip2::http::proxy::export!(ClassifyDigits);
 
 /// The model this function asks for by name.
 const MODEL: &str = "digits";
 /// Pixels in one image.
 const PIXELS: usize = 64;
-/// Largest accepted request body.
-const MAX_BODY: usize = 64 * 1024;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -44,148 +27,87 @@ struct Input {
 struct Output {
     label: usize,
     probabilities: Vec<f32>,
-    /// Nanoseconds spent in `compute` (reported in a header, not the body).
-    #[serde(skip)]
-    infer_ns: u64,
 }
 
-struct ClassifyDigits;
-
-impl wasip2::exports::http::incoming_handler::Guest for ClassifyDigits {
-    fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
-        let (status, body, timing) = match classify(&request) {
-            Ok(output) => (
-                200,
-                serde_json::to_vec(&output).unwrap_or_default(),
-                Some(format!("infer;dur={:.3}", output.infer_ns as f64 / 1e6)),
-            ),
-            Err((status, detail)) => (status, problem(status, &detail), None),
-        };
-        respond(response_out, status, &body, timing);
-    }
-}
-
-fn classify(request: &IncomingRequest) -> Result<Output, (u16, String)> {
-    let body = read_body(request).map_err(|e| (400, e))?;
-    let input: Input = serde_json::from_slice(&body).map_err(|e| {
-        (
-            400,
-            format!("the body must be JSON {{\"pixels\": [64 numbers 0-16]}}: {e}"),
-        )
-    })?;
-    if input.pixels.len() != PIXELS {
-        return Err((400, format!("expected {PIXELS} pixels, got {}", input.pixels.len())));
-    }
-    if let Some(p) = input.pixels.iter().find(|p| !(0.0..=16.0).contains(*p)) {
-        return Err((400, format!("pixel values must be 0-16, got {p}")));
-    }
-
-    let graph = graph::load_by_name(MODEL).map_err(|e| nn_failure("loading the model", &e))?;
-    let context = graph
-        .init_execution_context()
-        .map_err(|e| nn_failure("preparing inference", &e))?;
-    let data: Vec<u8> = input.pixels.iter().flat_map(|p| p.to_le_bytes()).collect();
-    let tensor = Tensor::new(&[1, PIXELS as u32], TensorType::Fp32, &data);
-    let started = wasip2::clocks::monotonic_clock::now();
-    let outputs = context
-        .compute(vec![("pixels".to_string(), tensor)])
-        .map_err(|e| nn_failure("running the model", &e))?;
-    let infer_ns = wasip2::clocks::monotonic_clock::now().saturating_sub(started);
-    let (_, probabilities) = outputs
-        .into_iter()
-        .next()
-        .ok_or_else(|| (500, "the model produced no output".to_string()))?;
-    let probabilities: Vec<f32> = probabilities
-        .data()
-        .chunks_exact(4)
-        .filter_map(|c| c.try_into().ok().map(f32::from_le_bytes))
-        .collect();
-    let label = probabilities
-        .iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map(|(ix, _)| ix)
-        .ok_or_else(|| (500, "the model produced an empty output".to_string()))?;
-    Ok(Output {
+#[handler(max_body = 64 * 1024)]
+fn classify(request: Request) -> Result<Response, Error> {
+    let pixels = pixels(request.body())?;
+    let model = Model::load(MODEL).map_err(nn_failure("loading the model"))?;
+    let input = Tensor::from_f32(&[1, PIXELS as u32], &pixels)?;
+    let outputs = model
+        .infer([("pixels", &input)])
+        .map_err(nn_failure("running the model"))?;
+    let probabilities = outputs
+        .at(0)?
+        .to_f32()
+        .map_err(|e| Error::internal(e.to_string()))?;
+    let label = ops::argmax(&probabilities)
+        .ok_or_else(|| Error::internal("the model produced an empty output"))?;
+    Response::json(&Output {
         label,
         probabilities,
-        infer_ns,
     })
 }
 
-/// Turns a wasi:nn error into a status and a message naming its code.
-fn nn_failure(what: &str, e: &NnError) -> (u16, String) {
-    let code = e.code();
-    let status = match code {
-        ErrorCode::NotFound | ErrorCode::Timeout => 503,
-        ErrorCode::InvalidArgument | ErrorCode::TooLarge => 400,
-        _ => 500,
-    };
-    (status, format!("{what}: wasi-nn error {code:?}: {}", e.data()))
+/// A wasi:nn failure with the SDK's status (`503` for a model that is not
+/// there, `400` for inputs it refuses, else `500`) and the detail this
+/// function has always given: `{what}: wasi-nn error NotFound: {message}`.
+fn nn_failure(what: &str) -> impl FnOnce(nn::Error) -> Error + '_ {
+    move |e| {
+        let detail = format!("{what}: wasi-nn error {:?}: {}", e.code(), e.message());
+        Error::new(Error::from(e).status(), detail)
+    }
 }
 
-fn problem(status: u16, detail: &str) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
-        "type": "about:blank",
-        "status": status,
-        "detail": detail,
-    }))
-    .unwrap_or_default()
+/// The 64 pixel values of a request body, checked.
+fn pixels(body: &[u8]) -> Result<Vec<f32>, Error> {
+    let input: Input = serde_json::from_slice(body).map_err(|e| {
+        Error::bad_request(format!(
+            "the body must be JSON {{\"pixels\": [64 numbers 0-16]}}: {e}"
+        ))
+    })?;
+    if input.pixels.len() != PIXELS {
+        return Err(Error::bad_request(format!(
+            "expected {PIXELS} pixels, got {}",
+            input.pixels.len()
+        )));
+    }
+    if let Some(p) = input.pixels.iter().find(|p| !(0.0..=16.0).contains(*p)) {
+        return Err(Error::bad_request(format!(
+            "pixel values must be 0-16, got {p}"
+        )));
+    }
+    Ok(input.pixels)
 }
 
-/// Reads the whole request body, refusing more than `MAX_BODY` bytes.
-fn read_body(request: &IncomingRequest) -> Result<Vec<u8>, String> {
-    let body = request
-        .consume()
-        .map_err(|()| "request body already consumed".to_string())?;
-    let stream = body
-        .stream()
-        .map_err(|()| "request body stream already taken".to_string())?;
-    let mut bytes = Vec::new();
-    loop {
-        match stream.blocking_read(MAX_BODY as u64) {
-            Ok(chunk) => {
-                bytes.extend_from_slice(&chunk);
-                if bytes.len() > MAX_BODY {
-                    return Err(format!("the body is larger than {MAX_BODY} bytes"));
-                }
-            }
-            Err(StreamError::Closed) => break,
-            Err(StreamError::LastOperationFailed(e)) => {
-                return Err(format!("reading the body: {}", e.to_debug_string()));
-            }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_checked_before_the_model() {
+        for (body, want) in [
+            (&b"not json"[..], "must be JSON"),
+            (br#"{"pixels": [1, 2]}"#, "expected 64 pixels, got 2"),
+            (br#"{"pixels": [1], "x": 1}"#, "unknown field"),
+        ] {
+            let error = pixels(body).expect_err("refused");
+            assert_eq!(error.status(), 400);
+            assert!(error.detail().contains(want), "{error}");
         }
-    }
-    drop(stream);
-    let _ = IncomingBody::finish(body);
-    Ok(bytes)
-}
-
-fn respond(response_out: ResponseOutparam, status: u16, body: &[u8], timing: Option<String>) {
-    let content_type = if status == 200 {
-        "application/json"
-    } else {
-        "application/problem+json"
-    };
-    let mut fields = vec![("content-type".to_string(), content_type.as_bytes().to_vec())];
-    if let Some(timing) = timing {
-        fields.push(("server-timing".to_string(), timing.into_bytes()));
-    }
-    let Ok(headers) = Fields::from_list(&fields) else {
-        return;
-    };
-    let response = OutgoingResponse::new(headers);
-    let _ = response.set_status_code(status);
-    let Ok(outgoing) = response.body() else {
-        return;
-    };
-    ResponseOutparam::set(response_out, Ok(response));
-    let Ok(mut stream) = outgoing.write() else {
-        return;
-    };
-    let written = stream.write_all(body).is_ok() && stream.blocking_flush().is_ok();
-    drop(stream);
-    if written {
-        let _ = OutgoingBody::finish(outgoing, None);
+        let mut values = vec![0; PIXELS];
+        values[3] = 17;
+        let body = serde_json::to_vec(&serde_json::json!({ "pixels": values })).expect("json");
+        assert!(pixels(&body).expect_err("17").detail().contains("0-16"));
+        // Off WebAssembly the model is not there: a 500 that says so.
+        let body =
+            serde_json::to_vec(&serde_json::json!({ "pixels": vec![0; PIXELS] })).expect("json");
+        let response = classify(Request::post("/").with_body(body)).expect_err("no host");
+        assert!(
+            response
+                .detail()
+                .starts_with("loading the model: wasi-nn error UnsupportedOperation: "),
+            "{response}"
+        );
     }
 }
