@@ -2,6 +2,7 @@
 //! clients of a running server's HTTP API.
 
 mod client;
+mod new;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -38,6 +39,8 @@ enum Command {
     Delete(client::DeleteArgs),
     /// Show usage and cost totals from the ledger.
     Usage(client::UsageArgs),
+    /// Create a function crate from a template.
+    New(new::NewArgs),
 }
 
 #[derive(Debug, Args)]
@@ -61,6 +64,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Deploy(args) => client::deploy(args).await,
         Command::List(args) => client::list(args).await,
         Command::Invoke(args) => client::invoke(args).await,
+        Command::New(args) => new::new(args),
         Command::Delete(args) => client::delete(args).await,
         Command::Usage(args) => client::usage(args).await,
     }
