@@ -131,11 +131,14 @@ macro_rules! settings {
 
         impl SettingsPatch {
             /// Reads a patch from an upload's query string
-            /// (`?timeout_ms=1000&memory_mb=64`).
+            /// (`?timeout_ms=1000&memory_mb=64`), percent-encoded or not
+            /// (`models=a%2Cb` is `models=a,b`).
             pub fn from_query(query: &str) -> Result<Self, String> {
                 let mut patch = Self::default();
                 for pair in query.split('&').filter(|p| !p.is_empty()) {
                     let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                    let (key, value) = (percent_decode(key), percent_decode(value));
+                    let (key, value) = (key.as_str(), value.as_str());
                     match key {
                         $(
                             stringify!($field) => {
@@ -168,6 +171,28 @@ macro_rules! settings {
             }
         }
     };
+}
+
+/// Decodes `%XX` escapes (as clients encode query strings); malformed
+/// escapes stay as they are, invalid UTF-8 is replaced.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&byte) = bytes.get(i) {
+        let hex = |at: usize| bytes.get(at).and_then(|&d| char::from(d).to_digit(16));
+        match (byte, hex(i + 1), hex(i + 2)) {
+            (b'%', Some(high), Some(low)) => {
+                decoded.push(u8::try_from(high * 16 + low).unwrap_or(b'?'));
+                i += 3;
+            }
+            _ => {
+                decoded.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&decoded).into_owned()
 }
 
 /// Default per-invocation wall-clock limit.
@@ -235,6 +260,11 @@ mod tests {
         assert!(s.models.is_empty(), "no models unless granted");
         o.apply(&SettingsPatch::from_query("models=digits,text").expect("list"));
         assert_eq!(o.resolve(&defaults).models, ["digits", "text"]);
+        // As `glia deploy --models a,b` (reqwest) encodes it.
+        o.apply(&SettingsPatch::from_query("models=digits%2Cintent-head").expect("encoded"));
+        assert_eq!(o.resolve(&defaults).models, ["digits", "intent-head"]);
+        let patch = SettingsPatch::from_query("timeout_%6Ds=5&memory_mb=%zz").expect_err("bad");
+        assert!(patch.contains("memory_mb"), "{patch}");
         let bad = Settings {
             models: vec!["Bad_Name".into()],
             ..Settings::default()
