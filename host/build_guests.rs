@@ -31,17 +31,38 @@ pub fn build(workspace: &Path, crates: &[&str], out: &Path) {
     }
     watch_shared_sources();
     ensure_target();
-    let target_dir = guest_target_dir();
+    cargo_build(&workspace.join("Cargo.toml"), crates);
+    std::fs::create_dir_all(out).expect("creating the guest output directory");
+    for krate in crates {
+        copy_component(krate, &out.join(format!("{krate}.wasm")));
+    }
+}
+
+/// Builds the standalone crate `krate` in `dir` (a workspace of its own,
+/// as `glia new` writes one) the same way, and copies its component to
+/// `dest`. Its own sources are the caller's to watch.
+#[allow(dead_code, reason = "used by the tests' build script only")]
+pub fn build_standalone(dir: &Path, krate: &str, dest: &Path) {
+    watch_shared_sources();
+    ensure_target();
+    cargo_build(&dir.join("Cargo.toml"), &[]);
+    copy_component(krate, dest);
+}
+
+/// `cargo build --release --locked --target wasm32-wasip2` of `packages` of
+/// the workspace at `manifest` (all of them when empty), into the shared
+/// guest target directory.
+fn cargo_build(manifest: &Path, packages: &[&str]) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let mut cmd = Command::new(cargo);
     cmd.arg("build")
         .arg("--manifest-path")
-        .arg(workspace.join("Cargo.toml"))
+        .arg(manifest)
         .args(["--release", "--locked", "--target", TARGET])
         .arg("--target-dir")
-        .arg(&target_dir);
-    for krate in crates {
-        cmd.args(["-p", krate]);
+        .arg(guest_target_dir());
+    for package in packages {
+        cmd.args(["-p", package]);
     }
     // The outer build's flags and wrappers (clippy, coverage) are for the
     // host; the guests build plainly.
@@ -55,29 +76,25 @@ pub fn build(workspace: &Path, crates: &[&str], out: &Path) {
     ] {
         cmd.env_remove(var);
     }
-    let status = cmd.status().unwrap_or_else(|e| {
-        panic!(
-            "running cargo to build the guests in {}: {e}",
-            workspace.display()
-        )
-    });
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("running cargo to build {}: {e}", manifest.display()));
     assert!(
         status.success(),
-        "building the guest components in {} failed; is the {TARGET} target installed? \
+        "building the guest components of {} failed; is the {TARGET} target installed? \
          (`rustup target add {TARGET}`)",
-        workspace.display()
+        manifest.display()
     );
-    std::fs::create_dir_all(out).expect("creating the guest output directory");
-    for krate in crates {
-        let name = krate.replace('-', "_");
-        let built = target_dir
-            .join(TARGET)
-            .join("release")
-            .join(format!("{name}.wasm"));
-        let dest = out.join(format!("{krate}.wasm"));
-        std::fs::copy(&built, &dest)
-            .unwrap_or_else(|e| panic!("copying {} to {}: {e}", built.display(), dest.display()));
-    }
+}
+
+/// Copies the built component of crate `krate` to `dest`.
+fn copy_component(krate: &str, dest: &Path) {
+    let built = guest_target_dir()
+        .join(TARGET)
+        .join("release")
+        .join(format!("{}.wasm", krate.replace('-', "_")));
+    std::fs::copy(&built, dest)
+        .unwrap_or_else(|e| panic!("copying {} to {}: {e}", built.display(), dest.display()));
 }
 
 /// Asks cargo to rebuild when what every guest may build from changes: the

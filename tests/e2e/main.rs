@@ -9,6 +9,7 @@
     reason = "tests fail loudly"
 )]
 
+mod authoring;
 mod billing;
 mod control;
 mod embed;

@@ -33,6 +33,33 @@ pub const DIGITS_HELDOUT: &str = include_str!("../../functions/classify-digits/m
 /// Fixture crates the build compiled.
 pub const FIXTURES: &str = env!("GLIA_FIXTURES");
 
+// `TEMPLATES`, `EXAMPLES` and `PORTABLE`: the guests written for authors
+// (and one without the SDK), as the build generated and compiled them.
+include!(concat!(env!("OUT_DIR"), "/authoring.rs"));
+
+/// The `intent-pipeline` example's classifier, trained by
+/// `examples/intent-pipeline/model/train.py`.
+pub const INTENT_HEAD_ONNX: &[u8] =
+    include_bytes!("../../examples/intent-pipeline/model/intent-head.onnx");
+
+/// A `glia new` template's component, as the suite built it.
+pub fn template(name: &str) -> &'static [u8] {
+    TEMPLATES
+        .iter()
+        .find(|(template, _, _)| *template == name)
+        .map(|(_, _, wasm)| *wasm)
+        .expect("a template")
+}
+
+/// An example's component.
+pub fn example(name: &str) -> &'static [u8] {
+    EXAMPLES
+        .iter()
+        .find(|(example, _)| *example == name)
+        .map(|(_, wasm)| *wasm)
+        .expect("an example")
+}
+
 /// A built-in function's component, as embedded in the binary.
 pub fn builtin(name: &str) -> &'static [u8] {
     glia_host::builtins::BUILTINS
