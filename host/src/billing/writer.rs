@@ -1,15 +1,19 @@
 //! Group commit: one thread owns ledger writes and commits whatever has
 //! queued up in one transaction.
 //!
+//! Callers push records onto a shared queue under a mutex, and only wake the
+//! writer when it is idle: a record that arrives while a commit is running
+//! simply joins the next one, with no system call on the request path.
+//!
 //! In `strict` mode a caller waits for the commit that carries its record
-//! (many callers share one commit, so the cost of a durable write is spread
-//! over everything that arrived meanwhile). In `batched` mode nobody waits:
-//! records are committed together at least every `flush_interval`, and a
-//! crash loses at most that window.
+//! (many callers share one commit, so a durable write's cost is spread over
+//! everything that arrived meanwhile). In `batched` mode nobody waits and
+//! the writer is woken at most once per `flush_interval`: records are
+//! committed together at least that often, and a crash loses at most that
+//! window.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -17,20 +21,34 @@ use tokio::sync::oneshot;
 use super::{InvocationRecord, Ledger, LedgerError};
 use crate::config::Durability;
 
-/// Most records one transaction carries.
-const MAX_BATCH: usize = 4096;
+type Ack = oneshot::Sender<Result<(), String>>;
 
-enum Message {
-    Record(
-        Box<InvocationRecord>,
-        Option<oneshot::Sender<Result<(), String>>>,
-    ),
-    Flush(oneshot::Sender<Result<(), String>>),
+/// The queue between callers and the writer thread.
+#[derive(Default)]
+struct Queue {
+    records: Vec<InvocationRecord>,
+    acks: Vec<Ack>,
+    /// A flush was asked for: commit now, whatever the mode.
+    flush: bool,
+    /// The writer is waiting for work (a push must wake it).
+    idle: bool,
+    closed: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// Hands records to the ledger's writer thread.
 pub struct LedgerWriter {
-    tx: Sender<Message>,
+    shared: Arc<Shared>,
     durability: Durability,
     ledger: Arc<dyn Ledger>,
     stats: Arc<WriterStats>,
@@ -50,6 +68,10 @@ pub struct WriterStats {
     pub failures: AtomicU64,
 }
 
+fn closed() -> LedgerError {
+    LedgerError::Closed("the ledger writer has stopped".into())
+}
+
 impl LedgerWriter {
     /// Starts the writer thread over `ledger`.
     pub fn start(
@@ -57,17 +79,19 @@ impl LedgerWriter {
         durability: Durability,
         flush_interval: Duration,
     ) -> std::io::Result<Self> {
-        let (tx, rx) = channel();
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+        });
         let stats = Arc::new(WriterStats::default());
         let thread = std::thread::Builder::new()
             .name("glia-ledger".into())
             .spawn({
-                let ledger = ledger.clone();
-                let stats = stats.clone();
-                move || run(&*ledger, &rx, durability, flush_interval, &stats)
+                let (ledger, shared, stats) = (ledger.clone(), shared.clone(), stats.clone());
+                move || run(&*ledger, &shared, durability, flush_interval, &stats)
             })?;
         Ok(Self {
-            tx,
+            shared,
             durability,
             ledger,
             stats,
@@ -87,24 +111,37 @@ impl LedgerWriter {
         self.durability
     }
 
+    /// Queues a record (with an acknowledgement to send once committed);
+    /// wakes the writer only if it is idle and should start now.
+    fn push(&self, record: InvocationRecord, ack: Option<Ack>) -> Result<(), LedgerError> {
+        let mut q = self.shared.lock();
+        if q.closed {
+            return Err(closed());
+        }
+        let was_empty = q.records.is_empty();
+        q.records.push(record);
+        q.acks.extend(ack);
+        // Strict: an idle writer starts a commit at once. Batched: an idle
+        // writer starts its interval when the first record arrives.
+        let wake = q.idle && (self.durability == Durability::Strict || was_empty);
+        self.stats.pending.fetch_add(1, Ordering::Relaxed);
+        drop(q);
+        if wake {
+            self.shared.wake.notify_one();
+        }
+        Ok(())
+    }
+
     /// Records an invocation. In `strict` mode this returns once the record
     /// is committed; in `batched` mode at once.
     pub async fn record(&self, record: InvocationRecord) -> Result<(), LedgerError> {
-        self.stats.pending.fetch_add(1, Ordering::Relaxed);
         match self.durability {
-            crate::config::Durability::Batched => {
-                self.tx
-                    .send(Message::Record(Box::new(record), None))
-                    .map_err(|_| LedgerError::Closed("the ledger writer has stopped".into()))?;
-                Ok(())
-            }
-            crate::config::Durability::Strict => {
+            Durability::Batched => self.push(record, None),
+            Durability::Strict => {
                 let (ack, done) = oneshot::channel();
-                self.tx
-                    .send(Message::Record(Box::new(record), Some(ack)))
-                    .map_err(|_| LedgerError::Closed("the ledger writer has stopped".into()))?;
+                self.push(record, Some(ack))?;
                 done.await
-                    .map_err(|_| LedgerError::Closed("the ledger writer has stopped".into()))?
+                    .map_err(|_| closed())?
                     .map_err(LedgerError::Closed)
             }
         }
@@ -113,12 +150,7 @@ impl LedgerWriter {
     /// Records without waiting, whatever the mode (for calls whose caller
     /// is gone).
     pub fn record_detached(&self, record: InvocationRecord) {
-        self.stats.pending.fetch_add(1, Ordering::Relaxed);
-        if self
-            .tx
-            .send(Message::Record(Box::new(record), None))
-            .is_err()
-        {
+        if self.push(record, None).is_err() {
             tracing::error!("the ledger writer has stopped; a record was lost");
         }
     }
@@ -126,20 +158,26 @@ impl LedgerWriter {
     /// Commits everything handed over so far.
     pub async fn flush(&self) -> Result<(), LedgerError> {
         let (ack, done) = oneshot::channel();
-        self.tx
-            .send(Message::Flush(ack))
-            .map_err(|_| LedgerError::Closed("the ledger writer has stopped".into()))?;
+        {
+            let mut q = self.shared.lock();
+            if q.closed {
+                return Err(closed());
+            }
+            q.acks.push(ack);
+            q.flush = true;
+        }
+        self.shared.wake.notify_one();
         done.await
-            .map_err(|_| LedgerError::Closed("the ledger writer has stopped".into()))?
+            .map_err(|_| closed())?
             .map_err(LedgerError::Closed)
     }
 }
 
 impl Drop for LedgerWriter {
     fn drop(&mut self) {
-        // Closing the channel makes the thread commit what is left and stop.
-        let (tx, _) = channel();
-        drop(std::mem::replace(&mut self.tx, tx));
+        // The thread commits what is left and stops.
+        self.shared.lock().closed = true;
+        self.shared.wake.notify_one();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -148,82 +186,57 @@ impl Drop for LedgerWriter {
 
 fn run(
     ledger: &dyn Ledger,
-    rx: &Receiver<Message>,
+    shared: &Shared,
     durability: Durability,
     flush_interval: Duration,
     stats: &WriterStats,
 ) {
-    let mut batch: Vec<InvocationRecord> = Vec::new();
-    let mut acks: Vec<oneshot::Sender<Result<(), String>>> = Vec::new();
     loop {
-        // Wait for the first message of the next batch.
-        let Ok(first) = rx.recv() else { return };
-        let mut closed = false;
-        let take = |m: Message, batch: &mut Vec<_>, acks: &mut Vec<_>| match m {
-            Message::Record(r, ack) => {
-                batch.push(*r);
-                acks.extend(ack);
+        let (records, acks, stop) = {
+            let mut q = shared.lock();
+            // Wait for work.
+            while q.records.is_empty() && q.acks.is_empty() && !q.closed {
+                q.idle = true;
+                q = shared.wake.wait(q).unwrap_or_else(|p| p.into_inner());
             }
-            Message::Flush(ack) => acks.push(ack),
-        };
-        let first_is_flush = matches!(first, Message::Flush(_));
-        take(first, &mut batch, &mut acks);
-        match durability {
-            // Everything already queued joins this commit.
-            Durability::Strict => {
-                while batch.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(m) => take(m, &mut batch, &mut acks),
-                        Err(std::sync::mpsc::TryRecvError::Empty) => break,
-                        Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                            closed = true;
-                            break;
-                        }
-                    }
-                }
-            }
-            // Collect for up to the flush interval (a flush request ends
-            // the wait early).
-            Durability::Batched => {
+            // Batched: let the interval fill up (a flush or close ends it).
+            if durability == Durability::Batched {
                 let deadline = Instant::now() + flush_interval;
-                let mut flush_now = first_is_flush;
-                while batch.len() < MAX_BATCH && !flush_now {
+                while !q.flush && !q.closed {
                     let left = deadline.saturating_duration_since(Instant::now());
-                    match rx.recv_timeout(left) {
-                        Ok(m) => {
-                            let is_flush = matches!(m, Message::Flush(_));
-                            take(m, &mut batch, &mut acks);
-                            flush_now = is_flush;
-                        }
-                        Err(RecvTimeoutError::Timeout) => break,
-                        Err(RecvTimeoutError::Disconnected) => {
-                            closed = true;
-                            break;
-                        }
+                    if left.is_zero() {
+                        break;
                     }
+                    q.idle = false;
+                    q = shared
+                        .wake
+                        .wait_timeout(q, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
                 }
             }
-        }
-        let result = if batch.is_empty() {
+            q.idle = false;
+            q.flush = false;
+            (
+                std::mem::take(&mut q.records),
+                std::mem::take(&mut q.acks),
+                q.closed,
+            )
+        };
+        let result = if records.is_empty() {
             Ok(())
         } else {
-            commit(ledger, &batch, stats)
+            commit(ledger, &records, stats)
         };
-        let n = batch.len() as u64;
-        stats.pending.fetch_sub(n, Ordering::Relaxed);
-        batch.clear();
-        for ack in acks.drain(..) {
+        stats
+            .pending
+            .fetch_sub(records.len() as u64, Ordering::Relaxed);
+        for ack in acks {
             let _ = ack.send(result.clone());
         }
-        if closed {
-            // Commit stragglers, then stop.
-            let rest: Vec<InvocationRecord> = rx
-                .try_iter()
-                .filter_map(|m| match m {
-                    Message::Record(r, _) => Some(*r),
-                    Message::Flush(_) => None,
-                })
-                .collect();
+        if stop {
+            // Anything queued after the last take, then stop.
+            let rest = std::mem::take(&mut shared.lock().records);
             if !rest.is_empty() {
                 let _ = commit(ledger, &rest, stats);
             }
@@ -240,7 +253,8 @@ fn commit(
     stats: &WriterStats,
 ) -> Result<(), String> {
     let mut delay = Duration::from_millis(10);
-    for attempt in 1..=5 {
+    let mut attempt = 1;
+    loop {
         match ledger.append(batch) {
             Ok(()) => {
                 stats
@@ -249,7 +263,7 @@ fn commit(
                 stats.commits.fetch_add(1, Ordering::Relaxed);
                 return Ok(());
             }
-            Err(e) if attempt == 5 => {
+            Err(e) if attempt >= 5 => {
                 stats.failures.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, records = batch.len(), "ledger commit failed");
                 return Err(e.to_string());
@@ -258,8 +272,109 @@ fn commit(
                 tracing::warn!(error = %e, attempt, "ledger commit failed; retrying");
                 std::thread::sleep(delay);
                 delay *= 2;
+                attempt += 1;
             }
         }
     }
-    Err("unreachable".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::billing::{Outcome, SqliteLedger};
+
+    fn record(i: u32) -> InvocationRecord {
+        InvocationRecord {
+            id: format!("id-{i:06}"),
+            tenant: "default".into(),
+            function: "f".into(),
+            version: 1,
+            started_at_ms: i64::from(i),
+            status: 200,
+            outcome: Outcome::Ok,
+            usage: Default::default(),
+            billed_ms: 1,
+            memory_mb_ms: 128,
+            plan_version: 1,
+            currency: "USD".into(),
+            cost: Default::default(),
+            nn: Default::default(),
+        }
+    }
+
+    fn ledger() -> (tempfile::TempDir, Arc<dyn Ledger>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ledger = SqliteLedger::open(&dir.path().join("ledger.db"), true).expect("opens");
+        (dir, Arc::new(ledger))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn strict_records_are_committed_before_record_returns_and_grouped() {
+        let (_dir, ledger) = ledger();
+        let writer = Arc::new(
+            LedgerWriter::start(ledger.clone(), Durability::Strict, Duration::from_secs(60))
+                .expect("starts"),
+        );
+        let calls: Vec<_> = (0..200)
+            .map(|i| {
+                let writer = writer.clone();
+                let ledger = ledger.clone();
+                tokio::spawn(async move {
+                    writer.record(record(i)).await.expect("recorded");
+                    // Committed by the time record() returned.
+                    assert!(ledger.get(&format!("id-{i:06}")).expect("reads").is_some());
+                })
+            })
+            .collect();
+        for c in calls {
+            c.await.expect("task");
+        }
+        let stats = writer.stats();
+        assert_eq!(stats.written.load(Ordering::Relaxed), 200);
+        assert!(
+            stats.commits.load(Ordering::Relaxed) < 200,
+            "concurrent records share commits"
+        );
+        assert_eq!(stats.pending.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn batched_records_wait_for_the_interval_or_a_flush() {
+        let (_dir, ledger) = ledger();
+        let writer =
+            LedgerWriter::start(ledger.clone(), Durability::Batched, Duration::from_secs(60))
+                .expect("starts");
+        for i in 0..10 {
+            writer.record(record(i)).await.expect("queued");
+        }
+        assert!(ledger.get("id-000000").expect("reads").is_none(), "not yet");
+        writer.flush().await.expect("flushed");
+        assert_eq!(ledger.records(0, 100).expect("reads").len(), 10);
+        assert_eq!(writer.stats().commits.load(Ordering::Relaxed), 1);
+
+        // And without a flush, within the interval.
+        let writer = LedgerWriter::start(
+            ledger.clone(),
+            Durability::Batched,
+            Duration::from_millis(20),
+        )
+        .expect("starts");
+        writer.record(record(50)).await.expect("queued");
+        let started = Instant::now();
+        while ledger.get("id-000050").expect("reads").is_none() {
+            assert!(started.elapsed() < Duration::from_secs(2), "never written");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn dropping_the_writer_commits_what_is_queued() {
+        let (_dir, ledger) = ledger();
+        let writer =
+            LedgerWriter::start(ledger.clone(), Durability::Batched, Duration::from_secs(60))
+                .expect("starts");
+        writer.record(record(1)).await.expect("queued");
+        drop(writer);
+        assert!(ledger.get("id-000001").expect("reads").is_some());
+    }
 }
