@@ -2,7 +2,9 @@
 # Requests per second of a no-op HTTP handler on three servers:
 #
 #   1. native hyper   `host/examples/native_hello.rs`, route `/`
-#   2. glia           `hostile.wasm` deployed as `noop`, route `/fn/noop/ok`
+#   2. glia           `hostile.wasm` deployed as `noop`, route `/fn/noop/ok`;
+#                     three runs: metering off (like for like with wasmtime
+#                     serve), then `batched` and `strict` billing durability
 #   3. wasmtime serve the same `hostile.wasm`, route `/ok`
 #
 # Every handler answers `200 ok`. Each server runs alone, pinned to core 0
@@ -174,19 +176,29 @@ check_ok "http://$NATIVE_ADDR/"
 measure "native hyper" "http://$NATIVE_ADDR/"
 stop_server
 
-# 2. glia
-log "starting glia on $GLIA_ADDR"
-mkdir "$WORK/glia-data"
-COMMANDS+=("GLIA_LOG=warn TOKIO_WORKER_THREADS=1 taskset -c $SERVER_CPU $GLIA serve --listen $GLIA_ADDR --data-dir \$(mktemp -d)")
-GLIA_LOG=warn TOKIO_WORKER_THREADS=1 taskset -c "$SERVER_CPU" \
-    "$GLIA" serve --listen "$GLIA_ADDR" --data-dir "$WORK/glia-data" \
-    >"$WORK/glia.log" 2>&1 &
-SERVER_PID=$!
-wait_ready "http://$GLIA_ADDR/v1/functions"
-run "$GLIA" deploy "$COMPONENT" --name noop --url "http://$GLIA_ADDR" >&2
-check_ok "http://$GLIA_ADDR/fn/noop/ok"
-measure "glia" "http://$GLIA_ADDR/fn/noop/ok"
-stop_server
+# 2. glia: without metering (like for like with wasmtime serve), then with
+# each billing durability. Every thread of the server, the ledger writer's
+# included, shares the server's core.
+glia_run() {
+    local name=$1 billing=$2 dir config
+    dir=$(mktemp -d -p "$WORK")
+    config="$dir/platform.toml"
+    printf '[billing]\n%s\n' "$billing" >"$config"
+    log "starting $name on $GLIA_ADDR"
+    COMMANDS+=("GLIA_LOG=warn TOKIO_WORKER_THREADS=1 taskset -c $SERVER_CPU $GLIA serve --listen $GLIA_ADDR --data-dir \$(mktemp -d) --config <($billing)")
+    GLIA_LOG=warn TOKIO_WORKER_THREADS=1 taskset -c "$SERVER_CPU" \
+        "$GLIA" serve --listen "$GLIA_ADDR" --data-dir "$dir/data" --config "$config" \
+        >"$dir/glia.log" 2>&1 &
+    SERVER_PID=$!
+    wait_ready "http://$GLIA_ADDR/v1/functions"
+    run "$GLIA" deploy "$COMPONENT" --name noop --url "http://$GLIA_ADDR" >&2
+    check_ok "http://$GLIA_ADDR/fn/noop/ok"
+    measure "$name" "http://$GLIA_ADDR/fn/noop/ok"
+    stop_server
+}
+glia_run "glia" "enabled = false"
+glia_run "glia, metering batched" 'durability = "batched"'
+glia_run "glia, metering strict" 'durability = "strict"'
 
 # 3. wasmtime serve: pooling allocator, a fresh instance per request
 # (--max-instance-reuse-count 1, also wasmtime's default for WASIp2

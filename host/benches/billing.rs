@@ -78,11 +78,17 @@ fn main() {
         ("off", Box::new(|c| c.billing.enabled = false)),
         (
             "batched",
-            Box::new(|c| c.billing.durability = Durability::Batched),
+            Box::new(|c| {
+                c.billing.enabled = true;
+                c.billing.durability = Durability::Batched;
+            }),
         ),
         (
             "strict",
-            Box::new(|c| c.billing.durability = Durability::Strict),
+            Box::new(|c| {
+                c.billing.enabled = true;
+                c.billing.durability = Durability::Strict;
+            }),
         ),
     ];
     let benches: Vec<_> = modes

@@ -118,8 +118,9 @@ async fn models_are_denied_unless_granted_on(backend: Backend) {
     let pixels = json!(vec![0; 64]);
     let (status, out) = classify(&server, &pixels).await;
     assert_eq!(status, 503, "{out}");
+    assert_eq!(out["wasi_nn_error"], "not-found", "{out}");
     assert!(
-        out["detail"].as_str().unwrap().contains("NotFound"),
+        out["detail"].as_str().unwrap().contains("not-found"),
         "{out}"
     );
 

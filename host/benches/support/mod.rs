@@ -31,6 +31,9 @@ pub fn platform_with(install_builtins: bool, tweak: impl FnOnce(&mut Config)) ->
     config.server.install_builtins = install_builtins;
     config.runtime.max_instances = 64;
     config.scheduler.max_in_flight = 64;
+    // The call path is measured without metering; `benches/billing.rs`
+    // measures what metering adds.
+    config.billing.enabled = false;
     tweak(&mut config);
     let platform = rt.block_on(Platform::open(config)).expect("platform opens");
     Bench {
