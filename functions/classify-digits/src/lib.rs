@@ -5,10 +5,11 @@
 //! scikit-learn's digits dataset) and get
 //! `{"label": 0-9, "probabilities": [10 numbers]}`. A malformed body gets
 //! `400` with the reason (`413` over 64 KiB); a model that is unavailable or
-//! fails gets `503` or `500` with the `wasi:nn` error code. Answers carry
+//! fails gets `503` or `500` with the `wasi:nn` error code (in `detail` and
+//! `wasi_nn_error`). Answers carry
 //! `server-timing: infer;dur=<ms>`, the time spent in `compute`.
 
-use glia_sdk::nn::{self, Model, Tensor};
+use glia_sdk::nn::{Model, Tensor};
 use glia_sdk::{Error, Request, Response, handler, ops};
 use serde::{Deserialize, Serialize};
 
@@ -32,11 +33,9 @@ struct Output {
 #[handler(max_body = 64 * 1024)]
 fn classify(request: Request) -> Result<Response, Error> {
     let pixels = pixels(request.body())?;
-    let model = Model::load(MODEL).map_err(nn_failure("loading the model"))?;
+    let model = Model::load(MODEL)?;
     let input = Tensor::from_f32(&[1, PIXELS as u32], &pixels)?;
-    let outputs = model
-        .infer([("pixels", &input)])
-        .map_err(nn_failure("running the model"))?;
+    let outputs = model.infer([("pixels", &input)])?;
     let probabilities = outputs
         .at(0)?
         .to_f32()
@@ -47,16 +46,6 @@ fn classify(request: Request) -> Result<Response, Error> {
         label,
         probabilities,
     })
-}
-
-/// A wasi:nn failure with the SDK's status (`503` for a model that is not
-/// there, `400` for inputs it refuses, else `500`) and the detail this
-/// function has always given: `{what}: wasi-nn error NotFound: {message}`.
-fn nn_failure(what: &str) -> impl FnOnce(nn::Error) -> Error + '_ {
-    move |e| {
-        let detail = format!("{what}: wasi-nn error {:?}: {}", e.code(), e.message());
-        Error::new(Error::from(e).status(), detail)
-    }
 }
 
 /// The 64 pixel values of a request body, checked.
@@ -106,7 +95,7 @@ mod tests {
         assert!(
             response
                 .detail()
-                .starts_with("loading the model: wasi-nn error UnsupportedOperation: "),
+                .starts_with("loading model `digits`: wasi-nn error unsupported-operation: "),
             "{response}"
         );
     }
