@@ -30,7 +30,6 @@ mod tensor;
 mod wasi;
 
 use std::fmt;
-use std::time::Instant;
 
 pub use tensor::{Element, Tensor, TensorType};
 
@@ -205,14 +204,13 @@ impl Model {
 
     /// Runs the model on `inputs`: `[("name", &tensor), ...]` by input
     /// name, or `[&tensor, ...]` in the model's input order (also a single
-    /// `&tensor`, or a `Vec` of either). Its time is added to the call's
-    /// `infer` timing.
+    /// `&tensor`, or a `Vec` of either). The time the host's `compute` took
+    /// is added to the call's `infer` timing.
     pub fn infer<'a>(&self, inputs: impl Inputs<'a>) -> Result<Outputs, Error> {
         let context = format!("running model `{}`", self.name);
         let inputs = inputs.into_named();
-        let started = Instant::now();
-        let outputs = self.graph.compute(&inputs, &context)?;
-        crate::timing::record("infer", started.elapsed());
+        let (outputs, took) = self.graph.compute(&inputs, &context)?;
+        crate::timing::record("infer", took);
         Ok(Outputs {
             model: self.name.clone(),
             tensors: outputs,

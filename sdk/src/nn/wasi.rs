@@ -24,6 +24,8 @@ use bindings::wasi::nn::graph::{self, ExecutionTarget, GraphEncoding};
 use bindings::wasi::nn::inference::GraphExecutionContext;
 use bindings::wasi::nn::tensor::{Tensor as WasiTensor, TensorType as WasiType};
 
+use std::time::Duration;
+
 use super::{Encoding, Error, ErrorCode, Target, Tensor, TensorType};
 
 /// A loaded graph and its execution context.
@@ -80,11 +82,13 @@ impl Graph {
         })
     }
 
+    /// Runs the graph; the outputs and the time `compute` itself took
+    /// (tensors moving in and out of the host not included).
     pub(super) fn compute(
         &self,
         inputs: &[(String, &Tensor)],
         context: &str,
-    ) -> Result<Vec<(String, Tensor)>, Error> {
+    ) -> Result<(Vec<(String, Tensor)>, Duration), Error> {
         let inputs = inputs
             .iter()
             .map(|(name, tensor)| {
@@ -92,11 +96,11 @@ impl Graph {
                 (name.clone(), wasi)
             })
             .collect();
-        let outputs = self
-            .context
-            .compute(inputs)
-            .map_err(|e| error(context, &e))?;
-        outputs
+        let started = crate::timing::now();
+        let outputs = self.context.compute(inputs);
+        let took = crate::timing::since(started);
+        let outputs = outputs.map_err(|e| error(context, &e))?;
+        let outputs = outputs
             .into_iter()
             .map(|(name, tensor)| {
                 let ty = sdk_type(tensor.ty());
@@ -114,7 +118,8 @@ impl Graph {
                         )
                     })
             })
-            .collect()
+            .collect::<Result<_, _>>()?;
+        Ok((outputs, took))
     }
 }
 
