@@ -49,6 +49,49 @@ pub fn build_standalone(dir: &Path, krate: &str, dest: &Path) {
     copy_component(krate, dest);
 }
 
+/// Compiles the native unit tests of the standalone crate in `dir` into
+/// `target_dir` (`cargo test --no-run --locked`) and returns the test
+/// executables, for a test to run.
+#[allow(dead_code, reason = "used by the tests' build script only")]
+pub fn build_native_tests(dir: &Path, target_dir: &Path) -> Vec<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["test", "--no-run", "--locked", "--message-format=json"])
+        .arg("--manifest-path")
+        .arg(dir.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(target_dir);
+    for var in [
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_RUSTFLAGS",
+    ] {
+        cmd.env_remove(var);
+    }
+    let output = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running cargo test in {}: {e}", dir.display()));
+    assert!(
+        output.status.success(),
+        "compiling the tests of {} failed:\n{}",
+        dir.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // One JSON message per line; test targets carry their `executable`.
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| line.contains("\"test\":true"))
+        .filter_map(|line| {
+            let start = line.find("\"executable\":\"")? + "\"executable\":\"".len();
+            let end = start + line.get(start..)?.find('"')?;
+            line.get(start..end).map(PathBuf::from)
+        })
+        .collect()
+}
+
 /// `cargo build --release --locked --target wasm32-wasip2` of `packages` of
 /// the workspace at `manifest` (all of them when empty), into the shared
 /// guest target directory.

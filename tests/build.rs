@@ -71,19 +71,22 @@ fn main() {
             .join("templates")
             .join(format!("{}.wasm", template.name));
         guests::build_standalone(&dir, &name, &wasm);
-        built.push((template.name, dir, wasm));
+        // Its own unit tests, compiled natively as `cargo test` would.
+        let tests = guests::build_native_tests(&dir, &guests::target_root().join("templates"));
+        built.push((template.name, dir, wasm, tests));
     }
 
     // `glia_e2e::{TEMPLATES, EXAMPLES, PORTABLE}`.
     let mut code = String::from(
         "/// Every `glia new` template as the suite generated and built it: \
-         `(template, generated crate, component)`.\n\
-         pub const TEMPLATES: &[(&str, &str, &[u8])] = &[\n",
+         `(template, generated crate, component, native test executables)`.\n\
+         pub const TEMPLATES: &[(&str, &str, &[u8], &[&str])] = &[\n",
     );
-    for (template, dir, wasm) in &built {
+    for (template, dir, wasm, tests) in &built {
+        let tests: Vec<String> = tests.iter().map(|t| t.display().to_string()).collect();
         writeln!(
             code,
-            "    ({template:?}, {:?}, include_bytes!({:?})),",
+            "    ({template:?}, {:?}, include_bytes!({:?}), &{tests:?}),",
             dir.display().to_string(),
             wasm.display().to_string()
         )

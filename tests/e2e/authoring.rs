@@ -24,7 +24,7 @@ const INTENT_REFERENCE: &str = include_str!("../../examples/intent-pipeline/mode
 #[test]
 fn guests_are_all_tested() {
     // Each template and example the build compiled has a test below.
-    let templates: Vec<&str> = TEMPLATES.iter().map(|(name, _, _)| *name).collect();
+    let templates: Vec<&str> = TEMPLATES.iter().map(|(name, _, _, _)| *name).collect();
     assert_eq!(
         templates,
         ["http", "classify", "embed"],
@@ -104,7 +104,7 @@ fn files(dir: &Path) -> Vec<PathBuf> {
 #[tokio::test]
 async fn glia_new_writes_the_crates_the_suite_built() {
     let temp = tempfile::tempdir().unwrap();
-    for (name, built, _) in TEMPLATES {
+    for (name, built, _, _) in TEMPLATES {
         let function = format!("template-{name}");
         let dir = temp.path().join(name);
         let cli = glia_host::cli::Cli::try_parse_from([
@@ -143,6 +143,24 @@ async fn glia_new_writes_the_crates_the_suite_built() {
     assert!(
         glia_host::cli::Cli::try_parse_from(["glia", "new", "x", "--template", "gan"]).is_err()
     );
+}
+
+#[test]
+fn the_templates_own_tests_pass() {
+    // `cargo test` in a new crate: compiled natively by the build script.
+    for (name, _, _, tests) in TEMPLATES {
+        assert!(!tests.is_empty(), "{name}: no test executable");
+        for test in *tests {
+            let out = std::process::Command::new(test).output().unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "{name}: {stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(stdout.contains("test result: ok"), "{name}: {stdout}");
+        }
+    }
 }
 
 #[tokio::test]

@@ -46,8 +46,8 @@ pub const INTENT_HEAD_ONNX: &[u8] =
 pub fn template(name: &str) -> &'static [u8] {
     TEMPLATES
         .iter()
-        .find(|(template, _, _)| *template == name)
-        .map(|(_, _, wasm)| *wasm)
+        .find(|(template, _, _, _)| *template == name)
+        .map(|(_, _, wasm, _)| *wasm)
         .expect("a template")
 }
 
