@@ -22,7 +22,10 @@ struct Greeting {
 #[handler]
 fn handle(request: Request) -> Result<Response, Error> {
     if request.path() != "/" {
-        return Err(Error::not_found(format!("no endpoint at {}", request.path())));
+        return Err(Error::not_found(format!(
+            "no endpoint at {}",
+            request.path()
+        )));
     }
     let name = match request.method() {
         Method::Get => request
@@ -49,7 +52,10 @@ mod tests {
         let request = Request::post("/")
             .with_json(&serde_json::json!({"name": "Bob"}))
             .unwrap();
-        assert_eq!(handle(request).unwrap().body(), br#"{"message":"Hello, Bob!"}"#);
+        assert_eq!(
+            handle(request).unwrap().body(),
+            br#"{"message":"Hello, Bob!"}"#
+        );
     }
 
     #[test]
