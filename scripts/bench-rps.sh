@@ -185,7 +185,8 @@ glia_run() {
     config="$dir/platform.toml"
     printf '[billing]\n%s\n' "$billing" >"$config"
     log "starting $name on $GLIA_ADDR"
-    COMMANDS+=("GLIA_LOG=warn TOKIO_WORKER_THREADS=1 taskset -c $SERVER_CPU $GLIA serve --listen $GLIA_ADDR --data-dir \$(mktemp -d) --config <($billing)")
+    COMMANDS+=("printf '[billing]\\n%s\\n' '$billing' > platform.toml")
+    COMMANDS+=("GLIA_LOG=warn TOKIO_WORKER_THREADS=1 taskset -c $SERVER_CPU $GLIA serve --listen $GLIA_ADDR --data-dir \$(mktemp -d) --config platform.toml")
     GLIA_LOG=warn TOKIO_WORKER_THREADS=1 taskset -c "$SERVER_CPU" \
         "$GLIA" serve --listen "$GLIA_ADDR" --data-dir "$dir/data" --config "$config" \
         >"$dir/glia.log" 2>&1 &
