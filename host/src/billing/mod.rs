@@ -142,8 +142,10 @@ fn ceil_ms(us: u64) -> u64 {
 }
 
 /// Prices `usage` under `plan`: the billed milliseconds and the cost.
+/// Calls that ran nothing cost nothing: rejected ones, and failures before
+/// the guest started (a platform fault is not the caller's).
 pub fn price(plan: &PricePlan, outcome: Outcome, usage: &Usage) -> (u64, Cost) {
-    if outcome == Outcome::Rejected {
+    if outcome == Outcome::Rejected || (outcome == Outcome::Error && usage.run_us == 0) {
         return (0, Cost::default());
     }
     let billed_ms = ceil_ms(usage.run_us).max(1);
@@ -284,6 +286,17 @@ mod tests {
         };
         let (billed, cost) = price(&plan(), Outcome::Rejected, &usage);
         assert_eq!((billed, cost), (0, Cost::default()));
+        // A platform failure before the guest ran is not billed either...
+        let never_ran = Usage {
+            memory_mb: 128,
+            ..Usage::default()
+        };
+        assert_eq!(
+            price(&plan(), Outcome::Error, &never_ran),
+            (0, Cost::default())
+        );
+        // ...but a guest that ran and then failed is.
+        assert_eq!(price(&plan(), Outcome::Error, &usage).0, 5);
     }
 
     #[test]
