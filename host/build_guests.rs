@@ -54,23 +54,12 @@ pub fn build_standalone(dir: &Path, krate: &str, dest: &Path) {
 /// executables, for a test to run.
 #[allow(dead_code, reason = "used by the tests' build script only")]
 pub fn build_native_tests(dir: &Path, target_dir: &Path) -> Vec<PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    let mut cmd = Command::new(cargo);
+    let mut cmd = plain_cargo();
     cmd.args(["test", "--no-run", "--locked", "--message-format=json"])
         .arg("--manifest-path")
         .arg(dir.join("Cargo.toml"))
         .arg("--target-dir")
         .arg(target_dir);
-    for var in [
-        "RUSTC_WORKSPACE_WRAPPER",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "RUSTFLAGS",
-        "CARGO_BUILD_TARGET",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_RUSTFLAGS",
-    ] {
-        cmd.env_remove(var);
-    }
     let output = cmd
         .output()
         .unwrap_or_else(|e| panic!("running cargo test in {}: {e}", dir.display()));
@@ -92,23 +81,11 @@ pub fn build_native_tests(dir: &Path, target_dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-/// `cargo build --release --locked --target wasm32-wasip2` of `packages` of
-/// the workspace at `manifest` (all of them when empty), into the shared
-/// guest target directory.
-fn cargo_build(manifest: &Path, packages: &[&str]) {
+/// The cargo running this build, without the outer build's flags and
+/// wrappers (clippy, coverage): those are for the host; guests build plainly.
+fn plain_cargo() -> Command {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let mut cmd = Command::new(cargo);
-    cmd.arg("build")
-        .arg("--manifest-path")
-        .arg(manifest)
-        .args(["--release", "--locked", "--target", TARGET])
-        .arg("--target-dir")
-        .arg(guest_target_dir());
-    for package in packages {
-        cmd.args(["-p", package]);
-    }
-    // The outer build's flags and wrappers (clippy, coverage) are for the
-    // host; the guests build plainly.
     for var in [
         "RUSTC_WORKSPACE_WRAPPER",
         "CARGO_ENCODED_RUSTFLAGS",
@@ -118,6 +95,23 @@ fn cargo_build(manifest: &Path, packages: &[&str]) {
         "CARGO_BUILD_RUSTFLAGS",
     ] {
         cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// `cargo build --release --locked --target wasm32-wasip2` of `packages` of
+/// the workspace at `manifest` (all of them when empty), into the shared
+/// guest target directory.
+fn cargo_build(manifest: &Path, packages: &[&str]) {
+    let mut cmd = plain_cargo();
+    cmd.arg("build")
+        .arg("--manifest-path")
+        .arg(manifest)
+        .args(["--release", "--locked", "--target", TARGET])
+        .arg("--target-dir")
+        .arg(guest_target_dir());
+    for package in packages {
+        cmd.args(["-p", package]);
     }
     let status = cmd
         .status()

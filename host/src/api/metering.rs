@@ -107,8 +107,9 @@ impl Pricing {
         }
     }
 
+    /// The row, consuming the pricing (its currency moves into the row).
     fn record(
-        &self,
+        self,
         meter: &Meter,
         target: &Target,
         report: &GuestReport,
@@ -155,7 +156,7 @@ impl Pricing {
             usage,
             billed_ms,
             plan_version: self.plan.version,
-            currency: self.currency.clone(),
+            currency: self.currency,
             cost,
             nn,
         }

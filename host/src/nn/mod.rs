@@ -155,6 +155,61 @@ pub struct TensorSpec {
     pub dims: Vec<Option<usize>>,
 }
 
+/// Checks `inputs` against a model's declared inputs: their number, element
+/// types, fixed dimensions, and that each tensor's bytes match its
+/// dimensions (backends hand the bytes on as they are). Every backend runs
+/// this before inference, so all report bad inputs alike.
+pub fn check_inputs(specs: &[TensorSpec], inputs: &[Tensor]) -> Result<(), NnError> {
+    if inputs.len() != specs.len() {
+        return Err(NnError::InvalidArgument(format!(
+            "the model takes {} input(s), got {}",
+            specs.len(),
+            inputs.len()
+        )));
+    }
+    for (ix, (tensor, spec)) in inputs.iter().zip(specs).enumerate() {
+        if let Some(want) = spec.dtype
+            && want != tensor.dtype
+        {
+            return Err(NnError::InvalidArgument(format!(
+                "input {ix} (`{}`) is {}, got {}",
+                spec.name,
+                want.name(),
+                tensor.dtype.name()
+            )));
+        }
+        if !spec.dims.is_empty()
+            && (spec.dims.len() != tensor.dims.len()
+                || spec
+                    .dims
+                    .iter()
+                    .zip(&tensor.dims)
+                    .any(|(want, got)| want.is_some_and(|w| w != *got)))
+        {
+            return Err(NnError::InvalidArgument(format!(
+                "input {ix} (`{}`) has dimensions {}, got {:?}",
+                spec.name,
+                describe_dims(&spec.dims),
+                tensor.dims
+            )));
+        }
+        tensor.validate(usize::MAX).map_err(|e| match e {
+            NnError::InvalidArgument(m) => NnError::InvalidArgument(format!("input {ix}: {m}")),
+            other => other,
+        })?;
+    }
+    Ok(())
+}
+
+/// `[?, 64]`: dimensions with free ones as `?`.
+fn describe_dims(dims: &[Option<usize>]) -> String {
+    let parts: Vec<String> = dims
+        .iter()
+        .map(|d| d.map_or_else(|| "?".to_string(), |d| d.to_string()))
+        .collect();
+    format!("[{}]", parts.join(", "))
+}
+
 /// Failures of model loading and inference, in the vocabulary of
 /// `wasi:nn`'s error codes so they map one to one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -31,7 +31,7 @@ use ort::session::{Session, SessionInputValue};
 use ort::tensor::{PrimitiveTensorElementType, TensorElementType};
 use ort::value::{DynValue, ValueType};
 
-use super::{Backend, DType, LoadedModel, NnError, Tensor, TensorSpec};
+use super::{Backend, DType, LoadedModel, NnError, Tensor, TensorSpec, check_inputs};
 
 /// The ONNX Runtime release this backend is tested against (the PyPI wheel
 /// the build fetches). `ort` 2.0.0-rc.10 targets the 1.22 C API, which newer
@@ -468,50 +468,6 @@ impl OrtModel {
     fn peak_concurrency(&self) -> usize {
         self.pool.lock().peak_in_use
     }
-
-    fn check(&self, inputs: &[Tensor]) -> Result<(), NnError> {
-        if inputs.len() != self.inputs.len() {
-            return Err(NnError::InvalidArgument(format!(
-                "the model takes {} input(s), got {}",
-                self.inputs.len(),
-                inputs.len()
-            )));
-        }
-        for (ix, (tensor, spec)) in inputs.iter().zip(&self.inputs).enumerate() {
-            if let Some(want) = spec.dtype
-                && want != tensor.dtype
-            {
-                return Err(NnError::InvalidArgument(format!(
-                    "input {ix} (`{}`) is {}, got {}",
-                    spec.name,
-                    want.name(),
-                    tensor.dtype.name()
-                )));
-            }
-            if !spec.dims.is_empty()
-                && (spec.dims.len() != tensor.dims.len()
-                    || spec
-                        .dims
-                        .iter()
-                        .zip(&tensor.dims)
-                        .any(|(want, got)| want.is_some_and(|w| w != *got)))
-            {
-                return Err(NnError::InvalidArgument(format!(
-                    "input {ix} (`{}`) has dimensions {}, got {:?}",
-                    spec.name,
-                    describe_dims(&spec.dims),
-                    tensor.dims
-                )));
-            }
-            // The bytes must match the dimensions before they are handed to
-            // ONNX Runtime, which trusts them.
-            tensor.validate(usize::MAX).map_err(|e| match e {
-                NnError::InvalidArgument(m) => NnError::InvalidArgument(format!("input {ix}: {m}")),
-                other => other,
-            })?;
-        }
-        Ok(())
-    }
 }
 
 impl LoadedModel for OrtModel {
@@ -524,7 +480,7 @@ impl LoadedModel for OrtModel {
     }
 
     fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, NnError> {
-        self.check(inputs)?;
+        check_inputs(&self.inputs, inputs)?;
         // Converted before taking a session, so a session is held only for
         // the inference itself.
         let values = inputs
@@ -629,14 +585,6 @@ fn from_ort(name: &str, value: &DynValue) -> Result<Tensor, NnError> {
             "output `{name}` is a {other} tensor, which wasi-nn cannot carry"
         ))),
     }
-}
-
-fn describe_dims(dims: &[Option<usize>]) -> String {
-    let parts: Vec<String> = dims
-        .iter()
-        .map(|d| d.map_or_else(|| "?".to_string(), |d| d.to_string()))
-        .collect();
-    format!("[{}]", parts.join(", "))
 }
 
 #[cfg(test)]

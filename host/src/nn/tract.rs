@@ -13,7 +13,7 @@ use std::sync::{Arc, RwLock};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 
-use super::{Backend, DType, LoadedModel, NnError, Tensor, TensorSpec};
+use super::{Backend, DType, LoadedModel, NnError, Tensor, TensorSpec, check_inputs};
 
 /// Largest number of plans a model keeps (one per distinct input shapes).
 const MAX_PLANS_PER_MODEL: usize = 16;
@@ -235,40 +235,7 @@ impl LoadedModel for TractModel {
     }
 
     fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, NnError> {
-        if inputs.len() != self.inputs.len() {
-            return Err(NnError::InvalidArgument(format!(
-                "the model takes {} input(s), got {}",
-                self.inputs.len(),
-                inputs.len()
-            )));
-        }
-        for (ix, (tensor, spec)) in inputs.iter().zip(&self.inputs).enumerate() {
-            if let Some(want) = spec.dtype
-                && want != tensor.dtype
-            {
-                return Err(NnError::InvalidArgument(format!(
-                    "input {ix} (`{}`) is {}, got {}",
-                    spec.name,
-                    want.name(),
-                    tensor.dtype.name()
-                )));
-            }
-            if !spec.dims.is_empty()
-                && (spec.dims.len() != tensor.dims.len()
-                    || spec
-                        .dims
-                        .iter()
-                        .zip(&tensor.dims)
-                        .any(|(want, got)| want.is_some_and(|w| w != *got)))
-            {
-                return Err(NnError::InvalidArgument(format!(
-                    "input {ix} (`{}`) has dimensions {}, got {:?}",
-                    spec.name,
-                    describe_dims(&spec.dims),
-                    tensor.dims
-                )));
-            }
-        }
+        check_inputs(&self.inputs, inputs)?;
         let shapes: Vec<Vec<usize>> = inputs.iter().map(|t| t.dims.clone()).collect();
         let plan = self.plan(&shapes)?;
         let values = inputs
@@ -280,14 +247,6 @@ impl LoadedModel for TractModel {
             .map_err(|e| NnError::Runtime(e.to_string()))?;
         outputs.iter().map(|t| from_tract(t)).collect()
     }
-}
-
-fn describe_dims(dims: &[Option<usize>]) -> String {
-    let parts: Vec<String> = dims
-        .iter()
-        .map(|d| d.map_or_else(|| "?".to_string(), |d| d.to_string()))
-        .collect();
-    format!("[{}]", parts.join(", "))
 }
 
 #[cfg(test)]
