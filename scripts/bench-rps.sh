@@ -130,7 +130,7 @@ wait_ready() {
 # Check that $1 answers `200 ok`, so the benchmark measures the no-op path.
 check_ok() {
     local url=$1 out
-    out=$(curl -s -w ' %{http_code}' "$url")
+    out=$(curl -s -w ' %{http_code}' ${AUTH_HEADER:+-H "$AUTH_HEADER"} "$url")
     if [[ $out != "ok 200" ]]; then
         echo "error: $url answered '$out', expected 'ok 200'" >&2
         return 1
@@ -152,10 +152,10 @@ RESULTS=()
 measure() {
     local name=$1 url=$2 out rps avg p99 non2xx errors
     log "$name: warm-up $WARMUP"
-    taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNECTIONS" -d"$WARMUP" "$url" >/dev/null
+    taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNECTIONS" -d"$WARMUP" ${AUTH_HEADER:+-H "$AUTH_HEADER"} "$url" >/dev/null
     log "$name: measuring $DURATION at $url"
-    COMMANDS+=("taskset -c $CLIENT_CPU wrk -t1 -c$CONNECTIONS -d$DURATION --latency $url")
-    out=$(taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "$url")
+    COMMANDS+=("taskset -c $CLIENT_CPU wrk -t1 -c$CONNECTIONS -d$DURATION --latency ${AUTH_HEADER:+-H '$AUTH_HEADER_SHOWN'} $url")
+    out=$(taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency ${AUTH_HEADER:+-H "$AUTH_HEADER"} "$url")
     printf '%s\n' "$out" >&2
     rps=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")
     avg=$(awk '$1 == "Latency" { print $2; exit }' <<<"$out")
@@ -192,9 +192,14 @@ glia_run() {
         >"$dir/glia.log" 2>&1 &
     SERVER_PID=$!
     wait_ready "http://$GLIA_ADDR/v1/functions"
-    run "$GLIA" deploy "$COMPONENT" --name noop --url "http://$GLIA_ADDR" >&2
+    # The CLI finds the admin key the server wrote to its data directory;
+    # every measured call presents it, so the key check is measured too.
+    run "$GLIA" deploy "$COMPONENT" --name noop --url "http://$GLIA_ADDR" --data-dir "$dir/data" >&2
+    AUTH_HEADER="Authorization: Bearer $(cat "$dir/data/admin.key")"
+    AUTH_HEADER_SHOWN="Authorization: Bearer \$(cat data/admin.key)"
     check_ok "http://$GLIA_ADDR/fn/noop/ok"
     measure "$name" "http://$GLIA_ADDR/fn/noop/ok"
+    AUTH_HEADER=""
     stop_server
 }
 glia_run "glia" "enabled = false"

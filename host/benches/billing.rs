@@ -49,6 +49,7 @@ fn throughput(bench: &support::Bench, seconds: u64) -> f64 {
                     while !stop.load(Ordering::Relaxed) {
                         let request = http::Request::get("/fn/hello/")
                             .header("host", "localhost")
+                            .header("authorization", support::AUTHORIZATION)
                             .body(Full::new(Bytes::new()))
                             .unwrap();
                         let response = app.handle(request).await;

@@ -25,6 +25,7 @@ use http_body_util::{BodyExt, Empty};
 fn request() -> http::Request<Empty<Bytes>> {
     http::Request::get("/fn/hello/bench")
         .header("host", "localhost")
+        .header("authorization", support::AUTHORIZATION)
         .body(Empty::new())
         .unwrap()
 }
@@ -54,7 +55,7 @@ fn bench(c: &mut Criterion) {
             || {
                 // The previous call's guest task may still be winding down.
                 while scheduler.warm_count() > 0 {
-                    scheduler.scale_to_zero("hello");
+                    scheduler.scale_to_zero("default/hello");
                     std::thread::yield_now();
                 }
             },

@@ -71,6 +71,7 @@ fn measure(backend: OnnxBackendChoice, calls: usize) -> Vec<Row> {
         rt.block_on(async {
             let request = http::Request::post(path)
                 .header("host", "localhost")
+                .header("authorization", support::AUTHORIZATION)
                 .body(Full::new(Bytes::from(body)))
                 .unwrap();
             let response = app.handle(request).await;
@@ -103,7 +104,9 @@ fn measure(backend: OnnxBackendChoice, calls: usize) -> Vec<Row> {
         };
 
     // digits
-    let digits = rt.block_on(platform.state().models.load("digits")).unwrap();
+    let digits = rt
+        .block_on(platform.state().models.load("default", "digits"))
+        .unwrap();
     let heldout: serde_json::Value = serde_json::from_str(HELDOUT).unwrap();
     let samples: Vec<Vec<f32>> = heldout["samples"]
         .as_array()
@@ -136,7 +139,9 @@ fn measure(backend: OnnxBackendChoice, calls: usize) -> Vec<Row> {
     );
 
     // minilm
-    let minilm = rt.block_on(platform.state().models.load("minilm")).unwrap();
+    let minilm = rt
+        .block_on(platform.state().models.load("default", "minilm"))
+        .unwrap();
     let mut ids = SENTENCE_IDS.to_vec();
     let mut mask = vec![1i64; ids.len()];
     ids.resize(PADDED, 0);

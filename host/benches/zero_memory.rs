@@ -38,14 +38,19 @@ fn main() {
 
     // The first deploy compiles; its artifact and the engine's code are not
     // per-function costs.
-    rt.block_on(registry.deploy("warmup", wasm.clone(), SettingsPatch::default()))
+    rt.block_on(registry.deploy("default", "warmup", wasm.clone(), SettingsPatch::default()))
         .unwrap();
     let before = rss_kib();
     let started = std::time::Instant::now();
     rt.block_on(async {
         for i in 0..count {
             registry
-                .deploy(&format!("f{i:05}"), wasm.clone(), SettingsPatch::default())
+                .deploy(
+                    "default",
+                    &format!("f{i:05}"),
+                    wasm.clone(),
+                    SettingsPatch::default(),
+                )
                 .await
                 .unwrap();
         }

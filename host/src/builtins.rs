@@ -62,17 +62,17 @@ pub const BUILTINS: &[Builtin] = &[
     Builtin {
         name: "hello",
         wasm: include_bytes!(concat!(env!("OUT_DIR"), "/functions/hello.wasm")),
-        settings: "",
+        settings: "public=true",
     },
     Builtin {
         name: "classify-digits",
         wasm: include_bytes!(concat!(env!("OUT_DIR"), "/functions/classify-digits.wasm")),
-        settings: "models=digits",
+        settings: "public=true&models=digits",
     },
     Builtin {
         name: "embed-text",
         wasm: include_bytes!(concat!(env!("OUT_DIR"), "/functions/embed-text.wasm")),
-        settings: "models=minilm",
+        settings: "public=true&models=minilm",
     },
 ];
 

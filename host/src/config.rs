@@ -67,8 +67,34 @@ pub struct Config {
     pub scheduler: SchedulerConfig,
     pub models: ModelsConfig,
     pub billing: BillingConfig,
+    pub auth: AuthConfig,
+    /// The quotas every tenant gets unless it has its own.
+    pub quotas: crate::auth::Quotas,
     /// The settings every function gets unless it sets its own.
     pub functions: Settings,
+}
+
+/// `[auth]`: API keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Require an API key on every route but `/healthz` and public
+    /// functions. `false` is single-user development mode: every request
+    /// acts as the default tenant's admin (`glia serve --dev`).
+    pub enabled: bool,
+    /// The admin key, from `GLIA_ADMIN_KEY`; never read from or written to
+    /// a file.
+    #[serde(skip)]
+    pub admin_key: Option<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            admin_key: None,
+        }
+    }
 }
 
 /// `[server]`: the listener and the data directory.
@@ -427,7 +453,20 @@ impl Config {
              \x20 function defaults timeout {timeout} ms, memory {fmem} MiB, concurrency {conc}, queue wait {qwait} ms\n\
              \x20 scale to zero     after {idle} ms idle (min_warm {min_warm}), reaper every {reap} ms\n\
              \x20 models            backend {backend}, {budget} MiB budget, gpu/tpu fall back to {fallback}, unloaded after {model_idle} ms unused\n\
+             \x20 auth              {auth}\n\
+             \x20 tenant quotas     {rps} requests/s, {tconc} concurrent, {funcs} functions, {models} models, {stored} MiB stored, spend cap {cap}\n\
              \x20 guest capabilities no preopened dirs, empty env, no sockets, outgoing HTTP denied",
+            auth = if self.auth.enabled {
+                "API keys required (Authorization: Bearer KEY)"
+            } else {
+                "OFF: single-user development mode, every request is the admin"
+            },
+            rps = unlimited(u64::from(self.quotas.requests_per_second)),
+            tconc = unlimited(u64::from(self.quotas.max_concurrency)),
+            funcs = unlimited(u64::from(self.quotas.max_functions)),
+            models = unlimited(u64::from(self.quotas.max_models)),
+            stored = unlimited(self.quotas.max_stored_mb),
+            cap = unlimited(self.quotas.monthly_spend_cap),
             version = env!("CARGO_PKG_VERSION"),
             listen = s.listen,
             data = s.data_dir.display(),
@@ -459,6 +498,15 @@ impl Config {
                 FallbackPolicy::Error => "an error",
             },
         )
+    }
+}
+
+/// `n`, or `unlimited` for 0.
+fn unlimited(n: u64) -> String {
+    if n == 0 {
+        "unlimited".into()
+    } else {
+        n.to_string()
     }
 }
 

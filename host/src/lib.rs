@@ -4,6 +4,7 @@
 //! same library with a real listener on a free port.
 
 pub mod api;
+pub mod auth;
 pub mod billing;
 pub mod builtins;
 pub mod cli;

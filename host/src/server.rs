@@ -20,7 +20,7 @@ use crate::nn::models::{ModelPolicy, ModelRegistry};
 use crate::nn::ort::OrtBackend;
 use crate::nn::tract::TractBackend;
 use crate::registry::{
-    FsBlobStore, Registry, RegistryError, SettingsPatch, SqliteStore, StoreError,
+    DEFAULT_TENANT, FsBlobStore, Registry, RegistryError, SettingsPatch, SqliteStore, StoreError,
 };
 use crate::runtime::{Runtime, RuntimeError};
 use crate::scheduler::Scheduler;
@@ -49,6 +49,8 @@ pub enum StartError {
     Backend(String),
     #[error("billing ledger: {0}")]
     Billing(String),
+    #[error("auth: {0}")]
+    Auth(String),
 }
 
 /// The platform, opened and ready to serve.
@@ -68,6 +70,7 @@ impl Platform {
         })?;
         let runtime = Arc::new(Runtime::new(&config.runtime)?);
         let meta = Arc::new(SqliteStore::open(&data_dir.join("glia.db"))?);
+        let meta_for_auth: Arc<dyn crate::auth::AuthStore> = meta.clone();
         let blobs = Arc::new(FsBlobStore::open(&data_dir, runtime.compatibility_hash())?);
         let models = Arc::new(ModelRegistry::open(
             meta.clone(),
@@ -101,6 +104,20 @@ impl Platform {
         } else {
             None
         };
+        let (auth, bootstrap) = crate::auth::Auth::open(
+            meta_for_auth,
+            &config.auth,
+            config.quotas.clone(),
+            &data_dir,
+        )
+        .map_err(|e| StartError::Auth(e.to_string()))?;
+        if let Some((key, path)) = &bootstrap.generated_admin_key {
+            // Shown once; the file keeps it for the CLI on this machine.
+            eprintln!(
+                "admin API key (shown once; also in {}):\n  {key}",
+                path.display()
+            );
+        }
         let install_builtins = config.server.install_builtins;
         let scheduler = Arc::new(Scheduler::new(registry.clone(), config.scheduler.clone()));
         let state = Arc::new(AppState {
@@ -110,6 +127,7 @@ impl Platform {
             scheduler,
             models,
             billing,
+            auth: Arc::new(auth),
         });
         if install_builtins {
             install_builtins_once(&state).await?;
@@ -239,10 +257,10 @@ async fn install_builtins_once(state: &AppState) -> Result<(), StartError> {
             );
             continue;
         };
-        if state.models.get(model.name).is_none() {
+        if state.models.get(DEFAULT_TENANT, model.name).is_none() {
             state
                 .models
-                .upload(model.name, model.encoding, bytes)
+                .upload(DEFAULT_TENANT, model.name, model.encoding, bytes)
                 .await
                 .map_err(|e| {
                     RegistryError::Internal(format!("built-in model {}: {e}", model.name))
@@ -262,14 +280,15 @@ async fn install_builtins_once(state: &AppState) -> Result<(), StartError> {
             .iter()
             .flatten()
             .flatten()
-            .find(|m| state.models.get(m).is_none())
+            .find(|m| state.models.get(DEFAULT_TENANT, m).is_none())
         {
             tracing::info!(function = builtin.name, model = %missing, "built-in function left out: its model is not available");
             continue;
         }
-        if registry.get(builtin.name).is_none() {
+        if registry.get(DEFAULT_TENANT, builtin.name).is_none() {
             registry
                 .deploy(
+                    DEFAULT_TENANT,
                     builtin.name,
                     bytes::Bytes::from_static(builtin.wasm),
                     settings,

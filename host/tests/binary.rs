@@ -28,11 +28,25 @@ impl Drop for Served {
     }
 }
 
+/// The admin key the servers here are started with.
+const ADMIN_KEY: &str = "glia_binary_test_admin_key_00000000000000000";
+
 fn serve(data_dir: &Path) -> Served {
-    let mut child = Command::new(GLIA)
+    serve_with(data_dir, Some(ADMIN_KEY)).0
+}
+
+/// Starts `glia serve`; returns it and what it printed before it was ready.
+fn serve_with(data_dir: &Path, admin_key: Option<&str>) -> (Served, Vec<String>) {
+    let mut command = Command::new(GLIA);
+    command
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .env("GLIA_LOG", "warn")
+        .env_remove("GLIA_ADMIN_KEY");
+    if let Some(key) = admin_key {
+        command.env("GLIA_ADMIN_KEY", key);
+    }
+    let mut child = command
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -52,13 +66,14 @@ fn serve(data_dir: &Path) -> Served {
     };
     // Keep draining stderr so the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines.by_ref() {});
-    Served { child, url }
+    (Served { child, url }, seen)
 }
 
 fn glia(args: &[&str], url: &str) -> Output {
     Command::new(GLIA)
         .args(args)
         .args(["--url", url])
+        .env("GLIA_API_KEY", ADMIN_KEY)
         .output()
         .expect("run glia")
 }
@@ -69,7 +84,17 @@ fn reqwest_get(url: &str) -> serde_json::Value {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async { reqwest::get(url).await.unwrap().json().await.unwrap() })
+    rt.block_on(async {
+        reqwest::Client::new()
+            .get(url)
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    })
 }
 
 fn stdout(o: &Output) -> String {
@@ -322,6 +347,7 @@ fn strict_ledger_keeps_every_answered_call_across_sigkill() {
         for id in &received {
             let r = client
                 .get(format!("{}/v1/invocations/{id}", served.url))
+                .bearer_auth(ADMIN_KEY)
                 .send()
                 .await
                 .unwrap();
@@ -343,4 +369,46 @@ fn strict_ledger_keeps_every_answered_call_across_sigkill() {
         .unwrap();
     assert_eq!(rows, distinct, "a record is duplicated");
     assert!(rows as usize >= received.len());
+}
+
+/// Without `GLIA_ADMIN_KEY`, the first start generates the admin key,
+/// prints it once and writes it to a private file, where the command line
+/// finds it; a wrong key is refused.
+#[test]
+fn the_first_start_prints_an_admin_key_the_cli_finds() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (served, printed) = serve_with(&data, None);
+    let key = std::fs::read_to_string(data.join("admin.key")).unwrap();
+    let key = key.trim();
+    assert!(key.starts_with("glia_"), "{key}");
+    assert!(
+        printed.iter().any(|l| l.contains(key)),
+        "the key is printed: {printed:?}"
+    );
+    let local = |extra: &[&str]| {
+        Command::new(GLIA)
+            .args(["list", "--json", "--url", &served.url, "--data-dir"])
+            .arg(&data)
+            .args(extra)
+            .env_remove("GLIA_API_KEY")
+            .output()
+            .unwrap()
+    };
+    let out = local(&[]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout(&out).contains("hello"), "{out:?}");
+    let out = local(&["--key", "glia_wrong"]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not valid"),
+        "{out:?}"
+    );
+    drop(served);
+    let (served, printed) = serve_with(&data, None);
+    assert!(
+        !printed.iter().any(|l| l.contains(key)),
+        "printed only once: {printed:?}"
+    );
+    drop(served);
 }

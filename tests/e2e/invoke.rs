@@ -112,7 +112,12 @@ async fn h2c_prior_knowledge() {
         .http2_prior_knowledge()
         .build()
         .unwrap();
-    let r = client.get(server.url("/fn/hello/h2")).send().await.unwrap();
+    let r = client
+        .get(server.url("/fn/hello/h2"))
+        .bearer_auth(glia_e2e::ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.version(), glia_e2e::reqwest::Version::HTTP_2);
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.unwrap();

@@ -20,6 +20,7 @@ mod models;
 mod nn;
 mod nn_probe;
 mod scheduler;
+mod tenants;
 mod validation;
 
 use glia_e2e::reqwest::Response;

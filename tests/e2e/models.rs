@@ -122,8 +122,8 @@ async fn models_persist_load_lazily_and_are_shared() {
     );
 
     // Two users get the same loaded graph.
-    let a = server.state.models.load("digits").await.unwrap();
-    let b = server.state.models.load("digits").await.unwrap();
+    let a = server.state.models.load("default", "digits").await.unwrap();
+    let b = server.state.models.load("default", "digits").await.unwrap();
     assert!(std::sync::Arc::ptr_eq(&a, &b), "one loaded graph per model");
     let m = json(server.get("/v1/models/digits").await, 200).await;
     assert_eq!(m["state"], "loaded");
@@ -191,7 +191,10 @@ async fn loaded_models_stay_under_the_memory_budget() {
     // Loading orientation needs room: the least recently used idle model
     // (minilm, used before digits) is unloaded, digits stays.
     let models = &server.state.models;
-    let held = models.acquire("digits", Device::Cpu).await.unwrap();
+    let held = models
+        .acquire("default", "digits", Device::Cpu)
+        .await
+        .unwrap();
     json(
         server.upload_model("orientation", &orientation, "").await,
         201,
@@ -203,9 +206,12 @@ async fn loaded_models_stay_under_the_memory_budget() {
     assert!(models.resident_bytes() <= models.budget_bytes());
 
     // minilm cannot come back while orientation and digits are in use.
-    let held_orientation = models.acquire("orientation", Device::Cpu).await.unwrap();
+    let held_orientation = models
+        .acquire("default", "orientation", Device::Cpu)
+        .await
+        .unwrap();
     let err = models
-        .acquire("minilm", Device::Cpu)
+        .acquire("default", "minilm", Device::Cpu)
         .await
         .err()
         .expect("over the budget");
@@ -222,7 +228,10 @@ async fn loaded_models_stay_under_the_memory_budget() {
 
     // Once they are idle, it can.
     drop((held, held_orientation));
-    let ready = models.acquire("minilm", Device::Cpu).await.unwrap();
+    let ready = models
+        .acquire("default", "minilm", Device::Cpu)
+        .await
+        .unwrap();
     assert!(ready.loaded_in.is_some(), "this call loaded it");
     assert_eq!(state("minilm").await, "loaded");
     assert!(models.resident_bytes() <= models.budget_bytes());
@@ -248,7 +257,7 @@ async fn a_model_bigger_than_the_budget_is_refused_at_load() {
     let err = server
         .state
         .models
-        .acquire("orientation", Device::Cpu)
+        .acquire("default", "orientation", Device::Cpu)
         .await
         .err()
         .expect("bigger than the budget");

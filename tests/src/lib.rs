@@ -6,6 +6,7 @@
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,
+    clippy::indexing_slicing,
     reason = "test harness: failing loudly is the point"
 )]
 
@@ -118,10 +119,30 @@ pub fn pretrained(file: &str) -> Vec<u8> {
     })
 }
 
+/// The admin key of every test server (the default tenant's admin).
+pub const ADMIN_KEY: &str = "glia_test_admin_key_000000000000000000000000";
+
+/// An HTTP client that sends `key` (none: anonymous) with every request.
+pub fn client_with_key(key: Option<&str>) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(key) = key {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {key}")).expect("header"),
+        );
+    }
+    reqwest::Client::builder()
+        .no_proxy()
+        .default_headers(headers)
+        .build()
+        .expect("client")
+}
+
 /// A configuration suited to tests: small pool, short grace, no built-ins,
-/// models on tract unless a test picks a backend.
+/// models on tract unless a test picks a backend, and [`ADMIN_KEY`].
 pub fn test_config(data_dir: &Path) -> Config {
     let mut config = Config::default();
+    config.auth.admin_key = Some(ADMIN_KEY.to_string());
     Backend::Tract.configure(&mut config);
     config.server.data_dir = data_dir.to_path_buf();
     config.server.install_builtins = false;
@@ -171,6 +192,7 @@ impl TestServer {
     pub async fn start_config(config: Config, temp: Option<Arc<tempfile::TempDir>>) -> Self {
         let data_dir = config.server.data_dir.clone();
         let listen = config.server.listen;
+        let config_admin_key = config.auth.admin_key.clone();
         let platform = Platform::open(config).await.expect("platform opens");
         let state = platform.state().clone();
         let listener = tokio::net::TcpListener::bind(listen).await.expect("bind");
@@ -182,10 +204,7 @@ impl TestServer {
         Self {
             addr,
             url: format!("http://{addr}"),
-            client: reqwest::Client::builder()
-                .no_proxy()
-                .build()
-                .expect("client"),
+            client: client_with_key(config_admin_key.as_deref()),
             state,
             data_dir,
             shutdown: Some(tx),
@@ -271,6 +290,34 @@ impl TestServer {
             .send()
             .await
             .expect("model upload request")
+    }
+
+    /// Creates a tenant (as the admin); returns its id.
+    pub async fn create_tenant(&self, name: &str) -> String {
+        let response = self
+            .client
+            .post(self.url("/v1/tenants"))
+            .json(&serde_json::json!({ "name": name }))
+            .send()
+            .await
+            .expect("create tenant");
+        assert_eq!(response.status(), 201, "create tenant {name}");
+        let body: serde_json::Value = response.json().await.expect("json");
+        body["id"].as_str().expect("id").to_string()
+    }
+
+    /// Creates a key with `scopes` for `tenant` (as the admin); returns it.
+    pub async fn create_key(&self, tenant: &str, scopes: &[&str]) -> String {
+        let response = self
+            .client
+            .post(self.url(&format!("/v1/tenants/{tenant}/keys")))
+            .json(&serde_json::json!({ "scopes": scopes }))
+            .send()
+            .await
+            .expect("create key");
+        assert_eq!(response.status(), 201, "create key for {tenant}");
+        let body: serde_json::Value = response.json().await.expect("json");
+        body["key"].as_str().expect("key").to_string()
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {

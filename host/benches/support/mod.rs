@@ -4,6 +4,14 @@
 use glia_host::Platform;
 use glia_host::config::Config;
 
+/// The benchmarks' admin key (the data plane is measured with a key
+/// checked on every call, as in production).
+const ADMIN_KEY: &str = "glia_benchmark_admin_key_0123456789abcdef";
+
+/// The `authorization` header carrying it.
+#[allow(dead_code, reason = "not every benchmark sends requests")]
+pub const AUTHORIZATION: &str = "Bearer glia_benchmark_admin_key_0123456789abcdef";
+
 /// A platform opened for a benchmark; the data directory lives as long as it.
 pub struct Bench {
     pub rt: tokio::runtime::Runtime,
@@ -34,6 +42,7 @@ pub fn platform_with(install_builtins: bool, tweak: impl FnOnce(&mut Config)) ->
     // The call path is measured without metering; `benches/billing.rs`
     // measures what metering adds.
     config.billing.enabled = false;
+    config.auth.admin_key = Some(ADMIN_KEY.to_string());
     tweak(&mut config);
     let platform = rt.block_on(Platform::open(config)).expect("platform opens");
     Bench {

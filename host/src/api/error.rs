@@ -28,6 +28,8 @@ pub struct ApiError {
     pub extensions: Map<String, Value>,
     pub retry_after_secs: Option<u64>,
     pub allow: Option<&'static str>,
+    /// Ask for a bearer token (`WWW-Authenticate`), on 401.
+    pub www_authenticate: bool,
 }
 
 impl ApiError {
@@ -40,6 +42,7 @@ impl ApiError {
             extensions: Map::new(),
             retry_after_secs: None,
             allow: None,
+            www_authenticate: false,
         }
     }
 
@@ -126,6 +129,12 @@ impl ApiError {
         }
         if let Some(allow) = self.allow {
             headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if self.www_authenticate {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"glia\""),
+            );
         }
         response
     }
@@ -273,9 +282,50 @@ impl From<Rejected> for ApiError {
                 "Platform saturated",
             )
             .with("max_in_flight", limit),
+            Rejected::TenantLimit { limit, .. } => Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "tenant-concurrency-limit",
+                "Tenant at its concurrency quota",
+            )
+            .with("max_concurrency", limit),
         }
         .detail(detail);
         err.retry_after_secs = Some(1);
         err
+    }
+}
+
+impl From<crate::auth::QuotaRefusal> for ApiError {
+    fn from(e: crate::auth::QuotaRefusal) -> Self {
+        use crate::auth::QuotaRefusal;
+        let detail = e.to_string();
+        match e {
+            QuotaRefusal::Rate {
+                rate,
+                retry_after_secs,
+            } => {
+                let mut err = Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate-limited",
+                    "Tenant over its request rate",
+                )
+                .detail(detail)
+                .with("requests_per_second", rate);
+                err.retry_after_secs = Some(retry_after_secs);
+                err
+            }
+            QuotaRefusal::SpendCap { spent, cap } => {
+                let mut err = Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "spend-cap-reached",
+                    "Monthly spend cap reached",
+                )
+                .detail(detail)
+                .with("spent", spent)
+                .with("monthly_spend_cap", cap);
+                err.retry_after_secs = Some(3600);
+                err
+            }
+        }
     }
 }

@@ -55,7 +55,7 @@ fn view<'a>(state: &AppState, record: &'a FunctionRecord) -> FunctionView<'a> {
         name: &record.name,
         latest_version: record.latest().map(|v| v.version),
         digest: record.latest().map(|v| v.digest.as_str()),
-        url: format!("/fn/{}/", record.name),
+        url: function_url(state, record),
         settings: state.registry.settings_of(record),
         overrides: &record.overrides,
         created_at_ms: record.created_at_ms,
@@ -65,7 +65,17 @@ fn view<'a>(state: &AppState, record: &'a FunctionRecord) -> FunctionView<'a> {
     }
 }
 
-pub(super) fn list(state: &AppState) -> Response<ResponseBody> {
+/// Where a function is called: `/fn/{name}/` with a key of its tenant, or
+/// `/t/{tenant}/fn/{name}/` from anywhere.
+fn function_url(state: &AppState, record: &FunctionRecord) -> String {
+    let tenant = state
+        .auth
+        .tenant(&record.tenant)
+        .map_or_else(|| record.tenant.clone(), |t| t.name.clone());
+    format!("/t/{tenant}/fn/{}/", record.name)
+}
+
+pub(super) fn list(state: &AppState, tenant: &str) -> Response<ResponseBody> {
     #[derive(Serialize)]
     struct Summary<'a> {
         name: &'a str,
@@ -76,7 +86,7 @@ pub(super) fn list(state: &AppState) -> Response<ResponseBody> {
         updated_at_ms: i64,
         state: &'static str,
     }
-    let all = state.registry.list();
+    let all = state.registry.list(tenant);
     let functions: Vec<Summary<'_>> = all
         .iter()
         .map(|r| Summary {
@@ -95,15 +105,20 @@ pub(super) fn list(state: &AppState) -> Response<ResponseBody> {
     )
 }
 
-pub(super) fn get(state: &AppState, name: &str) -> ApiResult {
+pub(super) fn get(state: &AppState, tenant: &str, name: &str) -> ApiResult {
     let record = state
         .registry
-        .get(name)
+        .get(tenant, name)
         .ok_or_else(|| function_not_found(name))?;
     Ok(json_response(StatusCode::OK, &view(state, &record)))
 }
 
-pub(super) async fn deploy<B>(state: &AppState, name: &str, req: Request<B>) -> ApiResult
+pub(super) async fn deploy<B>(
+    state: &AppState,
+    tenant: &str,
+    name: &str,
+    req: Request<B>,
+) -> ApiResult
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -113,7 +128,9 @@ where
         .map_err(|m| ApiError::from(crate::registry::RegistryError::Settings(m)))?;
     let limit = state.config.server.max_upload_bytes();
     let bytes = read_body(req, limit).await?;
-    let deployed = state.registry.deploy(name, bytes, patch).await?;
+    let new_function = state.registry.get(tenant, name).is_none();
+    check_storage_quotas(state, tenant, new_function, false, bytes.len() as u64)?;
+    let deployed = state.registry.deploy(tenant, name, bytes, patch).await?;
     state.scheduler.ensure_min_warm(&deployed.function).await;
 
     #[derive(Serialize)]
@@ -145,7 +162,7 @@ where
             compiled: deployed.compiled,
             created: deployed.created,
             settings: state.registry.settings_of(&deployed.function),
-            url: format!("/fn/{name}/"),
+            url: function_url(state, &deployed.function),
         },
     );
     if let Ok(location) = http::HeaderValue::from_str(&format!("/v1/functions/{name}")) {
@@ -154,12 +171,17 @@ where
     Ok(response)
 }
 
-pub(super) async fn patch<B>(state: &AppState, name: &str, req: Request<B>) -> ApiResult
+pub(super) async fn patch<B>(
+    state: &AppState,
+    tenant: &str,
+    name: &str,
+    req: Request<B>,
+) -> ApiResult
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    if state.registry.get(name).is_none() {
+    if state.registry.get(tenant, name).is_none() {
         return Err(function_not_found(name));
     }
     let bytes = read_body(req, MAX_SETTINGS_BYTES).await?;
@@ -169,18 +191,61 @@ where
             crate::registry::SETTING_NAMES.join(", ")
         )))
     })?;
-    let record = state.registry.update_settings(name, &patch).await?;
+    let record = state.registry.update_settings(tenant, name, &patch).await?;
     state.scheduler.ensure_min_warm(&record).await;
     Ok(json_response(StatusCode::OK, &view(state, &record)))
 }
 
-pub(super) async fn delete(state: &AppState, name: &str) -> ApiResult {
-    let record = state.registry.delete(name).await?;
-    state.scheduler.forget(name);
+pub(super) async fn delete(state: &AppState, tenant: &str, name: &str) -> ApiResult {
+    let record = state.registry.delete(tenant, name).await?;
+    state.scheduler.forget(&record.key());
     Ok(json_response(
         StatusCode::OK,
         &serde_json::json!({"name": record.name, "deleted": true, "versions": record.versions.len()}),
     ))
+}
+
+/// Refuses an upload of `bytes` that would take `tenant` past its quotas
+/// on functions, models or stored bytes (403 `quota-exceeded`).
+pub(super) fn check_storage_quotas(
+    state: &AppState,
+    tenant: &str,
+    new_function: bool,
+    new_model: bool,
+    bytes: u64,
+) -> Result<(), ApiError> {
+    let quotas = state.auth.quotas(tenant);
+    let (functions, function_bytes) = state.registry.footprint(tenant);
+    let (models, model_bytes) = state.models.footprint(tenant);
+    let exceeded = |what: String, limit: u64| {
+        ApiError::new(StatusCode::FORBIDDEN, "quota-exceeded", "Quota exceeded")
+            .detail(what)
+            .with("limit", limit)
+    };
+    if new_function && quotas.max_functions > 0 && functions >= u64::from(quotas.max_functions) {
+        return Err(exceeded(
+            format!("the tenant has {functions} functions, its quota (max_functions)"),
+            u64::from(quotas.max_functions),
+        ));
+    }
+    if new_model && quotas.max_models > 0 && models >= u64::from(quotas.max_models) {
+        return Err(exceeded(
+            format!("the tenant has {models} models, its quota (max_models)"),
+            u64::from(quotas.max_models),
+        ));
+    }
+    let stored = function_bytes.saturating_add(model_bytes);
+    let limit = quotas.max_stored_mb.saturating_mul(1024 * 1024);
+    if quotas.max_stored_mb > 0 && stored.saturating_add(bytes) > limit {
+        return Err(exceeded(
+            format!(
+                "storing {bytes} more bytes would take the tenant past its {} MiB (max_stored_mb); it stores {stored} bytes",
+                quotas.max_stored_mb
+            ),
+            limit,
+        ));
+    }
+    Ok(())
 }
 
 fn function_not_found(name: &str) -> ApiError {

@@ -12,8 +12,11 @@ use http::{HeaderValue, Request, Response, Uri};
 
 use super::metering::{self, Meter};
 use super::{ApiError, AppState, COLD_START_HEADER, COLD_START_US_HEADER, INVOCATION_ID_HEADER};
-use crate::billing::{LedgerWriter, Outcome};
+use crate::auth::{AuthError, Principal, QuotaRefusal, Scope, TenantMeter};
+use crate::billing::usage::month_start_ms;
+use crate::billing::{LedgerWriter, Outcome, UsageGroup, UsageQuery, UsageRow};
 use crate::nn::wasi::NnState;
+use crate::registry::{DEFAULT_TENANT, RegistryError, Resolved};
 use crate::runtime::{BoxError, InvokeLimits, ResponseBody};
 use crate::scheduler::VersionKey;
 
@@ -56,10 +59,13 @@ fn parse_target(path: &str) -> Result<Target<'_>, ApiError> {
 }
 
 /// Runs one invocation; always answers, always with the invocation id, and
-/// (with billing on) meters it.
+/// (with billing on) meters it. `tenant` is the `/t/{tenant}` of the URL,
+/// if any; `path` starts at `/fn/`.
 pub(super) async fn handle<B>(
     state: &AppState,
     billing: Option<&Arc<LedgerWriter>>,
+    principal: Option<Principal>,
+    tenant: Option<&str>,
     path: &str,
     req: Request<B>,
 ) -> Response<ResponseBody>
@@ -69,7 +75,11 @@ where
 {
     let id = uuid::Uuid::now_v7().simple().to_string();
     let mut meter = Meter::new(id.clone());
-    let result = run(state, path, req, &mut meter, billing.is_none()).await;
+    let caller = Caller {
+        principal: principal.as_ref(),
+        tenant,
+    };
+    let result = run(state, caller, path, req, &mut meter, billing.is_none()).await;
     if let Err(e) = &result {
         // Refusals (4xx) are routine under load; failures are not.
         if e.status.is_server_error() {
@@ -91,11 +101,148 @@ where
     response
 }
 
+/// Who is calling, and through which URL.
+#[derive(Clone, Copy)]
+struct Caller<'a> {
+    principal: Option<&'a Principal>,
+    /// The `/t/{tenant}` of the URL (id or name), if any.
+    tenant: Option<&'a str>,
+}
+
+/// Finds the function a caller names and checks that the caller may call
+/// it. A function the caller cannot see is not found (another tenant's
+/// key) or needs a key (no key), whether or not it exists, so probing
+/// reveals nothing; a function of the caller's own tenant without the
+/// `invoke` scope is 403, and metered as rejected.
+fn authorize(
+    state: &AppState,
+    caller: Caller<'_>,
+    target: &Target<'_>,
+    meter: &mut Meter,
+) -> Result<Resolved, ApiError> {
+    let hidden = || match caller.principal {
+        None => ApiError::from(AuthError::Missing),
+        Some(_) => RegistryError::NotFound(target.name.to_string()).into(),
+    };
+    let tenant = match caller.tenant {
+        Some(reference) => match state.auth.tenant(reference) {
+            Some(t) => t.id.clone(),
+            None => return Err(hidden()),
+        },
+        None => caller
+            .principal
+            .map_or_else(|| DEFAULT_TENANT.to_string(), |p| p.tenant.clone()),
+    };
+    let resolved = match state.registry.resolve(&tenant, target.name, target.version) {
+        Ok(resolved) => resolved,
+        Err(RegistryError::NotFound(_)) => return Err(hidden()),
+        Err(e) => {
+            let own = caller.principal.is_some_and(|p| p.tenant == tenant);
+            return Err(if own || resolved_public(state, &tenant, target.name) {
+                e.into()
+            } else {
+                hidden()
+            });
+        }
+    };
+    if resolved.settings.public {
+        return Ok(resolved);
+    }
+    let own = caller.principal.filter(|p| p.tenant == resolved.tenant);
+    match own {
+        Some(p) if p.has(Scope::Invoke) => Ok(resolved),
+        Some(_) => {
+            meter.target = Some(meter_target(&resolved));
+            meter.outcome = Some(Outcome::Rejected);
+            Err(ApiError::new(
+                http::StatusCode::FORBIDDEN,
+                "insufficient-scope",
+                "Insufficient scope",
+            )
+            .detail("calling a function needs a key with the invoke scope")
+            .with("required_scopes", vec!["invoke"]))
+        }
+        None if caller.principal.is_none() => {
+            // The function exists and is not public: the call is refused,
+            // and its owner sees the refusal in the ledger at no cost.
+            meter.target = Some(meter_target(&resolved));
+            meter.outcome = Some(Outcome::Rejected);
+            Err(ApiError::from(AuthError::Missing))
+        }
+        None => Err(hidden()),
+    }
+}
+
+/// Whether a tenant's function is public (for a pinned version that does
+/// not exist, which error the caller may see).
+fn resolved_public(state: &AppState, tenant: &str, name: &str) -> bool {
+    state
+        .registry
+        .get(tenant, name)
+        .is_some_and(|r| state.registry.settings_of(&r).public)
+}
+
+fn meter_target(resolved: &Resolved) -> metering::Target {
+    metering::Target {
+        tenant: resolved.tenant.clone(),
+        function: resolved.name.clone(),
+        version: resolved.version.version,
+        memory_mb: resolved.settings.memory_mb,
+    }
+}
+
+/// Applies the owning tenant's rate and spend quotas.
+async fn check_quotas(state: &AppState, tenant: &str) -> Result<(), ApiError> {
+    let quotas = state.auth.quotas(tenant);
+    let meter = state.auth.meter(tenant);
+    if quotas.monthly_spend_cap > 0 {
+        // Without a ledger (billing off) there is no spend to cap.
+        let spent = month_spend(state, tenant, &meter).await.unwrap_or(0);
+        if spent >= quotas.monthly_spend_cap {
+            return Err(QuotaRefusal::SpendCap {
+                spent,
+                cap: quotas.monthly_spend_cap,
+            }
+            .into());
+        }
+    }
+    meter.take(&quotas).map_err(ApiError::from)
+}
+
+/// The tenant's spend this month, read from the ledger on first need and
+/// counted in memory after.
+async fn month_spend(state: &AppState, tenant: &str, meter: &TenantMeter) -> Option<u64> {
+    let now = crate::registry::now_ms();
+    let month = month_start_ms(now);
+    if let Some(spent) = meter.spent(month) {
+        return Some(spent);
+    }
+    let ledger = state.billing.as_ref()?.ledger().clone();
+    let query = UsageQuery {
+        tenant: tenant.to_string(),
+        from_ms: month,
+        to_ms: i64::MAX,
+        function: None,
+        group_by: UsageGroup::Function,
+    };
+    let rows = tokio::task::spawn_blocking(move || ledger.usage(&query))
+        .await
+        .ok()?
+        .map_err(|e| tracing::error!(error = %e, "reading this month's spend failed"))
+        .ok()?;
+    let spent = UsageRow::total(&rows).cost_micros;
+    if meter.spent(month).is_none() {
+        meter.load_spent(month, spent);
+    }
+    meter.spent(month)
+}
+
 /// Resolves, admits, warms and invokes; fills `meter` as it goes.
 /// `nn_headers_now`: set the `wasi:nn` headers from what happened before
 /// the guest answered (when metering does not wait for the guest to end).
 async fn run<B>(
     state: &AppState,
+    caller: Caller<'_>,
     path: &str,
     req: Request<B>,
     meter: &mut Meter,
@@ -106,20 +253,24 @@ where
     B::Error: Into<BoxError>,
 {
     let target = parse_target(path)?;
-    let resolved = state.registry.resolve(target.name, target.version)?;
+    let resolved = authorize(state, caller, &target, meter)?;
     let settings = &resolved.settings;
-    meter.target = Some(metering::Target {
-        function: resolved.name.clone(),
-        version: resolved.version.version,
-        memory_mb: settings.memory_mb,
-    });
+    meter.target = Some(meter_target(&resolved));
     let timeout = Duration::from_millis(settings.timeout_ms);
+    check_quotas(state, &resolved.tenant)
+        .await
+        .inspect_err(|_| meter.outcome = Some(Outcome::Rejected))?;
 
     let queued = Instant::now();
-    let mut admission = state.scheduler.admit(&resolved).await.map_err(|e| {
-        meter.outcome = Some(Outcome::Rejected);
-        ApiError::from(e)
-    })?;
+    let tenant_limit = state.auth.quotas(&resolved.tenant).max_concurrency;
+    let mut admission = state
+        .scheduler
+        .admit(&resolved, tenant_limit)
+        .await
+        .map_err(|e| {
+            meter.outcome = Some(Outcome::Rejected);
+            ApiError::from(e)
+        })?;
     meter.queue = queued.elapsed();
     let ready = state
         .scheduler
@@ -140,6 +291,7 @@ where
     };
     let nn = NnState::new(
         state.models.clone(),
+        resolved.tenant.clone(),
         settings.models.clone(),
         limits.deadline,
         usize::try_from(state.config.models.max_raw_load_mb.saturating_mul(MIB))

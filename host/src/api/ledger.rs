@@ -24,14 +24,15 @@ fn ledger_failure(e: crate::billing::LedgerError) -> ApiError {
 }
 
 /// `GET /v1/invocations/{id}`.
-pub(super) async fn invocation(state: &AppState, id: &str) -> ApiResult {
+pub(super) async fn invocation(state: &AppState, tenant: &str, id: &str) -> ApiResult {
     let ledger = ledger(state)?.clone();
     let owned = id.to_string();
     let record = tokio::task::spawn_blocking(move || ledger.get(&owned))
         .await
         .map_err(|e| ApiError::internal().detail(e.to_string()))?
         .map_err(ledger_failure)?;
-    match record {
+    // Another tenant's invocation is not found, as if it did not exist.
+    match record.filter(|r| r.tenant == tenant) {
         Some(record) => Ok(json_response(StatusCode::OK, &record)),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -47,10 +48,15 @@ pub(super) async fn invocation(state: &AppState, id: &str) -> ApiResult {
 
 /// `GET /v1/usage?from=&to=&function=&group_by=function|day|hour|outcome`,
 /// JSON or (`Accept: text/csv`) CSV.
-pub(super) async fn usage(state: &AppState, uri: &http::Uri, accept: Option<&str>) -> ApiResult {
+pub(super) async fn usage(
+    state: &AppState,
+    tenant: &str,
+    uri: &http::Uri,
+    accept: Option<&str>,
+) -> ApiResult {
     let now = crate::registry::now_ms();
     let mut query = UsageQuery {
-        tenant: "default".to_string(),
+        tenant: tenant.to_string(),
         from_ms: month_start_ms(now),
         to_ms: now.saturating_add(1),
         function: None,

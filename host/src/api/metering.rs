@@ -38,6 +38,8 @@ pub const USAGE_HEADER: &str = "glia-usage";
 /// The function a call reached.
 #[derive(Debug, Clone)]
 pub(super) struct Target {
+    /// The tenant that owns the function and pays for the call.
+    pub tenant: String,
     pub function: String,
     pub version: u32,
     pub memory_mb: u64,
@@ -97,6 +99,8 @@ fn micros(d: Duration) -> u64 {
 struct Pricing {
     plan: PricePlan,
     currency: String,
+    /// Where each tenant's spend this month is counted (for spend caps).
+    auth: Arc<crate::auth::Auth>,
 }
 
 impl Pricing {
@@ -104,6 +108,7 @@ impl Pricing {
         Self {
             plan: state.config.billing.plan.clone(),
             currency: state.config.billing.currency.clone(),
+            auth: state.auth.clone(),
         }
     }
 
@@ -140,9 +145,13 @@ impl Pricing {
             bytes_out,
         };
         let (billed_ms, cost) = price(&self.plan, outcome, &usage);
+        self.auth.meter(&target.tenant).add_spent(
+            crate::billing::usage::month_start_ms(meter.started_at_ms),
+            cost.total_micros,
+        );
         InvocationRecord {
             id: meter.id.clone(),
-            tenant: "default".to_string(),
+            tenant: target.tenant.clone(),
             function: target.function.clone(),
             version: target.version,
             started_at_ms: meter.started_at_ms,

@@ -1,6 +1,10 @@
-//! The HTTP API: control plane (`/v1/...`), data plane (`/fn/...`) and
-//! `/healthz`, as one hyper service built by [`App::new`] so tests can drive
-//! it with or without a socket.
+//! The HTTP API: control plane (`/v1/...`), data plane (`/fn/...` and
+//! `/t/{tenant}/fn/...`) and `/healthz`, as one hyper service built by
+//! [`App::new`] so tests can drive it with or without a socket.
+//!
+//! Every request is parsed into a [`routes::Route`], authenticated, and
+//! checked against the scopes its route needs before any handler runs; a
+//! handler then sees only the caller's tenant.
 
 mod error;
 mod functions;
@@ -8,6 +12,8 @@ mod invoke;
 mod ledger;
 mod metering;
 mod models;
+pub mod routes;
+mod tenants;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -15,11 +21,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderValue, Request, Response, StatusCode, header};
 use serde::Serialize;
 
 pub use error::{ApiError, PROBLEM_TYPE_PREFIX, full};
+use routes::{Access, Route};
 
+use crate::auth::{Auth, AuthError, Principal, Scope};
 use crate::config::Config;
 use crate::nn::models::ModelRegistry;
 use crate::registry::Registry;
@@ -44,6 +52,8 @@ pub struct AppState {
     pub models: Arc<ModelRegistry>,
     /// The ledger writer; `None` when billing is off.
     pub billing: Option<Arc<crate::billing::LedgerWriter>>,
+    /// Tenants, keys and quotas.
+    pub auth: Arc<Auth>,
 }
 
 /// The glia HTTP service.
@@ -68,65 +78,113 @@ impl App {
         B::Error: Into<BoxError>,
     {
         let path = req.uri().path().to_string();
-        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        let result = match segments.as_slice() {
-            ["healthz"] => match *req.method() {
-                Method::GET | Method::HEAD => Ok(json_response(
-                    StatusCode::OK,
-                    &serde_json::json!({"status": "ok"}),
-                )),
-                _ => Err(ApiError::method_not_allowed("GET, HEAD")),
-            },
-            ["fn", ..] => {
-                return invoke::handle(&self.state, self.state.billing.as_ref(), &path, req).await;
+        let route = match routes::parse(req.method(), &path) {
+            Ok(route) => route,
+            Err(e) => return e.into_response(None),
+        };
+        let authorization = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(|v| v.as_bytes());
+        let principal = match self.state.auth.authenticate(authorization) {
+            Ok(principal) => principal,
+            Err(e) => return ApiError::from(e).into_response(None),
+        };
+        let state = &self.state;
+        let principal = match (route.access(), principal) {
+            (Access::Anyone, _) => None,
+            (Access::Invoke, principal) => {
+                let Route::Invoke { tenant, path } = route else {
+                    return ApiError::internal().into_response(None);
+                };
+                let (path, tenant) = (path.to_string(), tenant.map(str::to_string));
+                let billing = state.billing.as_ref();
+                return invoke::handle(state, billing, principal, tenant.as_deref(), &path, req)
+                    .await;
             }
-            ["v1", "functions"] | ["v1", "functions", ""] => match *req.method() {
-                Method::GET => Ok(functions::list(&self.state)),
-                _ => Err(ApiError::method_not_allowed("GET")),
-            },
-            ["v1", "functions", name] => {
-                let name = (*name).to_string();
-                match *req.method() {
-                    Method::PUT => functions::deploy(&self.state, &name, req).await,
-                    Method::GET => functions::get(&self.state, &name),
-                    Method::PATCH => functions::patch(&self.state, &name, req).await,
-                    Method::DELETE => functions::delete(&self.state, &name).await,
-                    _ => Err(ApiError::method_not_allowed("GET, PUT, PATCH, DELETE")),
-                }
+            (Access::AnyOf(_), None) => {
+                return ApiError::from(AuthError::Missing).into_response(None);
             }
-            ["v1", "models"] | ["v1", "models", ""] => match *req.method() {
-                Method::GET => Ok(models::list(&self.state)),
-                _ => Err(ApiError::method_not_allowed("GET")),
-            },
-            ["v1", "models", name] => {
-                let name = (*name).to_string();
-                match *req.method() {
-                    Method::PUT => models::upload(&self.state, &name, req).await,
-                    Method::GET => models::get(&self.state, &name),
-                    Method::DELETE => models::delete(&self.state, &name, req.uri().query()).await,
-                    _ => Err(ApiError::method_not_allowed("GET, PUT, DELETE")),
+            (Access::AnyOf(scopes), Some(p)) => {
+                if !scopes.iter().any(|s| p.has(*s)) {
+                    return insufficient_scope(scopes).into_response(None);
                 }
+                Some(p)
             }
-            ["v1", "invocations", id] => match *req.method() {
-                Method::GET => ledger::invocation(&self.state, id).await,
-                _ => Err(ApiError::method_not_allowed("GET")),
-            },
-            ["v1", "usage"] => match *req.method() {
-                Method::GET => {
-                    let uri = req.uri().clone();
-                    let accept = req
-                        .headers()
-                        .get(http::header::ACCEPT)
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_string);
-                    ledger::usage(&self.state, &uri, accept.as_deref()).await
-                }
-                _ => Err(ApiError::method_not_allowed("GET")),
-            },
-            _ => Err(ApiError::not_found(format!("no route for {path}"))),
+        };
+        let result = match (route, principal) {
+            (Route::Health, _) => Ok(json_response(
+                StatusCode::OK,
+                &serde_json::json!({"status": "ok"}),
+            )),
+            (route, Some(p)) => self.dispatch(route, &p, req).await,
+            (_, None) => Err(ApiError::from(AuthError::Missing)),
         };
         result.unwrap_or_else(|e| e.into_response(None))
     }
+
+    async fn dispatch<B>(
+        &self,
+        route: Route<'_>,
+        principal: &Principal,
+        req: Request<B>,
+    ) -> Result<Response<ResponseBody>, ApiError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let state = &self.state;
+        let tenant = principal.tenant.as_str();
+        match route {
+            Route::Health | Route::Invoke { .. } => Err(ApiError::internal()),
+            Route::ListFunctions => Ok(functions::list(state, tenant)),
+            Route::GetFunction(name) => functions::get(state, tenant, name),
+            Route::DeployFunction(name) => functions::deploy(state, tenant, name, req).await,
+            Route::PatchFunction(name) => functions::patch(state, tenant, name, req).await,
+            Route::DeleteFunction(name) => functions::delete(state, tenant, name).await,
+            Route::ListModels => Ok(models::list(state, tenant)),
+            Route::GetModel(name) => models::get(state, tenant, name),
+            Route::UploadModel(name) => models::upload(state, tenant, name, req).await,
+            Route::DeleteModel(name) => {
+                let query = req.uri().query().map(str::to_string);
+                models::delete(state, tenant, name, query.as_deref()).await
+            }
+            Route::GetInvocation(id) => ledger::invocation(state, tenant, id).await,
+            Route::Usage => {
+                let uri = req.uri().clone();
+                let accept = req
+                    .headers()
+                    .get(http::header::ACCEPT)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                ledger::usage(state, tenant, &uri, accept.as_deref()).await
+            }
+            Route::ListTenants => tenants::list(state, principal),
+            Route::CreateTenant => tenants::create(state, principal, req).await,
+            Route::GetTenant(t) => tenants::get(state, principal, t),
+            Route::PatchTenant(t) => tenants::patch(state, principal, t, req).await,
+            Route::DeleteTenant(t) => tenants::delete(state, principal, t),
+            Route::ListKeys(t) => tenants::list_keys(state, principal, t),
+            Route::CreateKey(t) => tenants::create_key(state, principal, t, req).await,
+            Route::GetKey(t, k) => tenants::get_key(state, principal, t, k),
+            Route::DeleteKey(t, k) => tenants::delete_key(state, principal, t, k),
+        }
+    }
+}
+
+/// 403 naming the scopes that would open the route.
+fn insufficient_scope(scopes: &[Scope]) -> ApiError {
+    let names: Vec<&str> = scopes.iter().map(|s| s.name()).collect();
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "insufficient-scope",
+        "Insufficient scope",
+    )
+    .detail(format!(
+        "this route needs a key with the {} scope",
+        names.join(" or ")
+    ))
+    .with("required_scopes", names)
 }
 
 impl<B> hyper::service::Service<Request<B>> for App

@@ -84,7 +84,7 @@ fn signature(m: &dyn LoadedModel) -> Signature {
     }
 }
 
-pub(super) fn list(state: &AppState) -> Response<ResponseBody> {
+pub(super) fn list(state: &AppState, tenant: &str) -> Response<ResponseBody> {
     #[derive(Serialize)]
     struct Summary<'a> {
         name: &'a str,
@@ -93,7 +93,7 @@ pub(super) fn list(state: &AppState) -> Response<ResponseBody> {
         versions: usize,
         loaded: bool,
     }
-    let all = state.models.list();
+    let all = state.models.list(tenant);
     let models: Vec<Summary<'_>> = all
         .iter()
         .map(|m| Summary {
@@ -109,10 +109,10 @@ pub(super) fn list(state: &AppState) -> Response<ResponseBody> {
     json_response(StatusCode::OK, &serde_json::json!({ "models": models }))
 }
 
-pub(super) fn get(state: &AppState, name: &str) -> ApiResult {
+pub(super) fn get(state: &AppState, tenant: &str, name: &str) -> ApiResult {
     let record = state
         .models
-        .get(name)
+        .get(tenant, name)
         .ok_or_else(|| ApiError::from(ModelError::NotFound(name.to_string())))?;
     #[derive(Serialize)]
     struct View<'a> {
@@ -151,7 +151,7 @@ pub(super) fn get(state: &AppState, name: &str) -> ApiResult {
                 .latest()
                 .map(|v| state.models.residency(&v.digest))
                 .unwrap_or_default(),
-            used_by: users(state, name),
+            used_by: users(state, tenant, name),
             signature: loaded.as_deref().map(signature),
             created_at_ms: record.created_at_ms,
             updated_at_ms: record.updated_at_ms,
@@ -160,7 +160,12 @@ pub(super) fn get(state: &AppState, name: &str) -> ApiResult {
     ))
 }
 
-pub(super) async fn upload<B>(state: &AppState, name: &str, req: Request<B>) -> ApiResult
+pub(super) async fn upload<B>(
+    state: &AppState,
+    tenant: &str,
+    name: &str,
+    req: Request<B>,
+) -> ApiResult
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -184,7 +189,9 @@ where
         }
     }
     let bytes = read_body(req, state.config.server.max_model_bytes()).await?;
-    let up = state.models.upload(name, &encoding, bytes).await?;
+    let new_model = state.models.get(tenant, name).is_none();
+    super::functions::check_storage_quotas(state, tenant, false, new_model, bytes.len() as u64)?;
+    let up = state.models.upload(tenant, name, &encoding, bytes).await?;
     #[derive(Serialize)]
     struct Uploaded<'a> {
         name: &'a str,
@@ -218,11 +225,11 @@ where
     ))
 }
 
-/// Deployed functions whose `models` setting grants `model`.
-fn users(state: &AppState, model: &str) -> Vec<String> {
+/// The tenant's deployed functions whose `models` setting grants `model`.
+fn users(state: &AppState, tenant: &str, model: &str) -> Vec<String> {
     state
         .registry
-        .list()
+        .list(tenant)
         .iter()
         .filter(|f| {
             state
@@ -239,7 +246,12 @@ fn users(state: &AppState, model: &str) -> Vec<String> {
 /// Deletes a model. While deployed functions are granted it, the delete is
 /// refused with 409 naming them, unless `?force=true` (their calls then get
 /// `not-found` from `load-by-name`).
-pub(super) async fn delete(state: &AppState, name: &str, query: Option<&str>) -> ApiResult {
+pub(super) async fn delete(
+    state: &AppState,
+    tenant: &str,
+    name: &str,
+    query: Option<&str>,
+) -> ApiResult {
     let mut force = false;
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         match pair {
@@ -252,10 +264,10 @@ pub(super) async fn delete(state: &AppState, name: &str, query: Option<&str>) ->
             }
         }
     }
-    if state.models.get(name).is_none() {
+    if state.models.get(tenant, name).is_none() {
         return Err(ModelError::NotFound(name.to_string()).into());
     }
-    let users = users(state, name);
+    let users = users(state, tenant, name);
     if !force && !users.is_empty() {
         return Err(
             ApiError::new(StatusCode::CONFLICT, "model-in-use", "Model in use").detail(format!(
@@ -265,7 +277,7 @@ pub(super) async fn delete(state: &AppState, name: &str, query: Option<&str>) ->
             )),
         );
     }
-    let record: std::sync::Arc<ModelRecord> = state.models.delete(name).await?;
+    let record: std::sync::Arc<ModelRecord> = state.models.delete(tenant, name).await?;
     Ok(json_response(
         StatusCode::OK,
         &serde_json::json!({"name": record.name, "deleted": true, "versions": record.versions.len()}),

@@ -15,14 +15,52 @@ pub struct Server {
     /// URL of the glia server.
     #[arg(long, env = "GLIA_URL", default_value = DEFAULT_URL, global = true)]
     url: String,
+    /// API key. Without one, the admin key a local server wrote to
+    /// `<data dir>/admin.key` is used when readable.
+    #[arg(long, env = "GLIA_API_KEY", global = true, hide_env_values = true)]
+    key: Option<String>,
+    /// Data directory of a local server, to find its admin key.
+    #[arg(long, env = "GLIA_DATA_DIR", default_value = crate::config::DEFAULT_DATA_DIR, global = true)]
+    data_dir: PathBuf,
     /// Print the server's JSON instead of a readable summary.
     #[arg(long, global = true)]
     json: bool,
 }
 
 impl Server {
-    fn endpoint(&self, path: &str) -> String {
+    pub(super) fn endpoint(&self, path: &str) -> String {
         format!("{}{path}", self.url.trim_end_matches('/'))
+    }
+
+    /// Whether to print raw JSON.
+    pub(super) fn json(&self) -> bool {
+        self.json
+    }
+
+    /// The key to send: `--key`/`GLIA_API_KEY`, else a local admin key.
+    fn api_key(&self) -> Option<String> {
+        self.key.clone().or_else(|| {
+            std::fs::read_to_string(self.data_dir.join(crate::auth::ADMIN_KEY_FILE))
+                .ok()
+                .map(|k| k.trim().to_string())
+                .filter(|k| !k.is_empty())
+        })
+    }
+
+    /// An HTTP client that sends the key with every request.
+    pub(super) fn http(&self) -> anyhow::Result<reqwest::Client> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(key) = self.api_key() {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
+                .context("the API key must be printable ASCII")?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        reqwest::Client::builder()
+            .no_proxy()
+            .default_headers(headers)
+            .build()
+            .context("creating the HTTP client")
     }
 }
 
@@ -45,6 +83,9 @@ pub struct DeployArgs {
     /// Models the function may load with wasi:nn (comma-separated).
     #[arg(long, value_delimiter = ',')]
     models: Vec<String>,
+    /// Let anyone call the function without a key.
+    #[arg(long)]
+    public: bool,
     #[command(flatten)]
     server: Server,
 }
@@ -86,15 +127,8 @@ pub struct DeleteArgs {
     server: Server,
 }
 
-fn http() -> anyhow::Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .context("creating the HTTP client")
-}
-
 /// Turns a non-success response into an error carrying the problem detail.
-async fn check(response: reqwest::Response) -> anyhow::Result<Value> {
+pub(super) async fn check(response: reqwest::Response) -> anyhow::Result<Value> {
     let status = response.status();
     let bytes = response.bytes().await.context("reading the response")?;
     let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
@@ -111,7 +145,7 @@ async fn check(response: reqwest::Response) -> anyhow::Result<Value> {
     }
 }
 
-fn print_json(value: &Value) {
+pub(super) fn print_json(value: &Value) {
     println!(
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_default()
@@ -167,12 +201,17 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     if !args.models.is_empty() {
         query.push(("models", args.models.join(",")));
     }
+    if args.public {
+        query.push(("public", "true".to_string()));
+    }
     let size = bytes.len();
     let spinner = progress(format!(
         "uploading {:.1} MiB and compiling `{name}`…",
         size as f64 / (1024.0 * 1024.0)
     ));
-    let result = http()?
+    let result = args
+        .server
+        .http()?
         .put(args.server.endpoint(&format!("/v1/functions/{name}")))
         .query(&query)
         .header("content-type", "application/wasm")
@@ -216,7 +255,9 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
 }
 
 pub async fn list(args: ListArgs) -> anyhow::Result<()> {
-    let response = http()?
+    let response = args
+        .server
+        .http()?
         .get(args.server.endpoint("/v1/functions"))
         .send()
         .await
@@ -289,7 +330,7 @@ pub async fn invoke(args: InvokeArgs) -> anyhow::Result<()> {
     let url = args
         .server
         .endpoint(&format!("/fn/{}{path}", args.function));
-    let mut request = http()?.request(method, url);
+    let mut request = args.server.http()?.request(method, url);
     for h in &args.headers {
         let (k, v) = h
             .split_once(':')
@@ -338,7 +379,9 @@ pub async fn invoke(args: InvokeArgs) -> anyhow::Result<()> {
 }
 
 pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
-    let response = http()?
+    let response = args
+        .server
+        .http()?
         .delete(
             args.server
                 .endpoint(&format!("/v1/functions/{}", args.name)),
@@ -393,7 +436,11 @@ pub async fn usage(args: UsageArgs) -> anyhow::Result<()> {
             query.push((key, v.clone()));
         }
     }
-    let mut request = http()?.get(args.server.endpoint("/v1/usage")).query(&query);
+    let mut request = args
+        .server
+        .http()?
+        .get(args.server.endpoint("/v1/usage"))
+        .query(&query);
     if args.csv {
         request = request.header("accept", "text/csv");
     }

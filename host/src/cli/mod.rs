@@ -1,6 +1,7 @@
 //! The `glia` command line: `serve` runs the platform; the other commands are
 //! clients of a running server's HTTP API.
 
+mod admin;
 mod client;
 mod new;
 
@@ -41,6 +42,10 @@ enum Command {
     Usage(client::UsageArgs),
     /// Create a function crate from a template.
     New(new::NewArgs),
+    /// Manage tenants (admin key of the default tenant).
+    Tenants(admin::TenantsArgs),
+    /// Manage a tenant's API keys.
+    Keys(admin::KeysArgs),
 }
 
 #[derive(Debug, Args)]
@@ -55,6 +60,10 @@ struct ServeArgs {
     /// absent.
     #[arg(long, env = "GLIA_CONFIG")]
     config: Option<PathBuf>,
+    /// Single-user development mode: no API keys, every request acts as the
+    /// admin (`auth.enabled = false`). Only on a machine you alone use.
+    #[arg(long)]
+    dev: bool,
 }
 
 /// Runs the parsed command line.
@@ -67,6 +76,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::New(args) => new::new(args),
         Command::Delete(args) => client::delete(args).await,
         Command::Usage(args) => client::usage(args).await,
+        Command::Tenants(args) => admin::tenants(args).await,
+        Command::Keys(args) => admin::keys(args).await,
     }
 }
 
@@ -82,6 +93,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(dir) = args.data_dir {
         config.server.data_dir = dir;
     }
+    if args.dev {
+        config.auth.enabled = false;
+    }
+    if let Ok(key) = std::env::var("GLIA_ADMIN_KEY")
+        && !key.is_empty()
+    {
+        config.auth.admin_key = Some(key);
+    }
     config.validate()?;
     let listen = config.server.listen;
     eprintln!("{}", config.summary());
@@ -90,7 +109,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("binding {listen}: {e}"))?;
     let local = listener.local_addr()?;
-    let functions = platform.state().registry.list();
+    let functions = platform
+        .state()
+        .registry
+        .list(crate::registry::DEFAULT_TENANT);
     eprintln!(
         "ready on http://{local} with {} function(s){}",
         functions.len(),

@@ -32,7 +32,7 @@ use super::{Backend, Device, LoadedModel, NnError, Timed};
 use crate::config::FallbackPolicy;
 use crate::registry::{
     BlobStore, MetadataStore, ModelRecord, ModelVersionRecord, StoreError, UploadError, check_name,
-    now_ms,
+    now_ms, qualify,
 };
 
 /// Model encodings the platform accepts.
@@ -164,7 +164,7 @@ impl ModelRegistry {
     ) -> Result<Self, StoreError> {
         let index = DashMap::new();
         for record in meta.load_models()? {
-            index.insert(record.name.clone(), Arc::new(record));
+            index.insert(record.key(), Arc::new(record));
         }
         Ok(Self {
             meta,
@@ -309,14 +309,39 @@ impl ModelRegistry {
         self.backend.name()
     }
 
-    pub fn list(&self) -> Vec<Arc<ModelRecord>> {
-        let mut all: Vec<_> = self.index.iter().map(|e| e.value().clone()).collect();
+    /// Every model of every tenant.
+    pub fn all(&self) -> Vec<Arc<ModelRecord>> {
+        self.index.iter().map(|e| e.value().clone()).collect()
+    }
+
+    /// A tenant's models, sorted by name.
+    pub fn list(&self, tenant: &str) -> Vec<Arc<ModelRecord>> {
+        let mut all: Vec<_> = self
+            .index
+            .iter()
+            .filter(|e| e.value().tenant == tenant)
+            .map(|e| e.value().clone())
+            .collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
     }
 
-    pub fn get(&self, name: &str) -> Option<Arc<ModelRecord>> {
-        self.index.get(name).map(|e| e.value().clone())
+    /// A tenant's model.
+    pub fn get(&self, tenant: &str, name: &str) -> Option<Arc<ModelRecord>> {
+        self.index
+            .get(&qualify(tenant, name))
+            .map(|e| e.value().clone())
+    }
+
+    /// Number of models and bytes of stored model files a tenant holds.
+    pub fn footprint(&self, tenant: &str) -> (u64, u64) {
+        self.index
+            .iter()
+            .filter(|e| e.value().tenant == tenant)
+            .fold((0, 0), |(count, bytes), e| {
+                let stored: u64 = e.value().versions.iter().map(|v| v.size_bytes).sum();
+                (count + 1, bytes.saturating_add(stored))
+            })
     }
 
     /// A loaded graph of a digest, if one is loaded (without marking it
@@ -353,6 +378,7 @@ impl ModelRegistry {
     /// validated graph stays loaded when the budget has room for it.
     pub async fn upload(
         &self,
+        tenant: &str,
         name: &str,
         encoding: &str,
         bytes: Bytes,
@@ -381,7 +407,7 @@ impl ModelRegistry {
             Err(e) => tracing::info!(model = name, reason = %e, "uploaded model not kept loaded"),
         }
 
-        if let Some(record) = self.get(name)
+        if let Some(record) = self.get(tenant, name)
             && let Some(latest) = record.latest().filter(|v| v.digest == digest)
         {
             return Ok(Uploaded {
@@ -401,17 +427,19 @@ impl ModelRegistry {
             created_at_ms: now_ms(),
         };
         let meta = self.meta.clone();
-        let owned = name.to_string();
-        let record = tokio::task::spawn_blocking(move || meta.add_model_version(&owned, &version))
-            .await
-            .map_err(|e| ModelError::Internal(format!("store task: {e}")))??;
+        let (owned_tenant, owned) = (tenant.to_string(), name.to_string());
+        let record = tokio::task::spawn_blocking(move || {
+            meta.add_model_version(&owned_tenant, &owned, &version)
+        })
+        .await
+        .map_err(|e| ModelError::Internal(format!("store task: {e}")))??;
         let record = Arc::new(record);
-        self.index.insert(name.to_string(), record.clone());
+        self.index.insert(record.key(), record.clone());
         let version = record
             .latest()
             .cloned()
             .ok_or_else(|| ModelError::Internal("version not recorded".into()))?;
-        tracing::info!(model = name, version = version.version, digest = %version.digest, load_ms, "model uploaded");
+        tracing::info!(tenant, model = name, version = version.version, digest = %version.digest, load_ms, "model uploaded");
         Ok(Uploaded {
             model: record,
             version,
@@ -423,16 +451,16 @@ impl ModelRegistry {
 
     /// Deletes a model and its versions. Loaded graphs of digests no other
     /// model uses are unloaded (calls holding them finish on them).
-    pub async fn delete(&self, name: &str) -> Result<Arc<ModelRecord>, ModelError> {
+    pub async fn delete(&self, tenant: &str, name: &str) -> Result<Arc<ModelRecord>, ModelError> {
         let record = self
-            .get(name)
+            .get(tenant, name)
             .ok_or_else(|| ModelError::NotFound(name.to_string()))?;
         let meta = self.meta.clone();
-        let owned = name.to_string();
-        tokio::task::spawn_blocking(move || meta.delete_model(&owned))
+        let (owned_tenant, owned) = (tenant.to_string(), name.to_string());
+        tokio::task::spawn_blocking(move || meta.delete_model(&owned_tenant, &owned))
             .await
             .map_err(|e| ModelError::Internal(format!("store task: {e}")))??;
-        self.index.remove(name);
+        self.index.remove(&record.key());
         let still_used: std::collections::HashSet<String> = self
             .index
             .iter()
@@ -449,17 +477,25 @@ impl ModelRegistry {
         Ok(record)
     }
 
-    /// The loaded latest version of `name` on the CPU, loading it on first
-    /// use (concurrent callers share one load).
-    pub async fn load(&self, name: &str) -> Result<Arc<dyn LoadedModel>, ModelError> {
-        self.acquire(name, Device::Cpu).await.map(|r| r.model)
+    /// The loaded latest version of a tenant's `name` on the CPU, loading it
+    /// on first use (concurrent callers share one load).
+    pub async fn load(&self, tenant: &str, name: &str) -> Result<Arc<dyn LoadedModel>, ModelError> {
+        self.acquire(tenant, name, Device::Cpu)
+            .await
+            .map(|r| r.model)
     }
 
-    /// The latest version of `name`, loaded for `device` (or where the
-    /// fallback policy puts it), loading it on first use.
-    pub async fn acquire(&self, name: &str, device: Device) -> Result<Ready, ModelError> {
+    /// The latest version of a tenant's `name`, loaded for `device` (or where
+    /// the fallback policy puts it), loading it on first use. Tenants that
+    /// uploaded the same bytes share one loaded graph.
+    pub async fn acquire(
+        &self,
+        tenant: &str,
+        name: &str,
+        device: Device,
+    ) -> Result<Ready, ModelError> {
         let record = self
-            .get(name)
+            .get(tenant, name)
             .ok_or_else(|| ModelError::NotFound(name.to_string()))?;
         let version = record
             .latest()
@@ -561,8 +597,11 @@ impl ModelRegistry {
 
     /// Loads the latest version of every model (`[models] preload`).
     pub async fn preload(&self) {
-        for record in self.list() {
-            if let Err(e) = self.acquire(&record.name, Device::Cpu).await {
+        for record in self.all() {
+            if let Err(e) = self
+                .acquire(&record.tenant, &record.name, Device::Cpu)
+                .await
+            {
                 tracing::warn!(model = %record.name, error = %e, "preloading failed");
             }
         }

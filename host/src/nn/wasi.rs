@@ -80,6 +80,8 @@ pub struct GuestError {
 #[derive(Default)]
 pub struct NnState {
     models: Option<Arc<ModelRegistry>>,
+    /// The tenant whose models the function reaches.
+    tenant: String,
     granted: Vec<String>,
     deadline: Option<Instant>,
     max_raw_bytes: usize,
@@ -87,16 +89,18 @@ pub struct NnState {
 }
 
 impl NnState {
-    /// State granting `granted` from `models`, with loads and inference cut
-    /// off at `deadline`, and raw loads up to `max_raw_bytes`.
+    /// State granting `granted` of `tenant`'s models, with loads and
+    /// inference cut off at `deadline`, and raw loads up to `max_raw_bytes`.
     pub fn new(
         models: Arc<ModelRegistry>,
+        tenant: String,
         granted: Vec<String>,
         deadline: Instant,
         max_raw_bytes: usize,
     ) -> Self {
         Self {
             models: Some(models),
+            tenant,
             granted,
             deadline: Some(deadline),
             max_raw_bytes,
@@ -334,7 +338,8 @@ impl graph::Host for NnView<'_> {
             return self.fail(ErrorCode::NotFound, not_found);
         };
         let model = model.to_string();
-        self.finish_load(&model, models.acquire(&model, device))
+        let tenant = self.state.tenant.clone();
+        self.finish_load(&model, models.acquire(&tenant, &model, device))
             .await
     }
 }

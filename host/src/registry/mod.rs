@@ -23,8 +23,8 @@ use crate::runtime::{LoadError, Runtime};
 
 pub use settings::{SETTING_NAMES, Settings, SettingsOverrides, SettingsPatch};
 pub use store::{
-    BlobStore, FsBlobStore, FunctionRecord, MetadataStore, ModelRecord, ModelVersionRecord,
-    NewVersion, SqliteStore, StoreError, VersionRecord, now_ms,
+    BlobStore, DEFAULT_TENANT, FsBlobStore, FunctionRecord, MetadataStore, ModelRecord,
+    ModelVersionRecord, NewVersion, SqliteStore, StoreError, VersionRecord, now_ms, qualify,
 };
 pub use validate::{MAX_NAME_LEN, UploadError, check_component, check_name};
 
@@ -61,7 +61,11 @@ pub struct Deployed {
 /// A call target: one version and the settings to run it with.
 #[derive(Debug, Clone)]
 pub struct Resolved {
+    /// The tenant that owns the function (and pays for its calls).
+    pub tenant: String,
     pub name: String,
+    /// `tenant/name`: the function's key across tenants.
+    pub key: String,
     pub version: VersionRecord,
     pub settings: Settings,
 }
@@ -97,7 +101,7 @@ impl Registry {
     ) -> Result<Self, RegistryError> {
         let index = DashMap::new();
         for record in meta.load_all()? {
-            index.insert(record.name.clone(), Arc::new(record));
+            index.insert(record.key(), Arc::new(record));
         }
         Ok(Self {
             meta,
@@ -132,21 +136,56 @@ impl Registry {
         record.overrides.resolve(&self.defaults)
     }
 
-    /// Every function, sorted by name.
-    pub fn list(&self) -> Vec<Arc<FunctionRecord>> {
+    /// Every function of every tenant, sorted by tenant and name.
+    pub fn all(&self) -> Vec<Arc<FunctionRecord>> {
         let mut all: Vec<_> = self.index.iter().map(|e| e.value().clone()).collect();
+        all.sort_by(|a, b| (&a.tenant, &a.name).cmp(&(&b.tenant, &b.name)));
+        all
+    }
+
+    /// A tenant's functions, sorted by name.
+    pub fn list(&self, tenant: &str) -> Vec<Arc<FunctionRecord>> {
+        let mut all: Vec<_> = self
+            .index
+            .iter()
+            .filter(|e| e.value().tenant == tenant)
+            .map(|e| e.value().clone())
+            .collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
     }
 
-    pub fn get(&self, name: &str) -> Option<Arc<FunctionRecord>> {
-        self.index.get(name).map(|e| e.value().clone())
+    /// A tenant's function.
+    pub fn get(&self, tenant: &str, name: &str) -> Option<Arc<FunctionRecord>> {
+        self.get_key(&qualify(tenant, name))
     }
 
-    /// Resolves `name` and an optional pinned version to a call target.
-    pub fn resolve(&self, name: &str, version: Option<u32>) -> Result<Resolved, RegistryError> {
+    /// A function by its key (`tenant/name`).
+    pub fn get_key(&self, key: &str) -> Option<Arc<FunctionRecord>> {
+        self.index.get(key).map(|e| e.value().clone())
+    }
+
+    /// Number of functions and bytes of stored sources a tenant holds.
+    pub fn footprint(&self, tenant: &str) -> (u64, u64) {
+        self.index
+            .iter()
+            .filter(|e| e.value().tenant == tenant)
+            .fold((0, 0), |(count, bytes), e| {
+                let stored: u64 = e.value().versions.iter().map(|v| v.size_bytes).sum();
+                (count + 1, bytes.saturating_add(stored))
+            })
+    }
+
+    /// Resolves a tenant's `name` and an optional pinned version to a call
+    /// target.
+    pub fn resolve(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<Resolved, RegistryError> {
         let record = self
-            .get(name)
+            .get(tenant, name)
             .ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
         let found = match version {
             Some(v) => record.version(v),
@@ -157,7 +196,9 @@ impl Registry {
             version: version.unwrap_or(0),
         })?;
         Ok(Resolved {
+            tenant: record.tenant.clone(),
             name: record.name.clone(),
+            key: record.key(),
             version,
             settings: self.settings_of(&record),
         })
@@ -181,12 +222,13 @@ impl Registry {
     /// bytes) and records a new version of `name`.
     pub async fn deploy(
         &self,
+        tenant: &str,
         name: &str,
         bytes: Bytes,
         patch: SettingsPatch,
     ) -> Result<Deployed, RegistryError> {
         check_name(name)?;
-        let existing = self.get(name);
+        let existing = self.get(tenant, name);
         let base = existing
             .as_ref()
             .map(|r| r.overrides.clone())
@@ -209,7 +251,7 @@ impl Registry {
         {
             let latest = latest.clone();
             let function = if overrides != record.overrides {
-                self.store_overrides(name, overrides).await?
+                self.store_overrides(tenant, name, overrides).await?
             } else {
                 record.clone()
             };
@@ -224,9 +266,11 @@ impl Registry {
         let meta = self.meta.clone();
         let size_bytes = bytes.len() as u64;
         let owned_name = name.to_string();
+        let owned_tenant = tenant.to_string();
         let digest_for_store = digest.clone();
         let record = blocking(move || {
             meta.add_version(
+                &owned_tenant,
                 &owned_name,
                 &overrides,
                 NewVersion {
@@ -238,12 +282,13 @@ impl Registry {
         })
         .await??;
         let record = Arc::new(record);
-        self.index.insert(name.to_string(), record.clone());
+        self.index.insert(record.key(), record.clone());
         let version = record
             .latest()
             .cloned()
             .ok_or_else(|| RegistryError::Internal("version not recorded".into()))?;
         tracing::info!(
+            tenant,
             function = name,
             version = version.version,
             digest = %digest,
@@ -263,42 +308,48 @@ impl Registry {
     /// Changes a function's settings without a new upload.
     pub async fn update_settings(
         &self,
+        tenant: &str,
         name: &str,
         patch: &SettingsPatch,
     ) -> Result<Arc<FunctionRecord>, RegistryError> {
         let record = self
-            .get(name)
+            .get(tenant, name)
             .ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
         let overrides = self.checked_overrides(record.overrides.clone(), patch)?;
-        self.store_overrides(name, overrides).await
+        self.store_overrides(tenant, name, overrides).await
     }
 
     async fn store_overrides(
         &self,
+        tenant: &str,
         name: &str,
         overrides: SettingsOverrides,
     ) -> Result<Arc<FunctionRecord>, RegistryError> {
         let meta = self.meta.clone();
-        let owned = name.to_string();
-        let record = blocking(move || meta.set_overrides(&owned, &overrides))
+        let (owned_tenant, owned) = (tenant.to_string(), name.to_string());
+        let record = blocking(move || meta.set_overrides(&owned_tenant, &owned, &overrides))
             .await??
             .ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
         let record = Arc::new(record);
-        self.index.insert(name.to_string(), record.clone());
+        self.index.insert(record.key(), record.clone());
         Ok(record)
     }
 
-    /// Deletes a function and all its versions. Sources and artifacts stay,
-    /// since other functions may share them.
-    pub async fn delete(&self, name: &str) -> Result<Arc<FunctionRecord>, RegistryError> {
+    /// Deletes a tenant's function and all its versions. Sources and
+    /// artifacts stay, since other functions may share them.
+    pub async fn delete(
+        &self,
+        tenant: &str,
+        name: &str,
+    ) -> Result<Arc<FunctionRecord>, RegistryError> {
         let record = self
-            .get(name)
+            .get(tenant, name)
             .ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
         let meta = self.meta.clone();
-        let owned = name.to_string();
-        blocking(move || meta.delete_function(&owned)).await??;
-        self.index.remove(name);
-        tracing::info!(function = name, "deleted");
+        let (owned_tenant, owned) = (tenant.to_string(), name.to_string());
+        blocking(move || meta.delete_function(&owned_tenant, &owned)).await??;
+        self.index.remove(&record.key());
+        tracing::info!(tenant, function = name, "deleted");
         Ok(record)
     }
 

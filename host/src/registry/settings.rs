@@ -143,7 +143,14 @@ macro_rules! settings {
                         $(
                             stringify!($field) => {
                                 let parsed = value.parse::<$ty>().map_err(|_| {
-                                    format!("query parameter `{key}` must be a non-negative integer")
+                                    format!(
+                                        "query parameter `{key}` must be {}",
+                                        if stringify!($ty) == "bool" {
+                                            "true or false"
+                                        } else {
+                                            "a non-negative integer"
+                                        }
+                                    )
                                 })?;
                                 patch.$field = Some(Some(parsed));
                             }
@@ -224,6 +231,10 @@ settings! {
     /// to zero. One warm `InstancePre` serves any number of instances, so
     /// there is nothing to gain from more.
     min_warm: u32 = 0, range 0..=1;
+    /// `true` lets anyone call the function without a key, at
+    /// `/t/{tenant}/fn/{name}/` (and, for the default tenant, `/fn/{name}/`);
+    /// its owner pays for the calls.
+    public: bool = false, range false..=true;
     }
     lists {
         /// Models this function may load with `wasi:nn` `load-by-name`;

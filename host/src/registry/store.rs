@@ -55,6 +55,8 @@ pub struct VersionRecord {
 /// A function and all its versions, oldest first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FunctionRecord {
+    /// The tenant that owns it.
+    pub tenant: String,
     pub name: String,
     pub overrides: SettingsOverrides,
     pub created_at_ms: i64,
@@ -63,6 +65,11 @@ pub struct FunctionRecord {
 }
 
 impl FunctionRecord {
+    /// The key that names it across tenants (`tenant/name`).
+    pub fn key(&self) -> String {
+        qualify(&self.tenant, &self.name)
+    }
+
     /// The newest version.
     pub fn latest(&self) -> Option<&VersionRecord> {
         self.versions.last()
@@ -91,6 +98,8 @@ pub struct ModelVersionRecord {
 /// A model and all its versions, oldest first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelRecord {
+    /// The tenant that owns it.
+    pub tenant: String,
     pub name: String,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
@@ -98,6 +107,11 @@ pub struct ModelRecord {
 }
 
 impl ModelRecord {
+    /// The key that names it across tenants (`tenant/name`).
+    pub fn key(&self) -> String {
+        qualify(&self.tenant, &self.name)
+    }
+
     pub fn latest(&self) -> Option<&ModelVersionRecord> {
         self.versions.last()
     }
@@ -119,6 +133,7 @@ pub trait MetadataStore: Send + Sync {
     /// settings overrides, atomically; returns the function as stored.
     fn add_version(
         &self,
+        tenant: &str,
         name: &str,
         overrides: &SettingsOverrides,
         version: NewVersion<'_>,
@@ -126,21 +141,23 @@ pub trait MetadataStore: Send + Sync {
     /// Replaces a function's overrides; `None` when it does not exist.
     fn set_overrides(
         &self,
+        tenant: &str,
         name: &str,
         overrides: &SettingsOverrides,
     ) -> Result<Option<FunctionRecord>, StoreError>;
     /// Deletes a function and its versions; `false` when it did not exist.
-    fn delete_function(&self, name: &str) -> Result<bool, StoreError>;
+    fn delete_function(&self, tenant: &str, name: &str) -> Result<bool, StoreError>;
     /// Every model with its versions.
     fn load_models(&self) -> Result<Vec<ModelRecord>, StoreError>;
     /// Records a new model version (creating the model if needed).
     fn add_model_version(
         &self,
+        tenant: &str,
         name: &str,
         version: &ModelVersionRecord,
     ) -> Result<ModelRecord, StoreError>;
     /// Deletes a model and its versions; `false` when it did not exist.
-    fn delete_model(&self, name: &str) -> Result<bool, StoreError>;
+    fn delete_model(&self, tenant: &str, name: &str) -> Result<bool, StoreError>;
     /// A small key/value area for platform state.
     fn get_meta(&self, key: &str) -> Result<Option<String>, StoreError>;
     fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError>;
@@ -158,6 +175,16 @@ pub trait BlobStore: Send + Sync {
     fn put_artifact(&self, digest: &str, bytes: &[u8]) -> Result<PathBuf, StoreError>;
 }
 
+/// The key naming `name` of `tenant` across tenants. Names never contain
+/// `/` (see [`super::check_name`]), so the key is unambiguous.
+pub fn qualify(tenant: &str, name: &str) -> String {
+    let mut key = String::with_capacity(tenant.len() + name.len() + 1);
+    key.push_str(tenant);
+    key.push('/');
+    key.push_str(name);
+    key
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -166,41 +193,88 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// The tenant that owns everything created before tenants existed, and
+/// everything a single-user install creates.
+pub const DEFAULT_TENANT: &str = "default";
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS tenants (
+    id         TEXT PRIMARY KEY,
+    name       TEXT NOT NULL UNIQUE,
+    quotas     TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS api_keys (
+    id         TEXT PRIMARY KEY,
+    tenant     TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+    hash       TEXT NOT NULL UNIQUE,
+    scopes     TEXT NOT NULL,
+    prefix     TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS functions (
-    name       TEXT PRIMARY KEY,
+    tenant     TEXT NOT NULL,
+    name       TEXT NOT NULL,
     settings   TEXT NOT NULL,
     created_at INTEGER NOT NULL,
-    updated_at INTEGER NOT NULL
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (tenant, name)
 );
 CREATE TABLE IF NOT EXISTS versions (
-    function   TEXT NOT NULL REFERENCES functions(name) ON DELETE CASCADE,
+    tenant     TEXT NOT NULL,
+    function   TEXT NOT NULL,
     version    INTEGER NOT NULL,
     digest     TEXT NOT NULL,
     size_bytes INTEGER NOT NULL,
     compile_ms INTEGER NOT NULL,
     created_at INTEGER NOT NULL,
-    PRIMARY KEY (function, version)
+    PRIMARY KEY (tenant, function, version),
+    FOREIGN KEY (tenant, function) REFERENCES functions(tenant, name) ON DELETE CASCADE
 );
 CREATE TABLE IF NOT EXISTS models (
-    name       TEXT PRIMARY KEY,
+    tenant     TEXT NOT NULL,
+    name       TEXT NOT NULL,
     created_at INTEGER NOT NULL,
-    updated_at INTEGER NOT NULL
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (tenant, name)
 );
 CREATE TABLE IF NOT EXISTS model_versions (
-    model      TEXT NOT NULL REFERENCES models(name) ON DELETE CASCADE,
+    tenant     TEXT NOT NULL,
+    model      TEXT NOT NULL,
     version    INTEGER NOT NULL,
     digest     TEXT NOT NULL,
     encoding   TEXT NOT NULL,
     size_bytes INTEGER NOT NULL,
     load_ms    INTEGER NOT NULL,
     created_at INTEGER NOT NULL,
-    PRIMARY KEY (model, version)
+    PRIMARY KEY (tenant, model, version),
+    FOREIGN KEY (tenant, model) REFERENCES models(tenant, name) ON DELETE CASCADE
 );
+";
+
+/// Moves a data directory from before tenants (functions and models keyed
+/// by name alone) to the current schema: everything goes to the default
+/// tenant. Runs once, in one transaction.
+const MIGRATE_TO_TENANTS: &str = "
+ALTER TABLE functions RENAME TO functions_v1;
+ALTER TABLE versions RENAME TO versions_v1;
+ALTER TABLE models RENAME TO models_v1;
+ALTER TABLE model_versions RENAME TO model_versions_v1;
+";
+
+const COPY_FROM_V1: &str = "
+INSERT INTO functions SELECT 'default', name, settings, created_at, updated_at FROM functions_v1;
+INSERT INTO versions SELECT 'default', function, version, digest, size_bytes, compile_ms, created_at FROM versions_v1;
+INSERT INTO models SELECT 'default', name, created_at, updated_at FROM models_v1;
+INSERT INTO model_versions SELECT 'default', model, version, digest, encoding, size_bytes, load_ms, created_at FROM model_versions_v1;
+DROP TABLE versions_v1;
+DROP TABLE functions_v1;
+DROP TABLE model_versions_v1;
+DROP TABLE models_v1;
 ";
 
 /// The embedded metadata store: one SQLite file in WAL mode.
@@ -216,22 +290,54 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrate(&conn)?;
         conn.execute_batch(SCHEMA)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
     }
 
-    fn conn(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
+    pub(crate) fn conn(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
         self.conn.lock().map_err(|_| StoreError::Poisoned)
     }
 }
 
-fn read_function(conn: &Connection, name: &str) -> Result<Option<FunctionRecord>, StoreError> {
+/// Applies [`MIGRATE_TO_TENANTS`] to a database from before tenants.
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let old_functions: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'functions'",
+        [],
+        |r| r.get(0),
+    )?;
+    let has_tenant: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('functions') WHERE name = 'tenant'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !old_functions || has_tenant {
+        return Ok(());
+    }
+    tracing::info!("migrating the metadata store: functions and models now belong to tenants");
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    let result = conn.execute_batch(&format!(
+        "BEGIN; {MIGRATE_TO_TENANTS} {SCHEMA} {COPY_FROM_V1} COMMIT;"
+    ));
+    if result.is_err() {
+        let _ = conn.execute_batch("ROLLBACK;");
+    }
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(result?)
+}
+
+fn read_function(
+    conn: &Connection,
+    tenant: &str,
+    name: &str,
+) -> Result<Option<FunctionRecord>, StoreError> {
     let row = conn
         .query_row(
-            "SELECT settings, created_at, updated_at FROM functions WHERE name = ?1",
-            [name],
+            "SELECT settings, created_at, updated_at FROM functions WHERE tenant = ?1 AND name = ?2",
+            [tenant, name],
             |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?)),
         )
         .optional()?;
@@ -245,10 +351,10 @@ fn read_function(conn: &Connection, name: &str) -> Result<Option<FunctionRecord>
         })?;
     let mut stmt = conn.prepare_cached(
         "SELECT version, digest, size_bytes, compile_ms, created_at
-         FROM versions WHERE function = ?1 ORDER BY version",
+         FROM versions WHERE tenant = ?1 AND function = ?2 ORDER BY version",
     )?;
     let versions = stmt
-        .query_map([name], |r| {
+        .query_map([tenant, name], |r| {
             Ok(VersionRecord {
                 version: r.get(0)?,
                 digest: r.get(1)?,
@@ -259,6 +365,7 @@ fn read_function(conn: &Connection, name: &str) -> Result<Option<FunctionRecord>
         })?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Some(FunctionRecord {
+        tenant: tenant.to_string(),
         name: name.to_string(),
         overrides,
         created_at_ms,
@@ -267,11 +374,15 @@ fn read_function(conn: &Connection, name: &str) -> Result<Option<FunctionRecord>
     }))
 }
 
-fn read_model(conn: &Connection, name: &str) -> Result<Option<ModelRecord>, StoreError> {
+fn read_model(
+    conn: &Connection,
+    tenant: &str,
+    name: &str,
+) -> Result<Option<ModelRecord>, StoreError> {
     let row = conn
         .query_row(
-            "SELECT created_at, updated_at FROM models WHERE name = ?1",
-            [name],
+            "SELECT created_at, updated_at FROM models WHERE tenant = ?1 AND name = ?2",
+            [tenant, name],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?;
@@ -280,10 +391,10 @@ fn read_model(conn: &Connection, name: &str) -> Result<Option<ModelRecord>, Stor
     };
     let mut stmt = conn.prepare_cached(
         "SELECT version, digest, encoding, size_bytes, load_ms, created_at
-         FROM model_versions WHERE model = ?1 ORDER BY version",
+         FROM model_versions WHERE tenant = ?1 AND model = ?2 ORDER BY version",
     )?;
     let versions = stmt
-        .query_map([name], |r| {
+        .query_map([tenant, name], |r| {
             Ok(ModelVersionRecord {
                 version: r.get(0)?,
                 digest: r.get(1)?,
@@ -295,6 +406,7 @@ fn read_model(conn: &Connection, name: &str) -> Result<Option<ModelRecord>, Stor
         })?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Some(ModelRecord {
+        tenant: tenant.to_string(),
         name: name.to_string(),
         created_at_ms,
         updated_at_ms,
@@ -310,17 +422,18 @@ impl MetadataStore for SqliteStore {
     fn load_all(&self) -> Result<Vec<FunctionRecord>, StoreError> {
         let conn = self.conn()?;
         let names = conn
-            .prepare("SELECT name FROM functions ORDER BY name")?
-            .query_map([], |r| r.get::<_, String>(0))?
+            .prepare("SELECT tenant, name FROM functions ORDER BY tenant, name")?
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
             .collect::<Result<Vec<_>, _>>()?;
         names
             .iter()
-            .filter_map(|n| read_function(&conn, n).transpose())
+            .filter_map(|(t, n)| read_function(&conn, t, n).transpose())
             .collect()
     }
 
     fn add_version(
         &self,
+        tenant: &str,
         name: &str,
         overrides: &SettingsOverrides,
         v: NewVersion<'_>,
@@ -329,55 +442,61 @@ impl MetadataStore for SqliteStore {
         let tx = conn.transaction()?;
         let now = now_ms();
         tx.execute(
-            "INSERT INTO functions (name, settings, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)
-             ON CONFLICT(name) DO UPDATE SET settings = excluded.settings, updated_at = excluded.updated_at",
-            params![name, overrides_json(overrides), now],
+            "INSERT INTO functions (tenant, name, settings, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)
+             ON CONFLICT(tenant, name) DO UPDATE SET settings = excluded.settings, updated_at = excluded.updated_at",
+            params![tenant, name, overrides_json(overrides), now],
         )?;
         tx.execute(
-            "INSERT INTO versions (function, version, digest, size_bytes, compile_ms, created_at)
-             SELECT ?1, COALESCE(MAX(version), 0) + 1, ?2, ?3, ?4, ?5 FROM versions WHERE function = ?1",
-            params![name, v.digest, v.size_bytes, v.compile_ms, now],
+            "INSERT INTO versions (tenant, function, version, digest, size_bytes, compile_ms, created_at)
+             SELECT ?1, ?2, COALESCE(MAX(version), 0) + 1, ?3, ?4, ?5, ?6 FROM versions
+             WHERE tenant = ?1 AND function = ?2",
+            params![tenant, name, v.digest, v.size_bytes, v.compile_ms, now],
         )?;
-        let record = read_function(&tx, name)?;
+        let record = read_function(&tx, tenant, name)?;
         tx.commit()?;
         record.ok_or(StoreError::Sqlite(rusqlite::Error::QueryReturnedNoRows))
     }
 
     fn set_overrides(
         &self,
+        tenant: &str,
         name: &str,
         overrides: &SettingsOverrides,
     ) -> Result<Option<FunctionRecord>, StoreError> {
         let conn = self.conn()?;
         let changed = conn.execute(
-            "UPDATE functions SET settings = ?2, updated_at = ?3 WHERE name = ?1",
-            params![name, overrides_json(overrides), now_ms()],
+            "UPDATE functions SET settings = ?3, updated_at = ?4 WHERE tenant = ?1 AND name = ?2",
+            params![tenant, name, overrides_json(overrides), now_ms()],
         )?;
         if changed == 0 {
             return Ok(None);
         }
-        read_function(&conn, name)
+        read_function(&conn, tenant, name)
     }
 
-    fn delete_function(&self, name: &str) -> Result<bool, StoreError> {
+    fn delete_function(&self, tenant: &str, name: &str) -> Result<bool, StoreError> {
         let conn = self.conn()?;
-        Ok(conn.execute("DELETE FROM functions WHERE name = ?1", [name])? > 0)
+        Ok(conn.execute(
+            "DELETE FROM functions WHERE tenant = ?1 AND name = ?2",
+            [tenant, name],
+        )? > 0)
     }
 
     fn load_models(&self) -> Result<Vec<ModelRecord>, StoreError> {
         let conn = self.conn()?;
         let names = conn
-            .prepare("SELECT name FROM models ORDER BY name")?
-            .query_map([], |r| r.get::<_, String>(0))?
+            .prepare("SELECT tenant, name FROM models ORDER BY tenant, name")?
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
             .collect::<Result<Vec<_>, _>>()?;
         names
             .iter()
-            .filter_map(|n| read_model(&conn, n).transpose())
+            .filter_map(|(t, n)| read_model(&conn, t, n).transpose())
             .collect()
     }
 
     fn add_model_version(
         &self,
+        tenant: &str,
         name: &str,
         v: &ModelVersionRecord,
     ) -> Result<ModelRecord, StoreError> {
@@ -385,23 +504,27 @@ impl MetadataStore for SqliteStore {
         let tx = conn.transaction()?;
         let now = now_ms();
         tx.execute(
-            "INSERT INTO models (name, created_at, updated_at) VALUES (?1, ?2, ?2)
-             ON CONFLICT(name) DO UPDATE SET updated_at = excluded.updated_at",
-            params![name, now],
+            "INSERT INTO models (tenant, name, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)
+             ON CONFLICT(tenant, name) DO UPDATE SET updated_at = excluded.updated_at",
+            params![tenant, name, now],
         )?;
         tx.execute(
-            "INSERT INTO model_versions (model, version, digest, encoding, size_bytes, load_ms, created_at)
-             SELECT ?1, COALESCE(MAX(version), 0) + 1, ?2, ?3, ?4, ?5, ?6 FROM model_versions WHERE model = ?1",
-            params![name, v.digest, v.encoding, v.size_bytes, v.load_ms, now],
+            "INSERT INTO model_versions (tenant, model, version, digest, encoding, size_bytes, load_ms, created_at)
+             SELECT ?1, ?2, COALESCE(MAX(version), 0) + 1, ?3, ?4, ?5, ?6, ?7 FROM model_versions
+             WHERE tenant = ?1 AND model = ?2",
+            params![tenant, name, v.digest, v.encoding, v.size_bytes, v.load_ms, now],
         )?;
-        let record = read_model(&tx, name)?;
+        let record = read_model(&tx, tenant, name)?;
         tx.commit()?;
         record.ok_or(StoreError::Sqlite(rusqlite::Error::QueryReturnedNoRows))
     }
 
-    fn delete_model(&self, name: &str) -> Result<bool, StoreError> {
+    fn delete_model(&self, tenant: &str, name: &str) -> Result<bool, StoreError> {
         let conn = self.conn()?;
-        Ok(conn.execute("DELETE FROM models WHERE name = ?1", [name])? > 0)
+        Ok(conn.execute(
+            "DELETE FROM models WHERE tenant = ?1 AND name = ?2",
+            [tenant, name],
+        )? > 0)
     }
 
     fn get_meta(&self, key: &str) -> Result<Option<String>, StoreError> {
@@ -529,18 +652,58 @@ mod tests {
             size_bytes: 3,
             compile_ms: 1,
         };
-        store.add_version("f", &o, v("aa")).expect("v1");
-        let rec = store.add_version("f", &o, v("bb")).expect("v2");
+        store.add_version("t", "f", &o, v("aa")).expect("v1");
+        store
+            .add_version("u", "f", &o, v("aa"))
+            .expect("another tenant's f");
+        let rec = store.add_version("t", "f", &o, v("bb")).expect("v2");
         assert_eq!(rec.versions.len(), 2);
         assert_eq!(rec.latest().map(|v| v.version), Some(2));
         drop(store);
         let store = SqliteStore::open(&db).expect("reopen");
         let all = store.load_all().expect("load");
-        assert_eq!(all.len(), 1);
+        assert_eq!(all.len(), 2);
         assert_eq!(all[0].overrides, o);
-        assert!(store.delete_function("f").expect("delete"));
-        assert!(store.load_all().expect("load").is_empty());
-        let rec = store.add_version("f", &o, v("cc")).expect("v1 again");
+        assert_eq!((all[0].tenant.as_str(), all[0].versions.len()), ("t", 2));
+        assert_eq!((all[1].tenant.as_str(), all[1].versions.len()), ("u", 1));
+        assert!(store.delete_function("t", "f").expect("delete"));
+        assert_eq!(store.load_all().expect("load").len(), 1);
+        let rec = store.add_version("t", "f", &o, v("cc")).expect("v1 again");
         assert_eq!(rec.latest().map(|v| v.version), Some(1));
+    }
+
+    #[test]
+    fn a_store_from_before_tenants_moves_to_the_default_tenant() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("glia.db");
+        let conn = Connection::open(&db).expect("open");
+        conn.execute_batch(
+            "CREATE TABLE functions (name TEXT PRIMARY KEY, settings TEXT NOT NULL,
+                 created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);
+             CREATE TABLE versions (function TEXT NOT NULL REFERENCES functions(name) ON DELETE CASCADE,
+                 version INTEGER NOT NULL, digest TEXT NOT NULL, size_bytes INTEGER NOT NULL,
+                 compile_ms INTEGER NOT NULL, created_at INTEGER NOT NULL, PRIMARY KEY (function, version));
+             CREATE TABLE models (name TEXT PRIMARY KEY, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);
+             CREATE TABLE model_versions (model TEXT NOT NULL REFERENCES models(name) ON DELETE CASCADE,
+                 version INTEGER NOT NULL, digest TEXT NOT NULL, encoding TEXT NOT NULL,
+                 size_bytes INTEGER NOT NULL, load_ms INTEGER NOT NULL, created_at INTEGER NOT NULL,
+                 PRIMARY KEY (model, version));
+             INSERT INTO functions VALUES ('hello', '{}', 1, 2);
+             INSERT INTO versions VALUES ('hello', 1, 'aa', 3, 4, 5);
+             INSERT INTO models VALUES ('digits', 1, 2);
+             INSERT INTO model_versions VALUES ('digits', 1, 'bb', 'onnx', 6, 7, 8);",
+        )
+        .expect("old schema");
+        drop(conn);
+        let store = SqliteStore::open(&db).expect("migrates");
+        let functions = store.load_all().expect("functions");
+        assert_eq!(functions.len(), 1);
+        assert_eq!(functions[0].key(), "default/hello");
+        assert_eq!(functions[0].versions[0].digest, "aa");
+        let models = store.load_models().expect("models");
+        assert_eq!(models[0].key(), "default/digits");
+        assert_eq!(models[0].versions[0].size_bytes, 6);
+        drop(store);
+        SqliteStore::open(&db).expect("reopens without migrating again");
     }
 }

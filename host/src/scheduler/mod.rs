@@ -8,13 +8,15 @@
 //! their function's `idle_timeout_ms` without calls, unless `min_warm` keeps
 //! the latest version loaded. Every call still gets a fresh `Store`.
 //!
-//! Admission is two gates in a fixed order: the function's `max_concurrency`,
-//! then the platform's `max_in_flight`. Both are FIFO semaphores, so waiting
-//! calls are served in arrival order; a call waits at most its function's
-//! `queue_timeout_ms`, and at most `max_queue` calls wait per function. A
-//! refusal at the function gate is the function's limit (429); at the
-//! platform gate, the platform's (503). Per-tenant fairness slots in as a
-//! weighted queue in front of the platform gate.
+//! Admission is a tenant quota and two gates in a fixed order. A tenant
+//! with a `max_concurrency` quota has at most that many calls running or
+//! waiting (beyond it: 429 at once). Then the function's `max_concurrency`,
+//! a FIFO semaphore; then the platform's `max_in_flight`, a [`FairGate`]
+//! that hands free slots to waiting tenants in turn, so one tenant's long
+//! queue cannot starve another's calls. A call waits at most its
+//! function's `queue_timeout_ms`, and at most `max_queue` calls wait per
+//! function. A refusal at the function gate is the function's limit (429);
+//! at the platform gate, the platform's (503).
 
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -24,6 +26,10 @@ use dashmap::DashMap;
 use serde::Serialize;
 use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore};
 
+mod fair;
+
+pub use fair::{FairGate, PlatformPermit};
+
 use crate::config::SchedulerConfig;
 use crate::registry::{FunctionRecord, Registry, RegistryError, Resolved, now_ms};
 use crate::runtime::FunctionPre;
@@ -32,6 +38,7 @@ use crate::runtime::FunctionPre;
 /// recreated function with different bytes a different entry.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct VersionKey {
+    /// The function's key, `tenant/name`.
     pub name: String,
     pub version: u32,
     pub digest: String,
@@ -40,7 +47,7 @@ pub struct VersionKey {
 impl VersionKey {
     pub fn of(resolved: &Resolved) -> Self {
         Self {
-            name: resolved.name.clone(),
+            name: resolved.key.clone(),
             version: resolved.version.version,
             digest: resolved.version.digest.clone(),
         }
@@ -92,13 +99,16 @@ pub enum Rejected {
         "the platform stayed at its limit of {limit} concurrent invocations for {waited_ms} ms"
     )]
     Saturated { limit: u32, waited_ms: u64 },
+    #[error("the tenant has {limit} invocations running or waiting, its quota (max_concurrency)")]
+    TenantLimit { limit: u32 },
 }
 
 /// An admitted call: holds its slots until dropped, which happens when the
 /// guest has finished (response body included).
 pub struct Admission {
     _function: OwnedSemaphorePermit,
-    _platform: OwnedSemaphorePermit,
+    _platform: PlatformPermit,
+    _tenant: TenantSlot,
     slot: Arc<FunctionSlot>,
     warm: Option<Arc<WarmEntry>>,
     epoch: Instant,
@@ -139,7 +149,9 @@ pub struct FunctionStatus {
 pub struct Scheduler {
     registry: Arc<Registry>,
     config: SchedulerConfig,
-    platform: Arc<Semaphore>,
+    platform: Arc<FairGate>,
+    /// Calls running or waiting, per tenant.
+    tenants: DashMap<String, Arc<AtomicU32>>,
     functions: DashMap<String, Arc<FunctionSlot>>,
     warm: DashMap<VersionKey, Arc<WarmEntry>>,
     epoch: Instant,
@@ -153,7 +165,8 @@ impl Scheduler {
     pub fn new(registry: Arc<Registry>, config: SchedulerConfig) -> Self {
         Self {
             registry,
-            platform: Arc::new(Semaphore::new(config.max_in_flight as usize)),
+            platform: Arc::new(FairGate::new(config.max_in_flight)),
+            tenants: DashMap::new(),
             config,
             functions: DashMap::new(),
             warm: DashMap::new(),
@@ -182,12 +195,40 @@ impl Scheduler {
             .clone()
     }
 
-    /// Admits a call to `resolved`, waiting in FIFO order for at most its
-    /// `queue_timeout_ms`.
-    pub async fn admit(&self, resolved: &Resolved) -> Result<Admission, Rejected> {
+    /// Counts a call against its tenant's quota (`limit`, 0 for none).
+    fn tenant_slot(&self, tenant: &str, limit: u32) -> Result<TenantSlot, Rejected> {
+        let count = match self.tenants.get(tenant) {
+            Some(c) => c.clone(),
+            None => self.tenants.entry(tenant.to_string()).or_default().clone(),
+        };
+        let before = count.fetch_add(1, Ordering::AcqRel);
+        let slot = TenantSlot(count);
+        if limit > 0 && before >= limit {
+            return Err(Rejected::TenantLimit { limit });
+        }
+        Ok(slot)
+    }
+
+    /// Invocations of `tenant` running or waiting now.
+    pub fn tenant_in_flight(&self, tenant: &str) -> u32 {
+        self.tenants
+            .get(tenant)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// Admits a call to `resolved`: its tenant's concurrency quota
+    /// (`tenant_limit`, 0 for none), then the function's gate in FIFO order,
+    /// then the platform's in turn among tenants, waiting at most its
+    /// `queue_timeout_ms` in all.
+    pub async fn admit(
+        &self,
+        resolved: &Resolved,
+        tenant_limit: u32,
+    ) -> Result<Admission, Rejected> {
         let settings = &resolved.settings;
         let limit = settings.max_concurrency;
-        let slot = self.slot(&resolved.name);
+        let tenant = self.tenant_slot(&resolved.tenant, tenant_limit)?;
+        let slot = self.slot(&resolved.key);
         let gate = {
             let mut gate = slot.gate.lock().unwrap_or_else(|p| p.into_inner());
             if gate.limit != limit {
@@ -206,7 +247,7 @@ impl Scheduler {
         // holds a platform slot.
         let function = gate.clone().try_acquire_owned().ok();
         let platform = match &function {
-            Some(_) => self.platform.clone().try_acquire_owned().ok(),
+            Some(_) => self.platform.try_acquire(),
             None => None,
         };
         let (function, platform) = match (function, platform) {
@@ -238,18 +279,15 @@ impl Scheduler {
                         }
                     },
                 };
-                let platform =
-                    match tokio::time::timeout_at(deadline, self.platform.clone().acquire_owned())
-                        .await
-                    {
-                        Ok(Ok(p)) => p,
-                        _ => {
-                            return Err(Rejected::Saturated {
-                                limit: self.config.max_in_flight,
-                                waited_ms: waited(),
-                            });
-                        }
-                    };
+                let platform = match self.platform.acquire(&resolved.tenant, deadline).await {
+                    Some(p) => p,
+                    None => {
+                        return Err(Rejected::Saturated {
+                            limit: self.config.max_in_flight,
+                            waited_ms: waited(),
+                        });
+                    }
+                };
                 (function, platform)
             }
         };
@@ -258,6 +296,7 @@ impl Scheduler {
         Ok(Admission {
             _function: function,
             _platform: platform,
+            _tenant: tenant,
             slot,
             warm: None,
             epoch: self.epoch,
@@ -331,12 +370,12 @@ impl Scheduler {
             return;
         }
         let key = VersionKey {
-            name: record.name.clone(),
+            name: record.key(),
             version: latest.version,
             digest: latest.digest.clone(),
         };
         if let Err(e) = self.ready(&key, None).await {
-            tracing::warn!(function = %record.name, error = %e, "could not keep warm");
+            tracing::warn!(tenant = %record.tenant, function = %record.name, error = %e, "could not keep warm");
         }
     }
 
@@ -348,7 +387,7 @@ impl Scheduler {
         let mut expired = Vec::new();
         for entry in self.warm.iter() {
             let key = entry.key();
-            let Some(record) = self.registry.get(&key.name) else {
+            let Some(record) = self.registry.get_key(&key.name) else {
                 expired.push(key.clone());
                 continue;
             };
@@ -377,7 +416,7 @@ impl Scheduler {
                 tracing::debug!(function = %key.name, version = key.version, "scaled to zero");
             }
         }
-        for record in self.registry.list() {
+        for record in self.registry.all() {
             if self.registry.settings_of(&record).min_warm > 0 {
                 self.ensure_min_warm(&record).await;
             }
@@ -401,13 +440,15 @@ impl Scheduler {
         })
     }
 
-    /// Returns every idle warm version of `function` to zero now.
+    /// Returns every idle warm version of `function` (its key,
+    /// `tenant/name`) to zero now.
     pub fn scale_to_zero(&self, function: &str) {
         self.warm
             .retain(|k, e| k.name != function || e.in_flight.load(Ordering::Relaxed) > 0);
     }
 
-    /// Forgets a deleted function: its admission state and warm versions.
+    /// Forgets a deleted function (by key): its admission state and warm
+    /// versions.
     pub fn forget(&self, function: &str) {
         self.functions.remove(function);
         self.warm.retain(|k, _| k.name != function);
@@ -415,10 +456,11 @@ impl Scheduler {
 
     /// Scheduling status of a function.
     pub fn status(&self, record: &FunctionRecord) -> FunctionStatus {
+        let key = record.key();
         let mut warm_versions: Vec<u32> = self
             .warm
             .iter()
-            .filter(|e| e.key().name == record.name && e.value().pre.initialized())
+            .filter(|e| e.key().name == key && e.value().pre.initialized())
             .filter(|e| {
                 record
                     .version(e.key().version)
@@ -433,7 +475,7 @@ impl Scheduler {
         } else {
             "zero"
         };
-        let slot = self.functions.get(&record.name).map(|s| s.clone());
+        let slot = self.functions.get(&key).map(|s| s.clone());
         let load32 = |f: fn(&FunctionSlot) -> &AtomicU32| {
             slot.as_ref().map_or(0, |s| f(s).load(Ordering::Relaxed))
         };
@@ -458,6 +500,15 @@ impl Scheduler {
             .iter()
             .filter(|e| e.value().pre.initialized())
             .count()
+    }
+}
+
+/// A call counted against its tenant; uncounted when dropped.
+struct TenantSlot(Arc<AtomicU32>);
+
+impl Drop for TenantSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -1,0 +1,251 @@
+//! Per-tenant quotas: what one tenant may hold and how fast it may call.
+//!
+//! Tenants share one process, so every shared resource has a per-tenant
+//! bound: request rate (a token bucket), concurrent invocations (enforced
+//! by the scheduler, which also queues tenants fairly), deployed functions
+//! and models, stored bytes, and spend in the current calendar month (UTC).
+//! Each bound has a platform default (`[quotas]` in `platform.toml`, where
+//! `0` means unlimited) that a tenant may override, the same
+//! defaults-plus-overrides scheme as function settings (ADR 0004).
+//!
+//! The checks on the call path are a mutex-guarded bucket refill and an
+//! atomic read; nothing here touches the database per call.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+/// Default sustained requests per second per tenant (0: unlimited).
+pub const DEFAULT_REQUESTS_PER_SECOND: u32 = 0;
+/// Default burst above the sustained rate.
+pub const DEFAULT_BURST: u32 = 0;
+/// Default concurrent invocations per tenant (0: only the platform's limit).
+pub const DEFAULT_MAX_CONCURRENCY: u32 = 0;
+/// Default deployed functions per tenant.
+pub const DEFAULT_MAX_FUNCTIONS: u32 = 1000;
+/// Default models per tenant.
+pub const DEFAULT_MAX_MODELS: u32 = 100;
+/// Default stored bytes (all versions of sources and models) per tenant.
+pub const DEFAULT_MAX_STORED_MB: u64 = 20_480;
+/// Default monthly spend cap, in micro-units of the plan's currency (0: none).
+pub const DEFAULT_MONTHLY_SPEND_CAP: u64 = 0;
+
+macro_rules! quotas {
+    ($( $(#[doc = $doc:literal])* $field:ident : $ty:ty = $default:expr; )*) => {
+        /// A tenant's effective quotas; also `[quotas]` in `platform.toml`.
+        #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct Quotas {
+            $( $(#[doc = $doc])* pub $field: $ty, )*
+        }
+
+        impl Default for Quotas {
+            fn default() -> Self {
+                Self { $( $field: $default, )* }
+            }
+        }
+
+        /// The quotas a tenant has of its own; `None` follows the platform.
+        #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct QuotaOverrides {
+            $(
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                pub $field: Option<$ty>,
+            )*
+        }
+
+        /// A change to a tenant's quotas: an absent key leaves it alone,
+        /// `null` returns it to the platform default.
+        #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct QuotaPatch {
+            $(
+                #[serde(default, deserialize_with = "double_option")]
+                pub $field: Option<Option<$ty>>,
+            )*
+        }
+
+        impl QuotaOverrides {
+            pub fn resolve(&self, defaults: &Quotas) -> Quotas {
+                Quotas { $( $field: self.$field.unwrap_or(defaults.$field), )* }
+            }
+
+            pub fn apply(&mut self, patch: &QuotaPatch) {
+                $( if let Some(value) = patch.$field { self.$field = value; } )*
+            }
+        }
+
+        /// Names of every quota.
+        pub const QUOTA_NAMES: &[&str] = &[$(stringify!($field),)*];
+    };
+}
+
+quotas! {
+    /// Sustained invocations per second (token bucket); 0 is unlimited.
+    requests_per_second: u32 = DEFAULT_REQUESTS_PER_SECOND;
+    /// Invocations above the sustained rate allowed in a burst.
+    burst: u32 = DEFAULT_BURST;
+    /// Invocations running or queued at once; 0 leaves only the platform's
+    /// limit.
+    max_concurrency: u32 = DEFAULT_MAX_CONCURRENCY;
+    /// Functions the tenant may have deployed; 0 is unlimited.
+    max_functions: u32 = DEFAULT_MAX_FUNCTIONS;
+    /// Models the tenant may have uploaded; 0 is unlimited.
+    max_models: u32 = DEFAULT_MAX_MODELS;
+    /// Stored MiB, every version of every source and model counted; 0 is
+    /// unlimited.
+    max_stored_mb: u64 = DEFAULT_MAX_STORED_MB;
+    /// Spend in the current UTC month at which calls are refused, in
+    /// micro-units of the price plan's currency; 0 is no cap.
+    monthly_spend_cap: u64 = DEFAULT_MONTHLY_SPEND_CAP;
+}
+
+fn double_option<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// Why a call was refused by its tenant's quotas.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QuotaRefusal {
+    #[error("the tenant is over its rate of {rate} requests per second")]
+    Rate { rate: u32, retry_after_secs: u64 },
+    #[error(
+        "the tenant has spent {spent} of its monthly cap of {cap} (micro-units); calls resume next month or when the cap is raised"
+    )]
+    SpendCap { spent: u64, cap: u64 },
+}
+
+/// A token bucket.
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    refilled: Instant,
+}
+
+/// A tenant's live counters.
+#[derive(Debug)]
+pub struct TenantMeter {
+    bucket: Mutex<Bucket>,
+    /// Spend this month, in micro-units; valid when `month` is the current
+    /// month's start.
+    spent: AtomicU64,
+    /// Start (Unix ms) of the month `spent` counts; 0 until loaded.
+    month: AtomicI64,
+}
+
+impl Default for TenantMeter {
+    fn default() -> Self {
+        Self {
+            bucket: Mutex::new(Bucket {
+                tokens: f64::NAN,
+                refilled: Instant::now(),
+            }),
+            spent: AtomicU64::new(0),
+            month: AtomicI64::new(0),
+        }
+    }
+}
+
+impl TenantMeter {
+    /// Takes one token, or says how long until one is available.
+    pub fn take(&self, quotas: &Quotas) -> Result<(), QuotaRefusal> {
+        if quotas.requests_per_second == 0 {
+            return Ok(());
+        }
+        let rate = f64::from(quotas.requests_per_second);
+        let capacity = rate + f64::from(quotas.burst);
+        let mut bucket = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let elapsed = now.duration_since(bucket.refilled).as_secs_f64();
+        bucket.tokens = if bucket.tokens.is_nan() {
+            capacity
+        } else {
+            (bucket.tokens + elapsed * rate).min(capacity)
+        };
+        bucket.refilled = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            let wait = (1.0 - bucket.tokens) / rate;
+            Err(QuotaRefusal::Rate {
+                rate: quotas.requests_per_second,
+                retry_after_secs: wait.ceil().max(1.0) as u64,
+            })
+        }
+    }
+
+    /// This month's spend, if it has been loaded for `month`.
+    pub fn spent(&self, month: i64) -> Option<u64> {
+        (self.month.load(Ordering::Acquire) == month).then(|| self.spent.load(Ordering::Relaxed))
+    }
+
+    /// Sets this month's spend (from the ledger).
+    pub fn load_spent(&self, month: i64, spent: u64) {
+        self.spent.store(spent, Ordering::Relaxed);
+        self.month.store(month, Ordering::Release);
+    }
+
+    /// Adds a call's cost, if it falls in the month being counted.
+    pub fn add_spent(&self, month: i64, micros: u64) {
+        if self.month.load(Ordering::Acquire) == month {
+            self.spent.fetch_add(micros, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bucket_allows_rate_plus_burst_then_refuses() {
+        let meter = TenantMeter::default();
+        let quotas = Quotas {
+            requests_per_second: 2,
+            burst: 1,
+            ..Quotas::default()
+        };
+        for _ in 0..3 {
+            meter.take(&quotas).expect("within the bucket");
+        }
+        match meter.take(&quotas) {
+            Err(QuotaRefusal::Rate {
+                rate: 2,
+                retry_after_secs: 1,
+            }) => {}
+            other => panic!("expected a rate refusal, got {other:?}"),
+        }
+        assert!(meter.take(&Quotas::default()).is_ok(), "0 is unlimited");
+    }
+
+    #[test]
+    fn overrides_resolve_over_defaults() {
+        let mut o = QuotaOverrides::default();
+        let patch: QuotaPatch =
+            serde_json::from_str(r#"{"max_functions": 3, "burst": null}"#).expect("patch");
+        o.apply(&patch);
+        let q = o.resolve(&Quotas::default());
+        assert_eq!(q.max_functions, 3);
+        assert_eq!(q.burst, DEFAULT_BURST);
+        assert!(serde_json::from_str::<QuotaPatch>(r#"{"nope": 1}"#).is_err());
+    }
+
+    #[test]
+    fn spend_counts_only_the_loaded_month() {
+        let meter = TenantMeter::default();
+        assert_eq!(meter.spent(100), None);
+        meter.load_spent(100, 5);
+        meter.add_spent(100, 7);
+        meter.add_spent(99, 1000);
+        assert_eq!(meter.spent(100), Some(12));
+        assert_eq!(meter.spent(200), None);
+    }
+}
