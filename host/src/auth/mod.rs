@@ -214,6 +214,8 @@ pub struct Auth {
     /// Key id → its record.
     key_records: DashMap<String, ApiKey>,
     tenants: DashMap<String, Arc<Tenant>>,
+    /// Tenant name → id.
+    names: DashMap<String, String>,
     meters: DashMap<String, Arc<TenantMeter>>,
 }
 
@@ -240,6 +242,7 @@ impl Auth {
             keys: DashMap::new(),
             key_records: DashMap::new(),
             tenants: DashMap::new(),
+            names: DashMap::new(),
             meters: DashMap::new(),
         };
         auth.store.insert_tenant(&Tenant {
@@ -249,6 +252,7 @@ impl Auth {
             quotas: QuotaOverrides::default(),
         })?;
         for tenant in auth.store.tenants()? {
+            auth.names.insert(tenant.name.clone(), tenant.id.clone());
             auth.tenants.insert(tenant.id.clone(), Arc::new(tenant));
         }
         for stored in auth.store.keys()? {
@@ -373,10 +377,8 @@ impl Auth {
         if let Some(t) = self.tenants.get(id_or_name) {
             return Some(t.clone());
         }
-        self.tenants
-            .iter()
-            .find(|t| t.value().name == id_or_name)
-            .map(|t| t.value().clone())
+        let id = self.names.get(id_or_name)?.value().clone();
+        self.tenants.get(&id).map(|t| t.clone())
     }
 
     /// Every tenant, oldest first.
@@ -407,6 +409,7 @@ impl Auth {
             return Err(AuthError::TenantExists(name.into()));
         }
         let tenant = Arc::new(tenant);
+        self.names.insert(tenant.name.clone(), tenant.id.clone());
         self.tenants.insert(tenant.id.clone(), tenant.clone());
         tracing::info!(tenant = %tenant.id, name, "tenant created");
         Ok(tenant)
@@ -447,6 +450,7 @@ impl Auth {
             .ok_or_else(|| AuthError::TenantNotFound(id.into()))?;
         self.store.delete_tenant(id)?;
         self.tenants.remove(id);
+        self.names.remove(&tenant.name);
         self.meters.remove(id);
         self.keys.retain(|_, e| e.principal.tenant != id);
         self.key_records.retain(|_, k| k.tenant != id);
