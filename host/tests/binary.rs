@@ -412,3 +412,63 @@ fn the_first_start_prints_an_admin_key_the_cli_finds() {
     );
     drop(served);
 }
+
+/// `glia tenants` and `glia keys`: create a tenant and a key, use the key,
+/// list, set a quota, revoke.
+#[test]
+fn tenants_and_keys_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = serve(&dir.path().join("data"));
+    let url = served.url.clone();
+    let out = glia(&["tenants", "create", "acme", "--json"], &url);
+    assert!(out.status.success(), "{out:?}");
+    let tenant: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(tenant["name"], "acme");
+    let out = glia(
+        &["keys", "create", "acme", "--scopes", "deploy,invoke"],
+        &url,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let key = stdout(&out).trim().to_string();
+    assert!(key.starts_with("glia_"), "{key}");
+
+    // The new key deploys into its tenant; the admin's listing is separate.
+    let hello = dir.path().join("hello.wasm");
+    std::fs::write(&hello, glia_host::builtins::BUILTINS[0].wasm).unwrap();
+    let as_acme = |args: &[&str]| {
+        Command::new(GLIA)
+            .args(args)
+            .args(["--url", &url, "--key", &key])
+            .output()
+            .unwrap()
+    };
+    let out = as_acme(&["deploy", hello.to_str().unwrap(), "--name", "acme-fn"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = as_acme(&["invoke", "acme-fn", "/x"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = glia(&["list", "--json"], &url);
+    assert!(!stdout(&out).contains("acme-fn"), "{out:?}");
+
+    let out = glia(&["tenants", "list"], &url);
+    assert!(stdout(&out).contains("acme"), "{out:?}");
+    let out = glia(&["tenants", "quotas", "acme", "max_functions=1"], &url);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout(&out).contains("\"max_functions\": 1"), "{out:?}");
+    let out = glia(&["keys", "list", "acme"], &url);
+    let listing = stdout(&out);
+    assert!(
+        listing.contains("deploy,invoke") && !listing.contains(&key),
+        "{listing}"
+    );
+    let id = listing
+        .lines()
+        .find(|l| l.starts_with("key_"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let out = glia(&["keys", "revoke", "acme", &id], &url);
+    assert!(out.status.success(), "{out:?}");
+    let out = as_acme(&["list"]);
+    assert!(!out.status.success(), "a revoked key is refused: {out:?}");
+    drop(served);
+}

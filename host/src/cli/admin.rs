@@ -57,7 +57,11 @@ enum KeysCommand {
     },
     /// Revoke a key.
     #[command(alias = "rm")]
-    Revoke { tenant: String, key: String },
+    Revoke {
+        tenant: String,
+        /// The key's id (`key_…`), as `glia keys list` shows it.
+        id: String,
+    },
 }
 
 /// The value at a JSON pointer, or null.
@@ -197,12 +201,12 @@ pub async fn keys(args: KeysArgs) -> anyhow::Result<()> {
             }
             value
         }
-        KeysCommand::Revoke { tenant, key } => {
+        KeysCommand::Revoke { tenant, id } => {
             check(
                 http.delete(server.endpoint(&format!(
                     "/v1/tenants/{}/keys/{}",
                     seg(tenant),
-                    seg(key)
+                    seg(id)
                 )))
                 .send()
                 .await?,
