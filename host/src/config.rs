@@ -427,13 +427,15 @@ impl Config {
              \x20 function defaults timeout {timeout} ms, memory {fmem} MiB, concurrency {conc}, queue wait {qwait} ms\n\
              \x20 scale to zero     after {idle} ms idle (min_warm {min_warm}), reaper every {reap} ms\n\
              \x20 models            backend {backend}, {budget} MiB budget, gpu/tpu fall back to {fallback}, unloaded after {model_idle} ms unused\n\
-             \x20 guest capabilities no preopened dirs, empty env, no sockets, outgoing HTTP denied",
+             \x20 guest capabilities no preopened dirs, no sockets; by default {envs} env vars, outgoing HTTP to {hosts} hosts",
             version = env!("CARGO_PKG_VERSION"),
             listen = s.listen,
             data = s.data_dir.display(),
             upload = s.max_upload_mb,
             model_mb = s.max_model_mb,
             grace = s.shutdown_grace_ms,
+            envs = f.env.len(),
+            hosts = f.allowed_hosts.len(),
             inst = r.max_instances,
             mem = r.max_memory_mb,
             stack = r.max_wasm_stack_kb,

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod billing;
 pub mod builtins;
+pub mod capabilities;
 pub mod cli;
 pub mod config;
 pub mod nn;

@@ -11,6 +11,7 @@
 
 mod authoring;
 mod billing;
+mod capabilities;
 mod control;
 mod embed;
 mod hostile;

@@ -13,6 +13,7 @@ use http::{HeaderValue, Request, Response, Uri};
 use super::metering::{self, Meter};
 use super::{ApiError, AppState, COLD_START_HEADER, COLD_START_US_HEADER, INVOCATION_ID_HEADER};
 use crate::billing::{LedgerWriter, Outcome};
+use crate::capabilities::Grants;
 use crate::nn::wasi::NnState;
 use crate::runtime::{BoxError, InvokeLimits, ResponseBody};
 use crate::scheduler::VersionKey;
@@ -149,7 +150,7 @@ where
     meter.nn = Some(nn_usage.clone());
     let invoked = state
         .runtime
-        .invoke(&ready.pre, limits, req, nn, admission)
+        .invoke(&ready.pre, limits, req, nn, Grants::of(settings), admission)
         .await;
     meter.bytes_in = Some(invoked.bytes_in);
     meter.finished = Some(invoked.finished);
