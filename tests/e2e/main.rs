@@ -17,6 +17,7 @@ mod embed;
 mod hostile;
 mod invoke;
 mod lifecycle;
+mod limits;
 mod models;
 mod nn;
 mod nn_probe;

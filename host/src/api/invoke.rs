@@ -107,6 +107,7 @@ where
     B::Error: Into<BoxError>,
 {
     let target = parse_target(path)?;
+    crate::registry::check_name(target.name)?;
     let resolved = state.registry.resolve(target.name, target.version)?;
     let settings = &resolved.settings;
     meter.target = Some(metering::Target {

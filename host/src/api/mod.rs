@@ -6,6 +6,7 @@ mod error;
 mod functions;
 mod invoke;
 mod ledger;
+pub mod limits;
 mod metering;
 mod models;
 
@@ -67,6 +68,10 @@ impl App {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
+        let req = match limits::admit(&self.state.config.server, req) {
+            Ok(req) => req,
+            Err(refused) => return refused.into_response(None),
+        };
         let path = req.uri().path().to_string();
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         let result = match segments.as_slice() {

@@ -110,6 +110,7 @@ pub(super) fn list(state: &AppState) -> Response<ResponseBody> {
 }
 
 pub(super) fn get(state: &AppState, name: &str) -> ApiResult {
+    crate::registry::check_name(name)?;
     let record = state
         .models
         .get(name)
@@ -240,6 +241,7 @@ fn users(state: &AppState, model: &str) -> Vec<String> {
 /// refused with 409 naming them, unless `?force=true` (their calls then get
 /// `not-found` from `load-by-name`).
 pub(super) async fn delete(state: &AppState, name: &str, query: Option<&str>) -> ApiResult {
+    crate::registry::check_name(name)?;
     let mut force = false;
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         match pair {
