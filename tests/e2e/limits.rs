@@ -227,7 +227,8 @@ async fn every_body_is_limited() {
         .send()
         .await
         .unwrap();
-    problem(patch, 413, "payload-too-large").await;
+    let p = problem(patch, 413, "payload-too-large").await;
+    assert!(p["detail"].as_str().unwrap().ends_with("(64 KiB)"), "{p}");
 
     // A call declaring a body over the limit is refused before it runs.
     let r = server
