@@ -23,6 +23,19 @@ pub const DEFAULT_MAX_UPLOAD_MB: u64 = 64;
 pub const DEFAULT_MAX_MODEL_MB: u64 = 1024;
 /// Default time in-flight requests get to finish after a shutdown signal.
 pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 30_000;
+/// Default limit on a request's header names and values, together.
+pub const DEFAULT_MAX_HEADER_KB: u64 = 16;
+/// Default limit on the number of a request's headers.
+pub const DEFAULT_MAX_HEADERS: u32 = 100;
+/// Default limit on a request's target (path and query).
+pub const DEFAULT_MAX_URI_KB: u64 = 8;
+/// Default limit on a request's query string.
+pub const DEFAULT_MAX_QUERY_KB: u64 = 4;
+/// Default largest request body a function call may send.
+pub const DEFAULT_MAX_INVOKE_BODY_MB: u64 = 64;
+/// Default time a client gets to send a request's head (and, on a new
+/// connection, its first request).
+pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 30_000;
 /// Default number of guest instances that may exist at once.
 pub const DEFAULT_MAX_INSTANCES: u32 = 1000;
 /// Default size of one linear-memory slot in the pooling allocator.
@@ -110,6 +123,20 @@ pub struct ServerConfig {
     /// Deploy the built-in functions (e.g. `hello`) when a data directory is
     /// initialised for the first time.
     pub install_builtins: bool,
+    /// Largest total size of a request's header names and values (431).
+    pub max_header_kb: u64,
+    /// Most headers a request may have (431).
+    pub max_headers: u32,
+    /// Longest request target, path and query (414).
+    pub max_uri_kb: u64,
+    /// Longest query string (414).
+    pub max_query_kb: u64,
+    /// Largest request body a function call (`/fn/...`) may send (413 when
+    /// declared larger; the function sees a body error past it).
+    pub max_invoke_body_mb: u64,
+    /// Time a client gets to send a request's head, and a new connection
+    /// its first request; then the connection is closed.
+    pub header_read_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -121,6 +148,12 @@ impl Default for ServerConfig {
             max_model_mb: DEFAULT_MAX_MODEL_MB,
             shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
             install_builtins: true,
+            max_header_kb: DEFAULT_MAX_HEADER_KB,
+            max_headers: DEFAULT_MAX_HEADERS,
+            max_uri_kb: DEFAULT_MAX_URI_KB,
+            max_query_kb: DEFAULT_MAX_QUERY_KB,
+            max_invoke_body_mb: DEFAULT_MAX_INVOKE_BODY_MB,
+            header_read_timeout_ms: DEFAULT_HEADER_READ_TIMEOUT_MS,
         }
     }
 }
@@ -447,6 +480,7 @@ impl Config {
              \x20 data dir          {data}\n\
              \x20 max upload        {upload} MiB (models {model_mb} MiB)\n\
              \x20 shutdown grace    {grace} ms\n\
+             \x20 request limits    target {uri} KiB (query {query} KiB), headers {hkb} KiB / {hn}, call body {body} MiB, head within {hto} ms\n\
              \x20 instance pool     {inst} instances, {mem} MiB memory slots, {stack} KiB wasm stack\n\
              \x20 epoch tick        {tick} ms\n\
              \x20 admission         {in_flight} in flight, {queue} queued per function\n\
@@ -455,7 +489,7 @@ impl Config {
              \x20 models            backend {backend}, {budget} MiB budget, gpu/tpu fall back to {fallback}, unloaded after {model_idle} ms unused\n\
              \x20 auth              {auth}\n\
              \x20 tenant quotas     {rps} requests/s, {tconc} concurrent, {funcs} functions, {models} models, {stored} MiB stored, spend cap {cap}\n\
-             \x20 guest capabilities no preopened dirs, empty env, no sockets, outgoing HTTP denied",
+             \x20 guest capabilities no preopened dirs, no sockets; by default {envs} env vars, outgoing HTTP to {hosts} hosts",
             auth = if self.auth.enabled {
                 "API keys required (Authorization: Bearer KEY)"
             } else {
@@ -473,6 +507,14 @@ impl Config {
             upload = s.max_upload_mb,
             model_mb = s.max_model_mb,
             grace = s.shutdown_grace_ms,
+            uri = s.max_uri_kb,
+            query = s.max_query_kb,
+            hkb = s.max_header_kb,
+            hn = s.max_headers,
+            body = s.max_invoke_body_mb,
+            hto = s.header_read_timeout_ms,
+            envs = f.env.len(),
+            hosts = f.allowed_hosts.len(),
             inst = r.max_instances,
             mem = r.max_memory_mb,
             stack = r.max_wasm_stack_kb,
@@ -521,6 +563,31 @@ impl ServerConfig {
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("server.data_dir", "must not be empty"));
         }
+        if !(1..=1024).contains(&self.max_header_kb) {
+            return Err(invalid("server.max_header_kb", "must be 1..=1024"));
+        }
+        if !(1..=10_000).contains(&self.max_headers) {
+            return Err(invalid("server.max_headers", "must be 1..=10000"));
+        }
+        // hyper refuses targets over 64 KiB itself, without problem+json.
+        if !(1..=32).contains(&self.max_uri_kb) {
+            return Err(invalid("server.max_uri_kb", "must be 1..=32"));
+        }
+        if !(1..=self.max_uri_kb).contains(&self.max_query_kb) {
+            return Err(invalid(
+                "server.max_query_kb",
+                "must be 1..=server.max_uri_kb",
+            ));
+        }
+        if !(1..=16 * 1024).contains(&self.max_invoke_body_mb) {
+            return Err(invalid("server.max_invoke_body_mb", "must be 1..=16384"));
+        }
+        if !(10..=600_000).contains(&self.header_read_timeout_ms) {
+            return Err(invalid(
+                "server.header_read_timeout_ms",
+                "must be 10..=600000",
+            ));
+        }
         Ok(())
     }
 
@@ -533,6 +600,30 @@ impl ServerConfig {
     pub fn max_model_bytes(&self) -> u64 {
         self.max_model_mb.saturating_mul(1024 * 1024)
     }
+
+    /// Largest total size of a request's header names and values, in bytes.
+    pub fn max_header_bytes(&self) -> usize {
+        kib(self.max_header_kb)
+    }
+
+    /// Longest request target, in bytes.
+    pub fn max_uri_bytes(&self) -> usize {
+        kib(self.max_uri_kb)
+    }
+
+    /// Longest query string, in bytes.
+    pub fn max_query_bytes(&self) -> usize {
+        kib(self.max_query_kb)
+    }
+
+    /// Largest body a function call may send, in bytes.
+    pub fn max_invoke_body_bytes(&self) -> u64 {
+        self.max_invoke_body_mb.saturating_mul(1024 * 1024)
+    }
+}
+
+fn kib(n: u64) -> usize {
+    usize::try_from(n.saturating_mul(1024)).unwrap_or(usize::MAX)
 }
 
 impl RuntimeConfig {

@@ -7,6 +7,7 @@ pub mod api;
 pub mod auth;
 pub mod billing;
 pub mod builtins;
+pub mod capabilities;
 pub mod cli;
 pub mod config;
 pub mod nn;

@@ -13,6 +13,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
+use crate::api::limits::FirstRequest;
 use crate::api::{App, AppState};
 use crate::config::{Config, ConfigError, ModelsConfig, OnnxBackendChoice};
 use crate::nn::Backend;
@@ -310,7 +311,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let server_config = &app.state().config.server;
+    crate::api::limits::configure(&mut builder, server_config);
+    let first_request = Duration::from_millis(server_config.header_read_timeout_ms);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -325,12 +329,13 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                let service = FirstRequest::new(app.clone());
                 let conn = builder
-                    .serve_connection(TokioIo::new(stream), app.clone())
+                    .serve_connection(TokioIo::new(stream), service.clone())
                     .into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
+                    if let Some(Err(e)) = service.within(first_request, conn).await {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
                 });

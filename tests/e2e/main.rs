@@ -11,11 +11,13 @@
 
 mod authoring;
 mod billing;
+mod capabilities;
 mod control;
 mod embed;
 mod hostile;
 mod invoke;
 mod lifecycle;
+mod limits;
 mod models;
 mod nn;
 mod nn_probe;

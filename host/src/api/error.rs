@@ -87,8 +87,8 @@ impl ApiError {
             "Payload too large",
         )
         .detail(format!(
-            "the body is larger than the limit of {limit_bytes} bytes ({} MiB)",
-            limit_bytes / (1024 * 1024)
+            "the body is larger than the limit of {limit_bytes} bytes ({})",
+            in_units(limit_bytes)
         ))
         .with("limit_bytes", limit_bytes)
     }
@@ -137,6 +137,18 @@ impl ApiError {
             );
         }
         response
+    }
+}
+
+/// A size in the largest binary unit that divides it (`64 KiB`, `1 MiB`).
+fn in_units(bytes: u64) -> String {
+    const KIB: u64 = 1024;
+    const MIB: u64 = KIB * KIB;
+    match bytes {
+        0 => "0 bytes".to_string(),
+        b if b % MIB == 0 => format!("{} MiB", b / MIB),
+        b if b % KIB == 0 => format!("{} KiB", b / KIB),
+        b => format!("{b} bytes"),
     }
 }
 

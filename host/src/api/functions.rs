@@ -106,6 +106,7 @@ pub(super) fn list(state: &AppState, tenant: &str) -> Response<ResponseBody> {
 }
 
 pub(super) fn get(state: &AppState, tenant: &str, name: &str) -> ApiResult {
+    crate::registry::check_name(name)?;
     let record = state
         .registry
         .get(tenant, name)
@@ -181,10 +182,12 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
+    crate::registry::check_name(name)?;
     if state.registry.get(tenant, name).is_none() {
         return Err(function_not_found(name));
     }
     let bytes = read_body(req, MAX_SETTINGS_BYTES).await?;
+    super::limits::check_json_depth(&bytes)?;
     let patch: SettingsPatch = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::from(crate::registry::RegistryError::Settings(format!(
             "settings must be a JSON object with keys among {}: {e}",
@@ -197,6 +200,7 @@ where
 }
 
 pub(super) async fn delete(state: &AppState, tenant: &str, name: &str) -> ApiResult {
+    crate::registry::check_name(name)?;
     let record = state.registry.delete(tenant, name).await?;
     state.scheduler.forget(&record.key());
     Ok(json_response(

@@ -15,6 +15,7 @@ use super::{ApiError, AppState, COLD_START_HEADER, COLD_START_US_HEADER, INVOCAT
 use crate::auth::{AuthError, Principal, QuotaRefusal, Scope, TenantMeter};
 use crate::billing::usage::month_start_ms;
 use crate::billing::{LedgerWriter, Outcome, UsageGroup, UsageQuery, UsageRow};
+use crate::capabilities::Grants;
 use crate::nn::wasi::NnState;
 use crate::registry::{DEFAULT_TENANT, RegistryError, Resolved};
 use crate::runtime::{BoxError, InvokeLimits, ResponseBody};
@@ -253,6 +254,7 @@ where
     B::Error: Into<BoxError>,
 {
     let target = parse_target(path)?;
+    crate::registry::check_name(target.name)?;
     let resolved = authorize(state, caller, &target, meter)?;
     let settings = &resolved.settings;
     meter.target = Some(meter_target(&resolved));
@@ -301,7 +303,7 @@ where
     meter.nn = Some(nn_usage.clone());
     let invoked = state
         .runtime
-        .invoke(&ready.pre, limits, req, nn, admission)
+        .invoke(&ready.pre, limits, req, nn, Grants::of(settings), admission)
         .await;
     meter.bytes_in = Some(invoked.bytes_in);
     meter.finished = Some(invoked.finished);

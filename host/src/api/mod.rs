@@ -10,6 +10,7 @@ mod error;
 mod functions;
 mod invoke;
 mod ledger;
+pub mod limits;
 mod metering;
 mod models;
 pub mod routes;
@@ -77,6 +78,10 @@ impl App {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
+        let req = match limits::admit(&self.state.config.server, req) {
+            Ok(req) => req,
+            Err(refused) => return refused.into_response(None),
+        };
         let path = req.uri().path().to_string();
         let route = match routes::parse(req.method(), &path) {
             Ok(route) => route,

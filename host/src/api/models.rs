@@ -110,6 +110,7 @@ pub(super) fn list(state: &AppState, tenant: &str) -> Response<ResponseBody> {
 }
 
 pub(super) fn get(state: &AppState, tenant: &str, name: &str) -> ApiResult {
+    crate::registry::check_name(name)?;
     let record = state
         .models
         .get(tenant, name)
@@ -252,6 +253,7 @@ pub(super) async fn delete(
     name: &str,
     query: Option<&str>,
 ) -> ApiResult {
+    crate::registry::check_name(name)?;
     let mut force = false;
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         match pair {

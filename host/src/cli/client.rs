@@ -86,6 +86,14 @@ pub struct DeployArgs {
     /// Let anyone call the function without a key.
     #[arg(long)]
     public: bool,
+    /// An environment variable the function sees (repeat the flag; a value
+    /// with a comma only through `PATCH /v1/functions/{name}`).
+    #[arg(long = "env", value_name = "NAME=VALUE")]
+    env: Vec<String>,
+    /// Hosts outgoing HTTP requests may go to: `host`, `host:port`,
+    /// `*.domain[:port]` (comma-separated).
+    #[arg(long = "allow-host", value_name = "HOST", value_delimiter = ',')]
+    allowed_hosts: Vec<String>,
     #[command(flatten)]
     server: Server,
 }
@@ -203,6 +211,18 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     }
     if args.public {
         query.push(("public", "true".to_string()));
+    }
+    if let Some(var) = args.env.iter().find(|v| v.contains(',')) {
+        anyhow::bail!(
+            "--env {var}: a value with a comma cannot go in an upload's query string; \
+             set it with PATCH /v1/functions/{name} {{\"env\": [...]}}"
+        );
+    }
+    if !args.env.is_empty() {
+        query.push(("env", args.env.join(",")));
+    }
+    if !args.allowed_hosts.is_empty() {
+        query.push(("allowed_hosts", args.allowed_hosts.join(",")));
     }
     let size = bytes.len();
     let spinner = progress(format!(

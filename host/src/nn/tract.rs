@@ -26,12 +26,41 @@ type Shapes = Vec<Vec<usize>>;
 #[derive(Debug, Default)]
 pub struct TractBackend;
 
+/// Runs tract on what a client sent (a model, a guest's inputs), turning a
+/// panic into `error`: tract indexes and asserts internally, and some
+/// malformed models reach those (a graph output naming no node's output
+/// panics in its ONNX reader). Such a model or call is refused, as any
+/// other invalid one; nothing it sends is the platform's failure.
+fn contained<T>(
+    work: impl FnOnce() -> Result<T, NnError>,
+    error: impl FnOnce(String) -> NnError,
+) -> Result<T, NnError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".to_string());
+        tracing::debug!(%message, "tract panicked; refusing the model or call");
+        Err(error(format!("tract failed on it ({message})")))
+    })
+}
+
 impl Backend for TractBackend {
     fn name(&self) -> &'static str {
         "tract"
     }
 
     fn load(&self, bytes: &[u8]) -> Result<Arc<dyn LoadedModel>, NnError> {
+        contained(
+            || self.load_model(bytes),
+            |panic| NnError::InvalidEncoding(format!("not a loadable ONNX model: {panic}")),
+        )
+    }
+}
+
+impl TractBackend {
+    fn load_model(&self, bytes: &[u8]) -> Result<Arc<dyn LoadedModel>, NnError> {
         let model = tract_onnx::onnx()
             .with_ignore_output_shapes(true)
             .with_ignore_value_info(true)
@@ -235,6 +264,12 @@ impl LoadedModel for TractModel {
     }
 
     fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, NnError> {
+        contained(|| self.run_plan(inputs), NnError::Runtime)
+    }
+}
+
+impl TractModel {
+    fn run_plan(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, NnError> {
         check_inputs(&self.inputs, inputs)?;
         let shapes: Vec<Vec<usize>> = inputs.iter().map(|t| t.dims.clone()).collect();
         let plan = self.plan(&shapes)?;
@@ -258,6 +293,25 @@ mod tests {
 
     fn digits() -> Arc<dyn LoadedModel> {
         TractBackend.load(DIGITS).expect("digits loads")
+    }
+
+    #[test]
+    fn a_model_that_panics_tract_is_refused() {
+        // The graph's output renamed so that no node produces it: tract's
+        // ONNX reader indexes a map with it and panics (found by fuzzing
+        // model uploads, host/tests/fuzz.rs).
+        let name = b"probabilities";
+        let at = DIGITS
+            .windows(name.len())
+            .rposition(|w| w == name)
+            .expect("the graph output's name");
+        let mut model = DIGITS.to_vec();
+        model[at + name.len() - 1] = b'z';
+        let Err(err) = TractBackend.load(&model) else {
+            panic!("a model tract cannot read was accepted");
+        };
+        assert!(matches!(err, NnError::InvalidEncoding(_)), "{err}");
+        assert!(err.to_string().contains("tract failed on it"), "{err}");
     }
 
     #[test]

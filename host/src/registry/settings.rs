@@ -9,6 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::capabilities::{EnvVar, HostPattern, check_env, check_hosts};
 use crate::config::RuntimeConfig;
 
 macro_rules! settings {
@@ -18,7 +19,7 @@ macro_rules! settings {
     )*}
     lists {$(
         $(#[doc = $ldoc:literal])*
-        $lfield:ident;
+        $lfield:ident : Vec<$lty:ty>, check $lcheck:path;
     )*}) => {
         /// The effective settings of a function: defaults with its overrides
         /// applied. Also the `[functions]` section of `platform.toml`.
@@ -26,7 +27,7 @@ macro_rules! settings {
         #[serde(deny_unknown_fields, default)]
         pub struct Settings {
             $( $(#[doc = $doc])* pub $field: $ty, )*
-            $( $(#[doc = $ldoc])* pub $lfield: Vec<String>, )*
+            $( $(#[doc = $ldoc])* pub $lfield: Vec<$lty>, )*
         }
 
         impl Default for Settings {
@@ -46,7 +47,7 @@ macro_rules! settings {
             )*
             $(
                 #[serde(default, skip_serializing_if = "Option::is_none")]
-                pub $lfield: Option<Vec<String>>,
+                pub $lfield: Option<Vec<$lty>>,
             )*
         }
 
@@ -62,7 +63,7 @@ macro_rules! settings {
             )*
             $(
                 #[serde(default, deserialize_with = "double_option")]
-                pub $lfield: Option<Option<Vec<String>>>,
+                pub $lfield: Option<Option<Vec<$lty>>>,
             )*
         }
 
@@ -85,15 +86,11 @@ macro_rules! settings {
                 $(
                     if self.$lfield.len() > MAX_LIST_ITEMS {
                         return Err(format!(
-                            "{} takes at most {MAX_LIST_ITEMS} names", stringify!($lfield)
+                            "{} takes at most {MAX_LIST_ITEMS} entries", stringify!($lfield)
                         ));
                     }
-                    if let Some(bad) = self.$lfield.iter().find(|n| super::check_name(n).is_err()) {
-                        return Err(format!(
-                            "{}: `{}` is not a valid name", stringify!($lfield),
-                            bad.chars().take(80).collect::<String>()
-                        ));
-                    }
+                    $lcheck(&self.$lfield)
+                        .map_err(|e| format!("{}: {e}", stringify!($lfield)))?;
                 )*
                 if self.memory_mb > runtime.max_memory_mb {
                     return Err(format!(
@@ -157,13 +154,12 @@ macro_rules! settings {
                         )*
                         $(
                             stringify!($lfield) => {
-                                patch.$lfield = Some(Some(
-                                    value
-                                        .split(',')
-                                        .filter(|v| !v.is_empty())
-                                        .map(str::to_string)
-                                        .collect(),
-                                ));
+                                let items = value
+                                    .split(',')
+                                    .filter(|v| !v.is_empty())
+                                    .map(|v| v.parse::<$lty>().map_err(|e| format!("{key}: {e}")))
+                                    .collect::<Result<_, _>>()?;
+                                patch.$lfield = Some(Some(items));
                             }
                         )*
                         other => {
@@ -240,7 +236,25 @@ settings! {
         /// Models this function may load with `wasi:nn` `load-by-name`;
         /// none by default (capabilities are denied unless granted). In a
         /// query string: `models=a,b`.
-        models;
+        models: Vec<String>, check check_names;
+        /// Environment variables the function sees, as `NAME=VALUE`; none by
+        /// default. In a query string: `env=A=1,B=2` (values with commas
+        /// only through `PATCH`).
+        env: Vec<EnvVar>, check check_env;
+        /// Hosts outgoing HTTP requests may go to (`host`, `host:port`,
+        /// `*.domain[:port]`); none by default, so no outbound HTTP.
+        allowed_hosts: Vec<HostPattern>, check check_hosts;
+    }
+}
+
+/// Checks that every entry of a list of models is a valid name.
+fn check_names(names: &[String]) -> Result<(), String> {
+    match names.iter().find(|n| super::check_name(n).is_err()) {
+        Some(bad) => Err(format!(
+            "`{}` is not a valid name",
+            bad.chars().take(80).collect::<String>()
+        )),
+        None => Ok(()),
     }
 }
 
@@ -285,6 +299,45 @@ mod tests {
         o.apply(&reset);
         assert_eq!(o.resolve(&defaults).timeout_ms, defaults.timeout_ms);
         assert_eq!(o.resolve(&defaults).memory_mb, 64);
+    }
+
+    #[test]
+    fn grants_parse_once_and_round_trip() {
+        let defaults = Settings::default();
+        assert!(defaults.env.is_empty() && defaults.allowed_hosts.is_empty());
+        let patch = SettingsPatch::from_query(
+            "env=A=1,B=x%3Dy&allowed_hosts=api.example.com%2C*.cdn.example:8443",
+        )
+        .expect("query");
+        let mut o = SettingsOverrides::default();
+        o.apply(&patch);
+        let s = o.resolve(&defaults);
+        s.validate(&RuntimeConfig::default()).expect("valid");
+        let json = serde_json::to_value(&s).expect("serializes");
+        assert_eq!(json["env"], serde_json::json!(["A=1", "B=x=y"]));
+        assert_eq!(
+            json["allowed_hosts"],
+            serde_json::json!(["api.example.com", "*.cdn.example:8443"])
+        );
+        let back: Settings = serde_json::from_value(json).expect("round trip");
+        assert_eq!(back, s);
+
+        let err = SettingsPatch::from_query("env=9=x").expect_err("bad name");
+        assert!(err.starts_with("env: "), "{err}");
+        let err = SettingsPatch::from_query("allowed_hosts=a.example,https://b").expect_err("url");
+        assert!(err.starts_with("allowed_hosts: "), "{err}");
+        assert!(
+            serde_json::from_str::<SettingsPatch>(r#"{"allowed_hosts": ["*"]}"#).is_err(),
+            "checked when read from JSON too"
+        );
+        let dup = SettingsPatch::from_query("env=A=1,A=2").expect("each entry is fine");
+        let mut o = SettingsOverrides::default();
+        o.apply(&dup);
+        let err = o
+            .resolve(&defaults)
+            .validate(&RuntimeConfig::default())
+            .expect_err("set twice");
+        assert!(err.starts_with("env: "), "{err}");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! worker thread), and a timer stops host-side waits, which epochs cannot
 //! reach.
 
+mod outbound;
 mod state;
 
 use std::path::Path;
@@ -29,6 +30,7 @@ use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 
+use crate::capabilities::Grants;
 use crate::config::RuntimeConfig;
 use crate::nn::wasi::NnState;
 pub use state::HostState;
@@ -231,13 +233,15 @@ impl Runtime {
     /// request and returns its response as soon as the guest sets it. The
     /// body keeps streaming from the guest until it finishes or the deadline
     /// passes; `guard` is held until then. What the guest used is known when
-    /// it has finished ([`Invoked::finished`]).
+    /// it has finished ([`Invoked::finished`]). The guest gets exactly
+    /// `grants` and the models in `nn`, and no other authority.
     pub async fn invoke<B, G>(
         &self,
         pre: &FunctionPre,
         limits: InvokeLimits,
         request: http::Request<B>,
         nn: NnState,
+        grants: Grants,
         guard: G,
     ) -> Invoked
     where
@@ -247,7 +251,8 @@ impl Runtime {
     {
         let bytes_in = Arc::new(AtomicU64::new(0));
         let memory_limit = usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX);
-        let mut store = Store::new(&self.engine, HostState::new(memory_limit, nn));
+        let state = HostState::new(memory_limit, nn, grants, limits.deadline);
+        let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         let deadline = limits.deadline;
         store.set_epoch_deadline(1);

@@ -1,16 +1,17 @@
-//! The per-invocation store data: WASI context with no ambient authority,
-//! the wasi-http context, and the resource limiter.
+//! The per-invocation store data: a WASI context with no ambient authority
+//! beyond what the function was granted, the wasi-http context and its
+//! outbound hook, and the resource limiter.
+
+use std::time::Instant;
 
 use wasmtime::component::ResourceTable;
 
+use super::outbound::Outbound;
+use crate::capabilities::Grants;
 use crate::nn::wasi::{NnState, NnView};
 use wasmtime::{ResourceLimiter, Result};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
-use wasmtime_wasi_http::{
-    Error as HttpError, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks,
-    WasiHttpView,
-};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 /// Data of one invocation's `Store`. A fresh one per call: nothing leaks
 /// between invocations.
@@ -19,22 +20,31 @@ pub struct HostState {
     nn: NnState,
     http: WasiHttpCtx,
     table: ResourceTable,
-    hooks: DenyOutgoing,
+    hooks: Outbound,
     pub(crate) limits: GuestLimits,
 }
 
 impl HostState {
-    /// A store state with no preopened directories, an empty environment, no
-    /// network, stdio discarded, a linear-memory limit, and the models the
-    /// function was granted.
-    pub fn new(memory_limit_bytes: usize, nn: NnState) -> Self {
-        let wasi = WasiCtx::builder().allow_ip_name_lookup(false).build();
+    /// A store state with no preopened directories, no sockets (TCP, UDP and
+    /// name lookups refused, and every address denied should they be
+    /// allowed), stdio discarded, a linear-memory limit, and exactly what
+    /// `grants` gives: its environment variables, outgoing HTTP to its
+    /// allowed hosts until `deadline`, and the models in `nn`.
+    pub fn new(memory_limit_bytes: usize, nn: NnState, grants: Grants, deadline: Instant) -> Self {
+        let mut wasi = WasiCtx::builder();
+        wasi.allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .socket_addr_check(|_, _| Box::pin(async { false }));
+        for var in &grants.env {
+            wasi.env(var.name(), var.value());
+        }
         Self {
-            wasi,
+            wasi: wasi.build(),
             nn,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            hooks: DenyOutgoing,
+            hooks: Outbound::new(grants.allowed_hosts, deadline),
             limits: GuestLimits::new(memory_limit_bytes),
         }
     }
@@ -66,34 +76,6 @@ impl WasiHttpView for HostState {
             table: &mut self.table,
             ctx: &mut self.http,
         }
-    }
-}
-
-/// wasi-http hooks that refuse every outgoing request: functions get no
-/// outbound network unless the platform grants it.
-struct DenyOutgoing;
-
-type SendFuture = Box<
-    dyn Future<
-            Output = wasmtime_wasi_http::Result<(
-                http::Response<WasiBody>,
-                Box<dyn Future<Output = wasmtime_wasi_http::Result<(), HttpError>> + Send>,
-            )>,
-        > + Send,
->;
-
-impl WasiHttpHooks for DenyOutgoing {
-    fn send_request(
-        &mut self,
-        _request: http::Request<WasiBody>,
-        _options: Option<RequestOptions>,
-        _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<(), HttpError>> + Send>,
-    ) -> SendFuture {
-        Box::new(async { Err(HttpError::HttpRequestDenied) })
-    }
-
-    fn p2_error_from_hyper(&mut self, _err: &hyper::Error) -> ErrorCode {
-        ErrorCode::HttpProtocolError
     }
 }
 

@@ -1,0 +1,303 @@
+//! Guest capabilities are denied by default and granted only as the
+//! function's settings say: environment variables (`env`) and outbound HTTP
+//! (`allowed_hosts`); never files or sockets.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use glia_e2e::{HOSTILE, TestServer, reqwest};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::{json, problem};
+
+/// A plain HTTP/1.1 server on `127.0.0.1`: answers every request with
+/// `200 upstream <path>`, or never answers when `silent`. Counts the
+/// connections it accepted.
+struct Upstream {
+    port: u16,
+    connections: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    async fn start(silent: bool) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counted = connections.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0_u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    if silent {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                        return;
+                    }
+                    let head = String::from_utf8_lossy(&head);
+                    let path = head.split(' ').nth(1).unwrap_or("?");
+                    let body = format!("upstream {path}");
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        Self {
+            port,
+            connections,
+            task,
+        }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn text(server: &TestServer, path: &str) -> String {
+    let r = server.get(path).await;
+    assert_eq!(r.status(), 200, "{path}");
+    r.text().await.unwrap()
+}
+
+async fn patch(server: &TestServer, name: &str, body: serde_json::Value) -> reqwest::Response {
+    server
+        .client
+        .patch(server.url(&format!("/v1/functions/{name}")))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn environment_is_empty_unless_set() {
+    let server = TestServer::start().await;
+    server.deploy_ok("hostile", HOSTILE, "").await;
+    assert_eq!(text(&server, "/fn/hostile/env").await, "");
+
+    // In a query string (values percent-decoded), in order.
+    server
+        .deploy_ok(
+            "hostile",
+            HOSTILE,
+            "env=MODE=fast,GREETING=hello%20world,EMPTY=",
+        )
+        .await;
+    assert_eq!(
+        text(&server, "/fn/hostile/env").await,
+        "MODE=fast\nGREETING=hello world\nEMPTY=\n"
+    );
+    let f = json(server.get("/v1/functions/hostile").await, 200).await;
+    assert_eq!(
+        f["settings"]["env"],
+        json!(["MODE=fast", "GREETING=hello world", "EMPTY="])
+    );
+
+    // Through PATCH, where values may hold commas and '='.
+    let r = patch(&server, "hostile", json!({"env": ["LIST=a,b=c"]})).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(text(&server, "/fn/hostile/env").await, "LIST=a,b=c\n");
+
+    // Back to the default: nothing.
+    let r = patch(&server, "hostile", json!({"env": null})).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(text(&server, "/fn/hostile/env").await, "");
+
+    // A platform default reaches every function that does not set its own.
+    let server = server
+        .restart_with(|c| c.functions.env = vec!["REGION=eu".parse().unwrap()])
+        .await;
+    assert_eq!(text(&server, "/fn/hostile/env").await, "REGION=eu\n");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn no_files_and_no_sockets_even_with_grants() {
+    let server = TestServer::start().await;
+    let listener = Upstream::start(false).await;
+    let port = listener.port;
+    // Granting env and outbound HTTP grants nothing else.
+    server
+        .deploy_ok(
+            "hostile",
+            HOSTILE,
+            &format!("env=A=1&allowed_hosts=127.0.0.1:{port}"),
+        )
+        .await;
+    let report = text(&server, "/fn/hostile/ambient").await;
+    assert!(report.contains("preopens=0\n"), "{report}");
+    assert!(report.contains("fs=denied"), "{report}");
+    assert!(report.contains("env=1\n"), "{report}");
+
+    // A TCP connect through wasi:sockets to a port that listens, and is an
+    // allowed HTTP host, is still refused.
+    let report = text(
+        &server,
+        &format!("/fn/hostile/socket?addr=127.0.0.1:{port}"),
+    )
+    .await;
+    assert!(report.starts_with("denied"), "{report}");
+    assert_eq!(listener.connections(), 0, "the socket never connected");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn outbound_http_goes_only_to_allowed_hosts() {
+    let server = TestServer::start().await;
+    let upstream = Upstream::start(false).await;
+    let other = Upstream::start(false).await;
+    let url = |port: u16| format!("/fn/hostile/outbound?url=http://127.0.0.1:{port}/hi");
+    let denied = "error ErrorCode::HttpRequestDenied";
+
+    // Denied by default, before any connection is made.
+    server.deploy_ok("hostile", HOSTILE, "").await;
+    assert_eq!(text(&server, &url(upstream.port)).await, denied);
+    assert_eq!(upstream.connections(), 0);
+
+    // Allowed once granted, exactly that host and port.
+    server
+        .deploy_ok(
+            "hostile",
+            HOSTILE,
+            &format!("allowed_hosts=127.0.0.1:{}", upstream.port),
+        )
+        .await;
+    assert_eq!(
+        text(&server, &url(upstream.port)).await,
+        "ok 200 upstream /hi"
+    );
+    assert_eq!(upstream.connections(), 1);
+    assert_eq!(
+        text(&server, &url(other.port)).await,
+        denied,
+        "another port"
+    );
+    let by_name = format!(
+        "/fn/hostile/outbound?url=http://localhost:{}/",
+        upstream.port
+    );
+    assert_eq!(text(&server, &by_name).await, denied, "another host name");
+    let https = format!(
+        "/fn/hostile/outbound?url=https://127.0.0.2:{}/",
+        upstream.port
+    );
+    assert_eq!(text(&server, &https).await, denied, "another address");
+    assert_eq!(other.connections(), 0);
+    assert_eq!(upstream.connections(), 1);
+
+    // A wildcard covers names below its domain only, on the default port.
+    let r = patch(
+        &server,
+        "hostile",
+        json!({"allowed_hosts": ["*.localhost", format!("127.0.0.1:{}", other.port)]}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        text(&server, &url(upstream.port)).await,
+        denied,
+        "no longer"
+    );
+    assert_eq!(text(&server, &url(other.port)).await, "ok 200 upstream /hi");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn outbound_waits_no_longer_than_the_deadline() {
+    let server = TestServer::start().await;
+    let silent = Upstream::start(true).await;
+    server
+        .deploy_ok(
+            "hostile",
+            HOSTILE,
+            &format!("timeout_ms=1000&allowed_hosts=127.0.0.1:{}", silent.port),
+        )
+        .await;
+    let started = Instant::now();
+    let r = server
+        .get(&format!(
+            "/fn/hostile/outbound?url=http://127.0.0.1:{}/",
+            silent.port
+        ))
+        .await;
+    let elapsed = started.elapsed();
+    let status = r.status().as_u16();
+    let body = r.text().await.unwrap();
+    // Either the host's first-byte timeout (cut at the deadline) reached
+    // the guest, or the deadline stopped it: never the guest's 10 minutes.
+    assert!(
+        (status == 200 && body.starts_with("error ")) || status == 504,
+        "{status} {body}"
+    );
+    assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}");
+    assert_eq!(silent.connections(), 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_grants_are_invalid_settings() {
+    let server = TestServer::start().await;
+    for query in [
+        "env=1BAD=x",
+        "env=NO_EQUALS",
+        "env=A=1,A=2",
+        "allowed_hosts=http://example.com",
+        "allowed_hosts=*",
+        "allowed_hosts=example.com:0",
+        "allowed_hosts=example.com/path",
+    ] {
+        let p = problem(
+            server.deploy("hostile", HOSTILE, query).await,
+            400,
+            "invalid-settings",
+        )
+        .await;
+        let key = query.split('=').next().unwrap();
+        assert!(p["detail"].as_str().unwrap().contains(key), "{query}: {p}");
+    }
+    server.deploy_ok("hostile", HOSTILE, "").await;
+    for body in [
+        json!({"env": ["A-B=1"]}),
+        json!({"env": ["A=\u{0}"]}),
+        json!({"env": "A=1"}),
+        json!({"env": [format!("BIG={}", "x".repeat(20 * 1024))]}),
+        json!({"allowed_hosts": ["user@example.com"]}),
+        json!({"allowed_hosts": ["example.com", "EXAMPLE.com"]}),
+        json!({"allowed_hosts": [7]}),
+    ] {
+        problem(
+            patch(&server, "hostile", body.clone()).await,
+            400,
+            "invalid-settings",
+        )
+        .await;
+    }
+    // Nothing was granted along the way.
+    let f = json(server.get("/v1/functions/hostile").await, 200).await;
+    assert_eq!(f["settings"]["env"], json!([]));
+    assert_eq!(f["settings"]["allowed_hosts"], json!([]));
+    server.stop().await;
+}
