@@ -21,7 +21,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// The `hostile` fixture: misbehaving routes (`/loop`, `/oom`, `/recurse`,
-/// `/trap`, `/big`, `/sleep`, `/echo`, `/ok`).
+/// `/trap`, `/big`, `/sleep`, `/echo`, `/ok`, and the capability probes
+/// `/ambient`, `/env`, `/outbound?url=`, `/socket?addr=`).
 pub const HOSTILE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/fixtures/hostile.wasm"));
 
 /// The `digits` classifier (ONNX), trained by
