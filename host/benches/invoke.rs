@@ -4,6 +4,8 @@
 //!   HTTP service (no socket), with the function warm, and scaled to zero
 //!   before every call (so each call loads the artifact and links it; the
 //!   scale-to-zero itself is untimed setup);
+//! - `call/warm` vs `call/warm-anonymous`: with an API key checked, and
+//!   without one (`hello` is public), which is what authentication costs;
 //! - `artifact/compile` vs `artifact/load`: compiling `hello` with Cranelift
 //!   vs loading its precompiled artifact, the two paths a restart can take.
 //!
@@ -30,24 +32,35 @@ fn request() -> http::Request<Empty<Bytes>> {
         .unwrap()
 }
 
+fn anonymous_request() -> http::Request<Empty<Bytes>> {
+    http::Request::get("/fn/hello/bench")
+        .header("host", "localhost")
+        .body(Empty::new())
+        .unwrap()
+}
+
 fn bench(c: &mut Criterion) {
     let support::Bench { rt, platform, .. } = &support::platform(true);
     let app = platform.app().clone();
     let scheduler = platform.state().scheduler.clone();
 
-    let call = |app: &glia_host::api::App| {
+    let call_with = |app: &glia_host::api::App, request: http::Request<Empty<Bytes>>| {
         rt.block_on(async {
-            let response = app.handle(request()).await;
+            let response = app.handle(request).await;
             assert_eq!(response.status(), 200);
             let cold = response.headers()["glia-cold-start"] == "true";
             response.into_body().collect().await.unwrap();
             cold
         })
     };
+    let call = |app: &glia_host::api::App| call_with(app, request());
     assert!(call(&app), "first call is cold");
 
     let mut group = c.benchmark_group("call");
     group.bench_function("warm", |b| b.iter(|| assert!(!call(&app))));
+    group.bench_function("warm-anonymous", |b| {
+        b.iter(|| assert!(!call_with(&app, anonymous_request())))
+    });
     group.bench_function("cold", |b| {
         b.iter_batched(
             // Scaling to zero (dropping the loaded component) is not part of
