@@ -8,6 +8,7 @@ pub mod billing;
 pub mod builtins;
 pub mod cli;
 pub mod config;
+pub mod logs;
 pub mod nn;
 pub mod registry;
 pub mod runtime;

@@ -1,12 +1,14 @@
-//! The HTTP API: control plane (`/v1/...`), data plane (`/fn/...`) and
-//! `/healthz`, as one hyper service built by [`App::new`] so tests can drive
+//! The HTTP API: control plane (`/v1/...`), data plane (`/fn/...`),
+//! `/healthz` and `/metrics`, as one hyper service built by [`App::new`] so tests can drive
 //! it with or without a socket.
 
 mod error;
 mod functions;
 mod invoke;
 mod ledger;
+mod logs;
 mod metering;
+mod metrics;
 mod models;
 
 use std::convert::Infallible;
@@ -44,6 +46,8 @@ pub struct AppState {
     pub models: Arc<ModelRegistry>,
     /// The ledger writer; `None` when billing is off.
     pub billing: Option<Arc<crate::billing::LedgerWriter>>,
+    /// Metrics and invocation logs.
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
 }
 
 /// The glia HTTP service.
@@ -77,6 +81,10 @@ impl App {
                 )),
                 _ => Err(ApiError::method_not_allowed("GET, HEAD")),
             },
+            ["metrics"] => match *req.method() {
+                Method::GET => Ok(metrics::render(&self.state)),
+                _ => Err(ApiError::method_not_allowed("GET")),
+            },
             ["fn", ..] => {
                 return invoke::handle(&self.state, self.state.billing.as_ref(), &path, req).await;
             }
@@ -94,6 +102,10 @@ impl App {
                     _ => Err(ApiError::method_not_allowed("GET, PUT, PATCH, DELETE")),
                 }
             }
+            ["v1", "functions", name, "logs"] => match *req.method() {
+                Method::GET => logs::function(&self.state, name, req.uri().query()).await,
+                _ => Err(ApiError::method_not_allowed("GET")),
+            },
             ["v1", "models"] | ["v1", "models", ""] => match *req.method() {
                 Method::GET => Ok(models::list(&self.state)),
                 _ => Err(ApiError::method_not_allowed("GET")),
@@ -109,6 +121,16 @@ impl App {
             }
             ["v1", "invocations", id] => match *req.method() {
                 Method::GET => ledger::invocation(&self.state, id).await,
+                _ => Err(ApiError::method_not_allowed("GET")),
+            },
+            ["v1", "invocations", id, "logs"] => match *req.method() {
+                Method::GET => {
+                    let accept = req
+                        .headers()
+                        .get(http::header::ACCEPT)
+                        .and_then(|v| v.to_str().ok());
+                    logs::invocation(&self.state, id, accept).await
+                }
                 _ => Err(ApiError::method_not_allowed("GET")),
             },
             ["v1", "usage"] => match *req.method() {

@@ -17,11 +17,11 @@ pub struct Server {
     url: String,
     /// Print the server's JSON instead of a readable summary.
     #[arg(long, global = true)]
-    json: bool,
+    pub(super) json: bool,
 }
 
 impl Server {
-    fn endpoint(&self, path: &str) -> String {
+    pub(super) fn endpoint(&self, path: &str) -> String {
         format!("{}{path}", self.url.trim_end_matches('/'))
     }
 }
@@ -86,7 +86,7 @@ pub struct DeleteArgs {
     server: Server,
 }
 
-fn http() -> anyhow::Result<reqwest::Client> {
+pub(super) fn http() -> anyhow::Result<reqwest::Client> {
     reqwest::Client::builder()
         .no_proxy()
         .build()
@@ -94,7 +94,7 @@ fn http() -> anyhow::Result<reqwest::Client> {
 }
 
 /// Turns a non-success response into an error carrying the problem detail.
-async fn check(response: reqwest::Response) -> anyhow::Result<Value> {
+pub(super) async fn check(response: reqwest::Response) -> anyhow::Result<Value> {
     let status = response.status();
     let bytes = response.bytes().await.context("reading the response")?;
     let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);

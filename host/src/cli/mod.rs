@@ -2,6 +2,7 @@
 //! clients of a running server's HTTP API.
 
 mod client;
+mod logs;
 mod new;
 
 use std::net::SocketAddr;
@@ -39,6 +40,8 @@ enum Command {
     Delete(client::DeleteArgs),
     /// Show usage and cost totals from the ledger.
     Usage(client::UsageArgs),
+    /// Show what a function's invocations wrote to stdout and stderr.
+    Logs(logs::LogsArgs),
     /// Create a function crate from a template.
     New(new::NewArgs),
 }
@@ -67,11 +70,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::New(args) => new::new(args),
         Command::Delete(args) => client::delete(args).await,
         Command::Usage(args) => client::usage(args).await,
+        Command::Logs(args) => logs::logs(args).await,
     }
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    crate::telemetry::init();
     let mut config = match &args.config {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
@@ -83,6 +86,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.server.data_dir = dir;
     }
     config.validate()?;
+    let telemetry = crate::telemetry::init(&config.telemetry)?;
     let listen = config.server.listen;
     eprintln!("{}", config.summary());
     let platform = Platform::open(config).await?;
@@ -102,6 +106,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     tracing::info!(%local, "ready");
     platform.serve(listener, shutdown_signal()).await?;
+    // The last spans reach the collector (the export thread blocks).
+    tokio::task::spawn_blocking(move || drop(telemetry)).await?;
     Ok(())
 }
 

@@ -1,9 +1,14 @@
-//! The per-invocation store data: WASI context with no ambient authority,
-//! the wasi-http context, and the resource limiter.
+//! The per-invocation store data: WASI context with no ambient authority
+//! (stdout and stderr go to the call's log capture, or nowhere), the
+//! wasi-http context, and the resource limiter.
+
+use std::sync::Arc;
 
 use wasmtime::component::ResourceTable;
 
+use crate::logs::Capture;
 use crate::nn::wasi::{NnState, NnView};
+use crate::telemetry::trace::TraceHeaders;
 use wasmtime::{ResourceLimiter, Result};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
@@ -23,20 +28,41 @@ pub struct HostState {
     pub(crate) limits: GuestLimits,
 }
 
+/// What a call gives its guest besides the request: where its stdout and
+/// stderr go, and the trace context its outgoing requests carry.
+#[derive(Default)]
+pub struct GuestIo {
+    /// The call's log capture; `None` discards the guest's output.
+    pub logs: Option<Arc<Capture>>,
+    /// Trace-context headers for outgoing requests.
+    pub trace: TraceHeaders,
+}
+
 impl HostState {
     /// A store state with no preopened directories, an empty environment, no
-    /// network, stdio discarded, a linear-memory limit, and the models the
-    /// function was granted.
-    pub fn new(memory_limit_bytes: usize, nn: NnState) -> Self {
-        let wasi = WasiCtx::builder().allow_ip_name_lookup(false).build();
+    /// network, stdout and stderr captured (or discarded), a linear-memory
+    /// limit, and the models the function was granted.
+    pub fn new(memory_limit_bytes: usize, nn: NnState, io: GuestIo) -> Self {
+        let mut wasi = WasiCtx::builder();
+        wasi.allow_ip_name_lookup(false);
+        if let Some(capture) = &io.logs {
+            let (stdout, stderr) = capture.streams();
+            wasi.stdout(stdout).stderr(stderr);
+        }
         Self {
-            wasi,
+            wasi: wasi.build(),
             nn,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            hooks: DenyOutgoing,
+            hooks: DenyOutgoing { trace: io.trace },
             limits: GuestLimits::new(memory_limit_bytes),
         }
+    }
+
+    /// Sets the trace context outgoing requests carry (once the guest's
+    /// span exists).
+    pub(crate) fn set_trace(&mut self, trace: TraceHeaders) {
+        self.hooks.trace = trace;
     }
 }
 
@@ -70,8 +96,12 @@ impl WasiHttpView for HostState {
 }
 
 /// wasi-http hooks that refuse every outgoing request: functions get no
-/// outbound network unless the platform grants it.
-struct DenyOutgoing;
+/// outbound network unless the platform grants it. A request is first given
+/// the call's trace context (`traceparent`), as any request leaving on the
+/// call's behalf must carry it.
+struct DenyOutgoing {
+    trace: TraceHeaders,
+}
 
 type SendFuture = Box<
     dyn Future<
@@ -85,10 +115,11 @@ type SendFuture = Box<
 impl WasiHttpHooks for DenyOutgoing {
     fn send_request(
         &mut self,
-        _request: http::Request<WasiBody>,
+        mut request: http::Request<WasiBody>,
         _options: Option<RequestOptions>,
         _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<(), HttpError>> + Send>,
     ) -> SendFuture {
+        self.trace.apply(request.headers_mut());
         Box::new(async { Err(HttpError::HttpRequestDenied) })
     }
 

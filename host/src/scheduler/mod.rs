@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use serde::Serialize;
 use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument as _;
 
 use crate::config::SchedulerConfig;
 use crate::registry::{FunctionRecord, Registry, RegistryError, Resolved, now_ms};
@@ -302,7 +303,13 @@ impl Scheduler {
             .pre
             .get_or_try_init(|| {
                 loaded_here = true;
-                self.registry.load(&key.digest)
+                self.registry
+                    .load(&key.digest)
+                    .instrument(tracing::debug_span!(
+                        "glia.cold_start",
+                        glia.function = %key.name,
+                        glia.function.version = key.version,
+                    ))
             })
             .await?
             .clone();
