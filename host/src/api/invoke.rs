@@ -78,9 +78,9 @@ where
         .instrument(span.clone())
         .await;
     let status = response.status();
-    span.record("http.response.status_code", status.as_u16());
+    trace::record(&span, "http.response.status_code", status.as_u16());
     if status.is_server_error() {
-        span.record("otel.status_code", "error");
+        trace::record(&span, "otel.status_code", "error");
     }
     response
 }

@@ -93,7 +93,7 @@ fn count(metrics: &Metrics, meter: &Meter, outcome: Outcome) {
     let Some(target) = &meter.target else {
         return;
     };
-    meter.span.record("glia.outcome", outcome.as_str());
+    crate::telemetry::trace::record(&meter.span, "glia.outcome", outcome.as_str());
     metrics.call(&CallObservation {
         function: &target.function,
         outcome,

@@ -100,6 +100,16 @@ pub fn invocation_span(invocation_id: &str, method: &http::Method, headers: &Hea
     span
 }
 
+/// Records a field of a call's span that only its trace needs: when spans
+/// are exported. (Every field recorded on the root span is also formatted
+/// into the log lines' context, at a cost on every call; log lines need the
+/// invocation id and the function, recorded always.)
+pub fn record<V: tracing::Value>(span: &Span, field: &str, value: V) {
+    if exporting() {
+        span.record(field, value);
+    }
+}
+
 /// Trace-context headers a guest's outgoing requests carry.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TraceHeaders(Vec<(HeaderName, HeaderValue)>);
