@@ -83,9 +83,8 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<()> {
 }
 
 fn print_log(log: &Value, json: bool) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
     if json {
-        writeln!(out, "{}", serde_json::to_string(log).unwrap_or_default())?;
+        println!("{}", serde_json::to_string(log).unwrap_or_default());
         return Ok(());
     }
     let s = |k: &str| log.get(k).and_then(Value::as_str).unwrap_or("");
@@ -95,14 +94,13 @@ fn print_log(log: &Value, json: bool) -> anyhow::Result<()> {
     } else {
         String::new()
     };
-    writeln!(
-        out,
+    println!(
         "==> {} {}@{} {}{truncated}",
         utc(n("started_at_ms")),
         s("function"),
         n("version"),
         s("invocation_id"),
-    )?;
+    );
     let mut text = String::new();
     for entry in log
         .get("entries")
@@ -112,11 +110,11 @@ fn print_log(log: &Value, json: bool) -> anyhow::Result<()> {
     {
         text.push_str(entry.get("text").and_then(Value::as_str).unwrap_or(""));
     }
-    out.write_all(text.as_bytes())?;
+    print!("{text}");
     if !text.is_empty() && !text.ends_with('\n') {
-        writeln!(out)?;
+        println!();
     }
-    out.flush()?;
+    std::io::stdout().flush()?;
     Ok(())
 }
 
