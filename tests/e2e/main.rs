@@ -19,6 +19,7 @@ mod lifecycle;
 mod models;
 mod nn;
 mod nn_probe;
+mod observability;
 mod scheduler;
 mod validation;
 
