@@ -633,9 +633,11 @@ async fn otlp_trace_of_one_call_continues_the_callers() {
     static LINES: OnceLock<Lines> = OnceLock::new();
     let (url, received) = collector().await;
     let lines = LINES.get_or_init(Lines::default).clone();
-    let mut telemetry = glia_host::config::TelemetryConfig::default();
-    telemetry.otlp_endpoint = url.clone();
-    telemetry.export_interval_ms = 100;
+    let telemetry = glia_host::config::TelemetryConfig {
+        otlp_endpoint: url.clone(),
+        export_interval_ms: 100,
+        ..Default::default()
+    };
     let guard = glia_host::telemetry::init_with_writer(&telemetry, move || lines.clone())
         .expect("the first subscriber of this process");
     std::mem::forget(guard);
