@@ -10,6 +10,12 @@
 //!   vs loading its precompiled artifact, the two paths a restart can take.
 //!
 //! `cargo bench -p glia-host --bench invoke`
+//!
+//! By default no `tracing` subscriber is installed. `GLIA_BENCH_TELEMETRY=logs`
+//! installs the one `glia serve` installs (log lines at `info`, written to
+//! nowhere); `GLIA_BENCH_TELEMETRY=otlp` adds span export to an OTLP endpoint
+//! that refuses connections (`http://127.0.0.1:9`), so every call's spans are
+//! built and handed to the exporter.
 
 #![allow(
     clippy::unwrap_used,
@@ -39,7 +45,19 @@ fn anonymous_request() -> http::Request<Empty<Bytes>> {
         .unwrap()
 }
 
+/// Installs the subscriber `GLIA_BENCH_TELEMETRY` asks for.
+fn telemetry() -> Option<glia_host::telemetry::TelemetryGuard> {
+    let mut config = glia_host::config::TelemetryConfig::default();
+    match std::env::var("GLIA_BENCH_TELEMETRY").as_deref() {
+        Ok("logs") => {}
+        Ok("otlp") => config.otlp_endpoint = "http://127.0.0.1:9".into(),
+        _ => return None,
+    }
+    Some(glia_host::telemetry::init_with_writer(&config, std::io::sink).unwrap())
+}
+
 fn bench(c: &mut Criterion) {
+    let _telemetry = telemetry();
     let support::Bench { rt, platform, .. } = &support::platform(true);
     let app = platform.app().clone();
     let scheduler = platform.state().scheduler.clone();

@@ -70,6 +70,15 @@ pub const DEFAULT_PRICE_PER_CPU_INFERENCE_SECOND: u64 = 50;
 pub const DEFAULT_PRICE_PER_GPU_SECOND: u64 = 1000;
 /// Default interval of the idle reaper.
 pub const DEFAULT_REAP_INTERVAL_MS: u64 = 1000;
+/// Default `service.name` of exported traces and metrics.
+pub const DEFAULT_SERVICE_NAME: &str = "glia";
+/// Default longest time a finished span or a metric reading waits before it
+/// is sent to the collector.
+pub const DEFAULT_EXPORT_INTERVAL_MS: u64 = 5000;
+/// Default bound on what one call's stdout and stderr keep together.
+pub const DEFAULT_LOG_BYTES_PER_CALL: u64 = 64 * 1024;
+/// Default time invocation logs are kept.
+pub const DEFAULT_LOG_RETENTION_HOURS: u64 = 72;
 
 /// Everything `platform.toml` can say.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -85,6 +94,7 @@ pub struct Config {
     pub quotas: crate::auth::Quotas,
     /// The settings every function gets unless it sets its own.
     pub functions: Settings,
+    pub telemetry: TelemetryConfig,
 }
 
 /// `[auth]`: API keys.
@@ -462,6 +472,7 @@ impl Config {
         self.scheduler.validate(&self.runtime)?;
         self.models.validate()?;
         self.billing.validate()?;
+        self.telemetry.validate()?;
         self.functions
             .validate(&self.runtime)
             .map_err(|reason| invalid("functions", reason))?;
@@ -489,6 +500,7 @@ impl Config {
              \x20 models            backend {backend}, {budget} MiB budget, gpu/tpu fall back to {fallback}, unloaded after {model_idle} ms unused\n\
              \x20 auth              {auth}\n\
              \x20 tenant quotas     {rps} requests/s, {tconc} concurrent, {funcs} functions, {models} models, {stored} MiB stored, spend cap {cap}\n\
+             \x20 telemetry         {telemetry}\n\
              \x20 guest capabilities no preopened dirs, no sockets; by default {envs} env vars, outgoing HTTP to {hosts} hosts",
             auth = if self.auth.enabled {
                 "API keys required (Authorization: Bearer KEY)"
@@ -539,6 +551,7 @@ impl Config {
                 FallbackPolicy::Cpu => "cpu",
                 FallbackPolicy::Error => "an error",
             },
+            telemetry = self.telemetry.summary(),
         )
     }
 }
@@ -644,6 +657,205 @@ impl RuntimeConfig {
     }
 }
 
+/// `[telemetry]`: traces and metrics over OTLP, host log lines, and the
+/// logs kept for each invocation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Base URL of an OTLP/HTTP (protobuf) collector, e.g.
+    /// `http://127.0.0.1:4318`: spans go to `/v1/traces`, metrics to
+    /// `/v1/metrics`. Empty: the standard `OTEL_EXPORTER_OTLP_ENDPOINT`,
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` and
+    /// `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` variables; nothing is exported
+    /// when they are unset too.
+    pub otlp_endpoint: String,
+    /// `service.name` of everything exported.
+    pub service_name: String,
+    /// Finished spans and metric readings are sent at least this often.
+    pub export_interval_ms: u64,
+    /// Host log lines on stderr: `human` or `json`.
+    pub log_format: LogFormat,
+    /// What each invocation's stdout and stderr keep.
+    pub logs: InvocationLogsConfig,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: String::new(),
+            service_name: DEFAULT_SERVICE_NAME.to_string(),
+            export_interval_ms: DEFAULT_EXPORT_INTERVAL_MS,
+            log_format: LogFormat::Human,
+            logs: InvocationLogsConfig::default(),
+        }
+    }
+}
+
+/// `[telemetry] log_format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One readable line per event, with the span context (the invocation
+    /// id of the call it is about).
+    Human,
+    /// One JSON object per line, with the same fields.
+    Json,
+}
+
+/// `[telemetry.logs]`: invocation logs (a guest's stdout and stderr).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InvocationLogsConfig {
+    /// Capture and keep what guests write to stdout and stderr; off, their
+    /// output is discarded.
+    pub enabled: bool,
+    /// What one call keeps of its stdout and stderr together; the rest is
+    /// dropped and the log ends with a truncation marker.
+    pub max_bytes_per_call: u64,
+    /// Logs older than this are deleted.
+    pub retention_hours: u64,
+}
+
+impl Default for InvocationLogsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_bytes_per_call: DEFAULT_LOG_BYTES_PER_CALL,
+            retention_hours: DEFAULT_LOG_RETENTION_HOURS,
+        }
+    }
+}
+
+/// The standard variables naming OTLP endpoints.
+const OTEL_ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+const OTEL_TRACES_ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
+const OTEL_METRICS_ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT";
+const OTEL_SDK_DISABLED_VAR: &str = "OTEL_SDK_DISABLED";
+
+/// Where spans and metrics are sent; `None`: not exported.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OtlpEndpoints {
+    pub traces: Option<String>,
+    pub metrics: Option<String>,
+}
+
+impl TelemetryConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.otlp_endpoint.is_empty() {
+            check_otlp_url(&self.otlp_endpoint)
+                .map_err(|reason| invalid("telemetry.otlp_endpoint", reason))?;
+        }
+        if self.service_name.is_empty() || self.service_name.len() > 255 {
+            return Err(invalid(
+                "telemetry.service_name",
+                "must be 1 to 255 characters",
+            ));
+        }
+        if !(100..=600_000).contains(&self.export_interval_ms) {
+            return Err(invalid(
+                "telemetry.export_interval_ms",
+                "must be 100..=600000",
+            ));
+        }
+        if !(1..=16 * 1024 * 1024).contains(&self.logs.max_bytes_per_call) {
+            return Err(invalid(
+                "telemetry.logs.max_bytes_per_call",
+                "must be 1..=16777216",
+            ));
+        }
+        if !(1..=24 * 366).contains(&self.logs.retention_hours) {
+            return Err(invalid(
+                "telemetry.logs.retention_hours",
+                "must be 1..=8784",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The OTLP endpoints: `otlp_endpoint` when set, else the standard
+    /// environment variables (`OTEL_SDK_DISABLED=true` turns both off).
+    pub fn otlp_endpoints(&self) -> OtlpEndpoints {
+        self.otlp_endpoints_from(|name| std::env::var(name).ok())
+    }
+
+    /// [`Self::otlp_endpoints`] with the environment given.
+    pub fn otlp_endpoints_from(&self, env: impl Fn(&str) -> Option<String>) -> OtlpEndpoints {
+        let var = |name: &str| {
+            env(name)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        if var(OTEL_SDK_DISABLED_VAR).is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+            return OtlpEndpoints::default();
+        }
+        let signal = |path: &str| format!("{}/{path}", self.otlp_endpoint.trim_end_matches('/'));
+        if !self.otlp_endpoint.is_empty() {
+            return OtlpEndpoints {
+                traces: Some(signal("v1/traces")),
+                metrics: Some(signal("v1/metrics")),
+            };
+        }
+        let base = var(OTEL_ENDPOINT_VAR);
+        let from_base = |path: &str| {
+            base.as_ref()
+                .map(|b| format!("{}/{path}", b.trim_end_matches('/')))
+        };
+        OtlpEndpoints {
+            traces: var(OTEL_TRACES_ENDPOINT_VAR).or_else(|| from_base("v1/traces")),
+            metrics: var(OTEL_METRICS_ENDPOINT_VAR).or_else(|| from_base("v1/metrics")),
+        }
+    }
+
+    fn summary(&self) -> String {
+        let endpoints = self.otlp_endpoints();
+        let otlp = match (&endpoints.traces, &endpoints.metrics) {
+            (None, None) => "no OTLP export".to_string(),
+            (traces, metrics) => format!(
+                "OTLP traces to {}, metrics to {}",
+                traces.as_deref().unwrap_or("(off)"),
+                metrics.as_deref().unwrap_or("(off)")
+            ),
+        };
+        let logs = if self.logs.enabled {
+            format!(
+                "guest output kept {} h, {} KiB per call",
+                self.logs.retention_hours,
+                self.logs.max_bytes_per_call / 1024
+            )
+        } else {
+            "guest output discarded".to_string()
+        };
+        let format = match self.log_format {
+            LogFormat::Human => "human",
+            LogFormat::Json => "json",
+        };
+        format!("{otlp}; /metrics; {format} logs; {logs}")
+    }
+}
+
+/// Checks an OTLP/HTTP URL: `http://host[:port][/path]`. (This build has no
+/// TLS client; a collector on the same host or network is reached over
+/// plain HTTP.)
+pub fn check_otlp_url(url: &str) -> Result<(), String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(format!(
+                "`{url}`: this build exports over plain HTTP only (no TLS client); \
+                 point it at a local collector, e.g. http://127.0.0.1:4318"
+            ));
+        }
+        _ => return Err(format!("`{url}` must start with http://")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("`{url}` has no host"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -697,5 +909,73 @@ mod tests {
         let err = Config::from_toml("[models]\nbackend = \"cuda\"\n", Path::new("t.toml"))
             .expect_err("unknown backend");
         assert!(err.to_string().contains("cuda"), "{err}");
+    }
+
+    #[test]
+    fn telemetry_section_parses_and_validates() {
+        let c = Config::from_toml(
+            "[telemetry]\notlp_endpoint = \"http://collector:4318/\"\nlog_format = \"json\"\n\
+             [telemetry.logs]\nmax_bytes_per_call = 100\nretention_hours = 1\n",
+            Path::new("t.toml"),
+        )
+        .expect("parses");
+        c.validate().expect("valid");
+        assert_eq!(c.telemetry.log_format, LogFormat::Json);
+        assert_eq!(c.telemetry.logs.max_bytes_per_call, 100);
+        let none = |_: &str| None;
+        assert_eq!(
+            c.telemetry.otlp_endpoints_from(none),
+            OtlpEndpoints {
+                traces: Some("http://collector:4318/v1/traces".into()),
+                metrics: Some("http://collector:4318/v1/metrics".into()),
+            }
+        );
+        let err = Config::from_toml("[telemetry.logs]\nkeep = 1\n", Path::new("t.toml"))
+            .expect_err("unknown key");
+        assert!(err.to_string().contains("keep"), "{err}");
+        let mut c = Config::default();
+        c.telemetry.otlp_endpoint = "https://collector:4318".into();
+        let err = c.validate().expect_err("no TLS");
+        assert!(err.to_string().contains("telemetry.otlp_endpoint"), "{err}");
+        let mut c = Config::default();
+        c.telemetry.logs.max_bytes_per_call = 0;
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn otlp_endpoints_follow_the_standard_variables() {
+        let c = TelemetryConfig::default();
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| (*v).to_string())
+            }
+        };
+        assert_eq!(c.otlp_endpoints_from(env(&[])), OtlpEndpoints::default());
+        assert_eq!(
+            c.otlp_endpoints_from(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel:4318")])),
+            OtlpEndpoints {
+                traces: Some("http://otel:4318/v1/traces".into()),
+                metrics: Some("http://otel:4318/v1/metrics".into()),
+            }
+        );
+        assert_eq!(
+            c.otlp_endpoints_from(env(&[(
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://otel:4318/custom"
+            )])),
+            OtlpEndpoints {
+                traces: Some("http://otel:4318/custom".into()),
+                metrics: None,
+            }
+        );
+        assert_eq!(
+            c.otlp_endpoints_from(env(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel:4318"),
+                ("OTEL_SDK_DISABLED", "true"),
+            ])),
+            OtlpEndpoints::default()
+        );
     }
 }

@@ -52,6 +52,10 @@ pub enum StartError {
     Billing(String),
     #[error("auth: {0}")]
     Auth(String),
+    #[error("invocation logs: {0}")]
+    Logs(String),
+    #[error("telemetry: {0}")]
+    Telemetry(String),
 }
 
 /// The platform, opened and ready to serve.
@@ -119,6 +123,19 @@ impl Platform {
                 path.display()
             );
         }
+        let logs = if config.telemetry.logs.enabled {
+            Some(
+                crate::logs::LogStore::open(
+                    &data_dir.join("logs.db"),
+                    usize::try_from(config.telemetry.logs.max_bytes_per_call).unwrap_or(usize::MAX),
+                    config.telemetry.logs.retention_hours,
+                )
+                .map_err(|e| StartError::Logs(e.to_string()))?,
+            )
+        } else {
+            None
+        };
+        let telemetry = Arc::new(crate::telemetry::Telemetry::new(logs));
         let install_builtins = config.server.install_builtins;
         let scheduler = Arc::new(Scheduler::new(registry.clone(), config.scheduler.clone()));
         let state = Arc::new(AppState {
@@ -129,6 +146,7 @@ impl Platform {
             models,
             billing,
             auth: Arc::new(auth),
+            telemetry,
         });
         if install_builtins {
             install_builtins_once(&state).await?;
@@ -143,6 +161,18 @@ impl Platform {
         state.models.spawn_reaper(Duration::from_millis(
             state.config.scheduler.reap_interval_ms,
         ));
+        if let Some(endpoint) = state.config.telemetry.otlp_endpoints().metrics {
+            crate::config::check_otlp_url(&endpoint)
+                .map_err(|reason| StartError::Telemetry(format!("metrics endpoint: {reason}")))?;
+            let client = crate::telemetry::otlp_metrics::client()
+                .map_err(|e| StartError::Telemetry(e.to_string()))?;
+            crate::telemetry::otlp_metrics::spawn(
+                Arc::downgrade(&state),
+                client,
+                endpoint,
+                Duration::from_millis(state.config.telemetry.export_interval_ms),
+            );
+        }
         Ok(Self {
             app: App::new(state),
         })
@@ -164,13 +194,24 @@ impl Platform {
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
         let grace = Duration::from_millis(self.state().config.server.shutdown_grace_ms);
-        let billing = self.state().billing.clone();
+        let state = self.state().clone();
+        let billing = state.billing.clone();
         let served = serve(listener, self.app, grace, shutdown).await;
         // Every drained call's record reaches the ledger before returning.
         if let Some(billing) = billing
             && let Err(e) = billing.flush().await
         {
             tracing::error!(error = %e, "flushing the ledger at shutdown failed");
+        }
+        // And the metrics' last reading reaches the collector.
+        if let Some(endpoint) = state.config.telemetry.otlp_endpoints().metrics
+            && let Ok(client) = crate::telemetry::otlp_metrics::client()
+            && let Err(e) = crate::telemetry::otlp_metrics::export(&client, &endpoint, &state).await
+        {
+            tracing::warn!(error = %e, "the last metrics export failed");
+        }
+        if let Some(logs) = state.telemetry.logs.clone() {
+            let _ = tokio::task::spawn_blocking(move || logs.flush()).await;
         }
         served
     }

@@ -21,6 +21,7 @@ mod limits;
 mod models;
 mod nn;
 mod nn_probe;
+mod observability;
 mod scheduler;
 mod tenants;
 mod validation;

@@ -373,6 +373,7 @@ async fn one_tenant_reaches_nothing_of_another() {
         ("DELETE", "/v1/models/digits".into(), None),
         ("DELETE", "/v1/models/digits?force=true".into(), None),
         ("GET", format!("/v1/invocations/{a_call}"), None),
+        ("GET", format!("/v1/invocations/{a_call}/logs"), None),
         ("GET", format!("/v1/tenants/{a}"), None),
         ("GET", "/v1/tenants/tenant-a".into(), None),
         (
@@ -417,6 +418,17 @@ async fn one_tenant_reaches_nothing_of_another() {
         .await
         .unwrap();
     assert_eq!(listed["models"], json!([]));
+    let logs: Value = b_client
+        .get(server.url("/v1/functions/fa/logs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(logs["logs"], json!([]), "{logs}");
+    let (status, _) = problem(b_client.get(server.url("/metrics")).send().await.unwrap()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "metrics are the platform's");
     let usage: Value = b_client
         .get(server.url("/v1/usage"))
         .send()

@@ -2,7 +2,8 @@
 //!
 //! The guest sees `/{rest...}` with the original query, headers and body; its
 //! response streams back. Every response, error or not, carries the
-//! invocation id.
+//! invocation id; every call is a trace, is counted in the metrics, and
+//! keeps what the guest wrote to stdout and stderr.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,10 +17,13 @@ use crate::auth::{AuthError, Principal, QuotaRefusal, Scope, TenantMeter};
 use crate::billing::usage::month_start_ms;
 use crate::billing::{LedgerWriter, Outcome, UsageGroup, UsageQuery, UsageRow};
 use crate::capabilities::Grants;
+use crate::logs::CallInfo;
 use crate::nn::wasi::NnState;
 use crate::registry::{DEFAULT_TENANT, RegistryError, Resolved};
-use crate::runtime::{BoxError, InvokeLimits, ResponseBody};
+use crate::runtime::{BoxError, GuestIo, InvokeLimits, ResponseBody};
 use crate::scheduler::VersionKey;
+use crate::telemetry::trace::{self, TraceHeaders};
+use tracing::Instrument as _;
 
 const MIB: u64 = 1024 * 1024;
 
@@ -61,7 +65,7 @@ fn parse_target(path: &str) -> Result<Target<'_>, ApiError> {
 
 /// Runs one invocation; always answers, always with the invocation id, and
 /// (with billing on) meters it. `tenant` is the `/t/{tenant}` of the URL,
-/// if any; `path` starts at `/fn/`.
+/// if any; `path` starts at `/fn/`. The call is one trace (`glia.invoke`).
 pub(super) async fn handle<B>(
     state: &AppState,
     billing: Option<&Arc<LedgerWriter>>,
@@ -75,11 +79,36 @@ where
     B::Error: Into<BoxError>,
 {
     let id = uuid::Uuid::now_v7().simple().to_string();
-    let mut meter = Meter::new(id.clone());
+    let span = trace::invocation_span(&id, req.method(), req.headers());
+    let meter = Meter::new(id, span.clone());
     let caller = Caller {
         principal: principal.as_ref(),
         tenant,
     };
+    let response = call(state, billing, caller, path, req, meter)
+        .instrument(span.clone())
+        .await;
+    let status = response.status();
+    trace::record(&span, "http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        trace::record(&span, "otel.status_code", "error");
+    }
+    response
+}
+
+async fn call<B>(
+    state: &AppState,
+    billing: Option<&Arc<LedgerWriter>>,
+    caller: Caller<'_>,
+    path: &str,
+    req: Request<B>,
+    mut meter: Meter,
+) -> Response<ResponseBody>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let id = meter.id.clone();
     let result = run(state, caller, path, req, &mut meter, billing.is_none()).await;
     if let Err(e) = &result {
         // Refusals (4xx) are routine under load; failures are not.
@@ -90,8 +119,14 @@ where
         }
     }
     let mut response = match (result, billing) {
-        (Ok(response), None) => response,
-        (Err(e), None) => e.into_response(Some(&id)),
+        (Ok(response), None) => {
+            metering::observe(state, &meter, Outcome::Ok);
+            response
+        }
+        (Err(e), None) => {
+            metering::observe(state, &meter, meter.outcome.unwrap_or(Outcome::Error));
+            e.into_response(Some(&id))
+        }
         (Ok(response), Some(billing)) => metering::finish_ok(state, billing, meter, response).await,
         (Err(e), Some(billing)) => metering::finish_error(state, billing, meter, e).await,
     };
@@ -258,6 +293,11 @@ where
     let resolved = authorize(state, caller, &target, meter)?;
     let settings = &resolved.settings;
     meter.target = Some(meter_target(&resolved));
+    meter.span.record("glia.tenant", resolved.tenant.as_str());
+    meter.span.record("glia.function", resolved.name.as_str());
+    meter
+        .span
+        .record("glia.function.version", resolved.version.version);
     let timeout = Duration::from_millis(settings.timeout_ms);
     check_quotas(state, &resolved.tenant)
         .await
@@ -268,6 +308,7 @@ where
     let mut admission = state
         .scheduler
         .admit(&resolved, tenant_limit)
+        .instrument(tracing::debug_span!("glia.admission"))
         .await
         .map_err(|e| {
             meter.outcome = Some(Outcome::Rejected);
@@ -283,7 +324,23 @@ where
             ApiError::from(e)
         })?;
     meter.cold_start = ready.cold_start;
+    meter
+        .span
+        .record("glia.cold_start", ready.cold_start.is_some());
 
+    let io = GuestIo {
+        grants: Grants::of(settings),
+        logs: state.telemetry.logs.as_ref().map(|logs| {
+            logs.capture(CallInfo {
+                invocation_id: meter.id.clone(),
+                tenant: resolved.tenant.clone(),
+                function: resolved.name.clone(),
+                version: resolved.version.version,
+                started_at_ms: meter.started_at_ms,
+            })
+        }),
+        trace: TraceHeaders::forwarded(req.headers()),
+    };
     let req = rewrite_uri(req, &target.guest_path)?;
     let req = req.map(|body| http_body_util::BodyExt::map_err(body, |e| e.into()));
     let limits = InvokeLimits {
@@ -298,12 +355,13 @@ where
         limits.deadline,
         usize::try_from(state.config.models.max_raw_load_mb.saturating_mul(MIB))
             .unwrap_or(usize::MAX),
-    );
+    )
+    .with_metrics(state.telemetry.metrics.clone());
     let nn_usage = nn.usage();
     meter.nn = Some(nn_usage.clone());
     let invoked = state
         .runtime
-        .invoke(&ready.pre, limits, req, nn, Grants::of(settings), admission)
+        .invoke(&ready.pre, limits, req, nn, io, admission)
         .await;
     meter.bytes_in = Some(invoked.bytes_in);
     meter.finished = Some(invoked.finished);

@@ -27,6 +27,8 @@ use crate::billing::{InvocationRecord, LedgerWriter, Outcome, Usage, price};
 use crate::config::{Durability, PricePlan};
 use crate::nn::NnUsage;
 use crate::runtime::{BoxError, GuestFinished, GuestReport, InvokeError, ResponseBody};
+use crate::telemetry::{CallObservation, Metrics};
+use tracing::Instrument as _;
 
 /// Header: whole milliseconds billed.
 pub const BILLED_MS_HEADER: &str = "glia-billed-ms";
@@ -60,12 +62,15 @@ pub(super) struct Meter {
     pub finished: Option<GuestFinished>,
     /// Set when the call failed before or at invocation.
     pub outcome: Option<Outcome>,
+    /// The call's root span (`glia.invoke`).
+    pub span: tracing::Span,
 }
 
 impl Meter {
-    pub fn new(id: String) -> Self {
+    pub fn new(id: String, span: tracing::Span) -> Self {
         Self {
             id,
+            span,
             started: Instant::now(),
             started_at_ms: crate::registry::now_ms(),
             target: None,
@@ -77,6 +82,27 @@ impl Meter {
             outcome: None,
         }
     }
+}
+
+/// Counts a finished call of a function in the platform's metrics and
+/// notes its outcome on its span (calls that reached no function are not
+/// counted).
+pub(super) fn observe(state: &AppState, meter: &Meter, outcome: Outcome) {
+    count(&state.telemetry.metrics, meter, outcome);
+}
+
+fn count(metrics: &Metrics, meter: &Meter, outcome: Outcome) {
+    let Some(target) = &meter.target else {
+        return;
+    };
+    crate::telemetry::trace::record(&meter.span, "glia.outcome", outcome.as_str());
+    metrics.call(&CallObservation {
+        function: &crate::registry::qualify(&target.tenant, &target.function),
+        outcome,
+        duration: meter.started.elapsed(),
+        admission_wait: meter.queue,
+        cold_start: meter.cold_start,
+    });
 }
 
 /// How a failed invocation is billed.
@@ -101,6 +127,7 @@ struct Pricing {
     currency: String,
     /// Where each tenant's spend this month is counted (for spend caps).
     auth: Arc<crate::auth::Auth>,
+    metrics: Arc<Metrics>,
 }
 
 impl Pricing {
@@ -109,10 +136,12 @@ impl Pricing {
             plan: state.config.billing.plan.clone(),
             currency: state.config.billing.currency.clone(),
             auth: state.auth.clone(),
+            metrics: state.telemetry.metrics.clone(),
         }
     }
 
-    /// The row, consuming the pricing (its currency moves into the row).
+    /// The row, consuming the pricing (its currency moves into the row);
+    /// the finished call is counted in the metrics.
     fn record(
         self,
         meter: &Meter,
@@ -149,6 +178,7 @@ impl Pricing {
             crate::billing::usage::month_start_ms(meter.started_at_ms),
             cost.total_micros,
         );
+        count(&self.metrics, meter, outcome);
         InvocationRecord {
             id: meter.id.clone(),
             tenant: target.tenant.clone(),
@@ -203,9 +233,22 @@ pub(super) fn nn_headers(response: &mut Response<ResponseBody>, nn: &NnUsage) {
     }
 }
 
+/// The span of a ledger write.
+fn ledger_span(parent: &tracing::Span, billing: &LedgerWriter) -> tracing::Span {
+    tracing::debug_span!(
+        parent: parent,
+        "glia.ledger.write",
+        glia.ledger.durability = match billing.durability() {
+            Durability::Strict => "strict",
+            Durability::Batched => "batched",
+        },
+    )
+}
+
 /// Writes `record`; under `strict`, waits for its commit.
 async fn commit(billing: &LedgerWriter, record: InvocationRecord) -> Result<(), ApiError> {
-    billing.record(record).await.map_err(|e| {
+    let span = ledger_span(&tracing::Span::current(), billing);
+    billing.record(record).instrument(span).await.map_err(|e| {
         tracing::error!(error = %e, "ledger write failed; response withheld");
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -392,11 +435,13 @@ impl Finalizer {
             outcome,
             bytes_out,
         );
+        let span = ledger_span(&self.meter.span, &self.billing);
         if wait_commit {
-            if let Err(e) = self.billing.record(record).await {
-                tracing::error!(error = %e, "ledger write of a streamed call failed");
+            if let Err(e) = self.billing.record(record).instrument(span).await {
+                tracing::error!(invocation_id = %self.meter.id, error = %e, "ledger write of a streamed call failed");
             }
         } else {
+            let _entered = span.enter();
             self.billing.record_detached(record);
         }
     }

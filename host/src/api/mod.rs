@@ -1,6 +1,6 @@
 //! The HTTP API: control plane (`/v1/...`), data plane (`/fn/...` and
-//! `/t/{tenant}/fn/...`) and `/healthz`, as one hyper service built by
-//! [`App::new`] so tests can drive it with or without a socket.
+//! `/t/{tenant}/fn/...`), `/healthz` and `/metrics`, as one hyper service
+//! built by [`App::new`] so tests can drive it with or without a socket.
 //!
 //! Every request is parsed into a [`routes::Route`], authenticated, and
 //! checked against the scopes its route needs before any handler runs; a
@@ -11,7 +11,9 @@ mod functions;
 mod invoke;
 mod ledger;
 pub mod limits;
+mod logs;
 mod metering;
+mod metrics;
 mod models;
 pub mod routes;
 mod tenants;
@@ -55,6 +57,8 @@ pub struct AppState {
     pub billing: Option<Arc<crate::billing::LedgerWriter>>,
     /// Tenants, keys and quotas.
     pub auth: Arc<Auth>,
+    /// Metrics and invocation logs.
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
 }
 
 /// The glia HTTP service.
@@ -155,6 +159,24 @@ impl App {
                 models::delete(state, tenant, name, query.as_deref()).await
             }
             Route::GetInvocation(id) => ledger::invocation(state, tenant, id).await,
+            Route::InvocationLogs(id) => {
+                let accept = req
+                    .headers()
+                    .get(http::header::ACCEPT)
+                    .and_then(|v| v.to_str().ok());
+                logs::invocation(state, tenant, id, accept).await
+            }
+            Route::FunctionLogs(name) => {
+                logs::function(state, tenant, name, req.uri().query()).await
+            }
+            Route::Metrics => {
+                if tenant != crate::registry::DEFAULT_TENANT {
+                    return Err(tenants::platform_admin_only(
+                        "reading the platform's metrics",
+                    ));
+                }
+                Ok(metrics::render(state))
+            }
             Route::Usage => {
                 let uri = req.uri().clone();
                 let accept = req

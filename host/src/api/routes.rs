@@ -32,7 +32,11 @@ pub enum Route<'a> {
     UploadModel(&'a str),
     DeleteModel(&'a str),
     GetInvocation(&'a str),
+    InvocationLogs(&'a str),
+    FunctionLogs(&'a str),
     Usage,
+    /// Prometheus text; the platform's own (default tenant) keys only.
+    Metrics,
     ListTenants,
     CreateTenant,
     GetTenant(&'a str),
@@ -74,7 +78,11 @@ impl Route<'_> {
             | Route::DeleteFunction(_)
             | Route::UploadModel(_)
             | Route::DeleteModel(_) => DEPLOY,
-            Route::GetInvocation(_) | Route::Usage => READ_LEDGER,
+            Route::GetInvocation(_)
+            | Route::InvocationLogs(_)
+            | Route::FunctionLogs(_)
+            | Route::Usage
+            | Route::Metrics => READ_LEDGER,
             Route::ListTenants
             | Route::CreateTenant
             | Route::GetTenant(_)
@@ -132,6 +140,18 @@ pub fn parse<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, ApiError> 
             Method::GET => Route::GetInvocation(id),
             _ => return Err(allow("GET")),
         },
+        ["v1", "invocations", id, "logs"] => match m {
+            Method::GET => Route::InvocationLogs(id),
+            _ => return Err(allow("GET")),
+        },
+        ["v1", "functions", name, "logs"] => match m {
+            Method::GET => Route::FunctionLogs(name),
+            _ => return Err(allow("GET")),
+        },
+        ["metrics"] => match m {
+            Method::GET => Route::Metrics,
+            _ => return Err(allow("GET")),
+        },
         ["v1", "usage"] => match m {
             Method::GET => Route::Usage,
             _ => return Err(allow("GET")),
@@ -183,6 +203,9 @@ pub const ROUTES: &[(&str, &str, &[&str])] = &[
     ("PUT", "/v1/models/{model}", &["deploy"]),
     ("DELETE", "/v1/models/{model}", &["deploy"]),
     ("GET", "/v1/invocations/{id}", &["read"]),
+    ("GET", "/v1/invocations/{id}/logs", &["read"]),
+    ("GET", "/v1/functions/{name}/logs", &["read"]),
+    ("GET", "/metrics", &["read"]),
     ("GET", "/v1/usage", &["read"]),
     ("GET", "/v1/tenants", &["admin"]),
     ("POST", "/v1/tenants", &["admin"]),

@@ -68,7 +68,7 @@ impl From<AuthError> for ApiError {
 }
 
 /// 403 for what only the platform's admin may do.
-fn platform_admin_only(what: &str) -> ApiError {
+pub(super) fn platform_admin_only(what: &str) -> ApiError {
     ApiError::new(
         StatusCode::FORBIDDEN,
         "platform-admin-only",

@@ -24,7 +24,7 @@ pub struct Server {
     data_dir: PathBuf,
     /// Print the server's JSON instead of a readable summary.
     #[arg(long, global = true)]
-    json: bool,
+    pub(super) json: bool,
 }
 
 impl Server {

@@ -3,6 +3,7 @@
 
 mod admin;
 mod client;
+mod logs;
 mod new;
 
 use std::net::SocketAddr;
@@ -40,6 +41,8 @@ enum Command {
     Delete(client::DeleteArgs),
     /// Show usage and cost totals from the ledger.
     Usage(client::UsageArgs),
+    /// Show what a function's invocations wrote to stdout and stderr.
+    Logs(logs::LogsArgs),
     /// Create a function crate from a template.
     New(new::NewArgs),
     /// Manage tenants (admin key of the default tenant).
@@ -78,11 +81,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Usage(args) => client::usage(args).await,
         Command::Tenants(args) => admin::tenants(args).await,
         Command::Keys(args) => admin::keys(args).await,
+        Command::Logs(args) => logs::logs(args).await,
     }
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    crate::telemetry::init();
     let mut config = match &args.config {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
@@ -102,6 +105,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.auth.admin_key = Some(key);
     }
     config.validate()?;
+    let telemetry = crate::telemetry::init(&config.telemetry)?;
     let listen = config.server.listen;
     eprintln!("{}", config.summary());
     let platform = Platform::open(config).await?;
@@ -124,6 +128,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     tracing::info!(%local, "ready");
     platform.serve(listener, shutdown_signal()).await?;
+    // The last spans reach the collector (the export thread blocks).
+    tokio::task::spawn_blocking(move || drop(telemetry)).await?;
     Ok(())
 }
 

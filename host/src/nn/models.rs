@@ -275,6 +275,15 @@ impl ModelRegistry {
         self.policy.budget_bytes
     }
 
+    /// Every loaded graph's backend, device and size (for metrics).
+    pub fn loaded_graphs(&self) -> Vec<(&'static str, Device, u64)> {
+        self.loaded
+            .iter()
+            .filter(|e| e.value().model.initialized())
+            .map(|e| (e.key().backend, e.key().device, e.value().size))
+            .collect()
+    }
+
     /// Unloads models unused for the idle timeout. Returns how many.
     pub fn reap(&self) -> usize {
         let now = self.now();

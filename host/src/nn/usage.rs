@@ -2,12 +2,13 @@
 //! long that took, and how long inference ran on each device. Billing and
 //! telemetry read this; the response carries a summary in `server-timing`.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::Device;
+use crate::telemetry::Metrics;
 
 /// Inference time on one device, through one backend.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,13 +97,23 @@ impl NnUsageReport {
 }
 
 /// Collects one invocation's `wasi:nn` use; shared between the guest's
-/// store and the code that answers the call.
+/// store and the code that answers the call. Each run and load is also
+/// counted in the platform's metrics, when given.
 #[derive(Debug, Default)]
 pub struct NnUsage {
     report: Mutex<NnUsageReport>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl NnUsage {
+    /// A collector that also counts into `metrics`.
+    pub fn with_metrics(metrics: Arc<Metrics>) -> Self {
+        Self {
+            report: Mutex::default(),
+            metrics: Some(metrics),
+        }
+    }
+
     fn with<R>(&self, f: impl FnOnce(&mut NnUsageReport) -> R) -> R {
         f(&mut self.report.lock().unwrap_or_else(|p| p.into_inner()))
     }
@@ -115,6 +126,9 @@ impl NnUsage {
         took: Duration,
         inline: bool,
     ) {
+        if let Some(metrics) = &self.metrics {
+            metrics.inference(device, backend, took);
+        }
         let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         self.with(|r| {
             if inline {
@@ -140,6 +154,9 @@ impl NnUsage {
     }
 
     pub fn record_load(&self, model: &str, device: Device, backend: &'static str, took: Duration) {
+        if let Some(metrics) = &self.metrics {
+            metrics.model_load(device, backend, took);
+        }
         let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         self.with(|r| {
             r.loads.push(ModelLoad {

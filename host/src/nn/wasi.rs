@@ -15,11 +15,15 @@
 //! Expensive `compute` calls run on the blocking pool, never on the async
 //! workers, and stop waiting at the invocation's deadline (epoch
 //! interruption cannot stop host code). Every load this call triggers and
-//! every run's time per device go to the invocation's [`NnUsage`].
+//! every run's time per device go to the invocation's [`NnUsage`]. Each
+//! load and compute is a span (`glia.nn.load`, `glia.nn.compute`) with the
+//! model, backend and device, never tensor data.
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use tracing::Instrument as _;
+use tracing::field::Empty;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
 pub use super::Tensor;
@@ -65,6 +69,8 @@ pub struct GuestContext {
 
 /// A loaded model and where it runs.
 struct Loaded {
+    /// The name the guest loaded it by (`(bytes)` for a raw load).
+    name: String,
     model: Arc<dyn LoadedModel>,
     backend: &'static str,
     device: Device,
@@ -106,6 +112,12 @@ impl NnState {
             max_raw_bytes,
             usage: Arc::default(),
         }
+    }
+
+    /// Counts this invocation's loads and runs into `metrics` too.
+    pub fn with_metrics(mut self, metrics: Arc<crate::telemetry::Metrics>) -> Self {
+        self.usage = Arc::new(NnUsage::with_metrics(metrics));
+        self
     }
 
     /// What this invocation's `wasi:nn` calls used, shared with the store.
@@ -231,6 +243,33 @@ impl NnView<'_> {
     async fn finish_load(
         &mut self,
         label: &str,
+        requested: Device,
+        load: impl std::future::Future<Output = Result<Ready, ModelError>>,
+    ) -> GuestResult<Resource<GuestGraph>> {
+        let span = tracing::debug_span!(
+            "glia.nn.load",
+            glia.nn.model = label,
+            glia.nn.requested_device = %requested,
+            glia.nn.backend = Empty,
+            glia.nn.device = Empty,
+            glia.nn.loaded = Empty,
+            otel.status_code = Empty,
+        );
+        let result = self.wait_load(label, load).instrument(span.clone()).await;
+        if let Ok(Ok(graph)) = &result
+            && let Ok(g) = self.table.get(graph)
+        {
+            span.record("glia.nn.backend", g.loaded.backend);
+            span.record("glia.nn.device", g.loaded.device.name());
+        } else {
+            span.record("otel.status_code", "error");
+        }
+        result
+    }
+
+    async fn wait_load(
+        &mut self,
+        label: &str,
         load: impl std::future::Future<Output = Result<Ready, ModelError>>,
     ) -> GuestResult<Resource<GuestGraph>> {
         let outcome = match self.state.deadline {
@@ -255,6 +294,7 @@ impl NnView<'_> {
             Err(e) => return self.fail(code_of_model(&e), format!("`{label}`: {e}")),
         };
         let usage = &self.state.usage;
+        tracing::Span::current().record("glia.nn.loaded", ready.loaded_in.is_some());
         if let Some(took) = ready.loaded_in {
             usage.record_load(label, ready.device, ready.backend, took);
         }
@@ -263,6 +303,7 @@ impl NnView<'_> {
             tracing::debug!(model = label, %requested, ran_on = %ready.device, "device fallback");
         }
         let loaded = Arc::new(Loaded {
+            name: label.to_string(),
             model: ready.model,
             backend: ready.backend,
             device: ready.device,
@@ -317,8 +358,12 @@ impl graph::Host for NnView<'_> {
             );
         }
         let device = device_of(target);
-        self.finish_load("(bytes)", models.acquire_bytes("onnx", bytes, device))
-            .await
+        self.finish_load(
+            "(bytes)",
+            device,
+            models.acquire_bytes("onnx", bytes, device),
+        )
+        .await
     }
 
     async fn load_by_name(&mut self, name: String) -> GuestResult<Resource<GuestGraph>> {
@@ -339,7 +384,7 @@ impl graph::Host for NnView<'_> {
         };
         let model = model.to_string();
         let tenant = self.state.tenant.clone();
-        self.finish_load(&model, models.acquire(&tenant, &model, device))
+        self.finish_load(&model, device, models.acquire(&tenant, &model, device))
             .await
     }
 }
@@ -368,6 +413,34 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
         inputs: Vec<(String, Resource<Tensor>)>,
     ) -> GuestResult<Vec<(String, Resource<Tensor>)>> {
         let loaded = self.table.get(&ctx)?.loaded.clone();
+        let span = tracing::debug_span!(
+            "glia.nn.compute",
+            glia.nn.model = %loaded.name,
+            glia.nn.backend = loaded.backend,
+            glia.nn.device = %loaded.device,
+            glia.nn.inline = Empty,
+            otel.status_code = Empty,
+        );
+        let result = self.run(loaded, inputs).instrument(span.clone()).await;
+        if !matches!(result, Ok(Ok(_))) {
+            span.record("otel.status_code", "error");
+        }
+        result
+    }
+
+    async fn drop(&mut self, ctx: Resource<GuestContext>) -> wasmtime::Result<()> {
+        self.table.delete(ctx)?;
+        Ok(())
+    }
+}
+
+impl NnView<'_> {
+    /// Runs inference for [`compute`](inference::HostGraphExecutionContext::compute).
+    async fn run(
+        &mut self,
+        loaded: Arc<Loaded>,
+        inputs: Vec<(String, Resource<Tensor>)>,
+    ) -> GuestResult<Vec<(String, Resource<Tensor>)>> {
         let model = loaded.model.clone();
         let mut named = Vec::with_capacity(inputs.len());
         for (name, tensor) in inputs {
@@ -403,7 +476,9 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
         };
 
         let started = Instant::now();
-        if model.typical_run().is_some_and(|t| t < INLINE_RUN_LIMIT) {
+        let inline = model.typical_run().is_some_and(|t| t < INLINE_RUN_LIMIT);
+        tracing::Span::current().record("glia.nn.inline", inline);
+        if inline {
             let result = model.run(&ordered);
             self.state
                 .usage
@@ -453,13 +528,6 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
         self.push_outputs(&*model, outputs)
     }
 
-    async fn drop(&mut self, ctx: Resource<GuestContext>) -> wasmtime::Result<()> {
-        self.table.delete(ctx)?;
-        Ok(())
-    }
-}
-
-impl NnView<'_> {
     /// Hands a run's outputs to the guest, named after the model's outputs.
     fn push_outputs(
         &mut self,

@@ -30,10 +30,11 @@ use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 
-use crate::capabilities::Grants;
 use crate::config::RuntimeConfig;
 use crate::nn::wasi::NnState;
-pub use state::HostState;
+use crate::telemetry::trace::TraceHeaders;
+pub use state::{GuestIo, HostState};
+use tracing::Instrument as _;
 
 /// Boxed error carried by response bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -234,14 +235,16 @@ impl Runtime {
     /// body keeps streaming from the guest until it finishes or the deadline
     /// passes; `guard` is held until then. What the guest used is known when
     /// it has finished ([`Invoked::finished`]). The guest gets exactly
-    /// `grants` and the models in `nn`, and no other authority.
+    /// `io.grants` and the models in `nn`, and no other authority.
+    /// Instantiation and the handler are the `glia.instantiate` and
+    /// `glia.guest` spans, children of the current span.
     pub async fn invoke<B, G>(
         &self,
         pre: &FunctionPre,
         limits: InvokeLimits,
         request: http::Request<B>,
         nn: NnState,
-        grants: Grants,
+        io: GuestIo,
         guard: G,
     ) -> Invoked
     where
@@ -251,7 +254,7 @@ impl Runtime {
     {
         let bytes_in = Arc::new(AtomicU64::new(0));
         let memory_limit = usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX);
-        let state = HostState::new(memory_limit, nn, grants, limits.deadline);
+        let state = HostState::new(memory_limit, nn, limits.deadline, io);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         let deadline = limits.deadline;
@@ -295,16 +298,25 @@ impl Runtime {
         let tokio_deadline = tokio::time::Instant::from_std(deadline);
         let timeout_ms = u64::try_from(limits.timeout.as_millis()).unwrap_or(u64::MAX);
         let limit_mb = limits.memory_bytes / MIB;
+        let call_span = tracing::Span::current();
         let task = tokio::spawn(async move {
             let _guard = guard;
             let started = Instant::now();
             let mut busy = Duration::ZERO;
             let result = {
                 let run = async {
-                    let proxy = pre.instantiate_async(&mut store).await?;
+                    let proxy = pre
+                        .instantiate_async(&mut store)
+                        .instrument(tracing::debug_span!(parent: &call_span, "glia.instantiate"))
+                        .await?;
+                    let guest = tracing::debug_span!(parent: &call_span, "glia.guest");
+                    if let Some(trace) = TraceHeaders::of(&guest) {
+                        store.data_mut().set_trace(trace);
+                    }
                     proxy
                         .wasi_http_incoming_handler()
                         .call_handle(&mut store, req, out)
+                        .instrument(guest)
                         .await
                 };
                 let timed = Busy {

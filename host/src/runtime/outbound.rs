@@ -15,6 +15,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 use crate::capabilities::{self, HostPattern};
+use crate::telemetry::trace::TraceHeaders;
 
 /// The body-completion future wasmtime-wasi-http hands around.
 type IoFuture = Box<dyn Future<Output = wasmtime_wasi_http::Result<(), HttpError>> + Send>;
@@ -28,13 +29,24 @@ type SendFuture = Box<
 pub(crate) struct Outbound {
     allowed: Vec<HostPattern>,
     deadline: Instant,
+    /// The call's trace context (`traceparent`), which every request leaving
+    /// on the call's behalf carries.
+    trace: TraceHeaders,
 }
 
 impl Outbound {
     /// Requests may go where `allowed` says (nowhere when empty), until
-    /// `deadline`.
-    pub(crate) fn new(allowed: Vec<HostPattern>, deadline: Instant) -> Self {
-        Self { allowed, deadline }
+    /// `deadline`, carrying `trace`.
+    pub(crate) fn new(allowed: Vec<HostPattern>, deadline: Instant, trace: TraceHeaders) -> Self {
+        Self {
+            allowed,
+            deadline,
+            trace,
+        }
+    }
+
+    pub(crate) fn set_trace(&mut self, trace: TraceHeaders) {
+        self.trace = trace;
     }
 
     /// The guest's timeouts, each cut to the time left before the deadline.
@@ -53,10 +65,11 @@ impl Outbound {
 impl WasiHttpHooks for Outbound {
     fn send_request(
         &mut self,
-        request: http::Request<WasiBody>,
+        mut request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
         _fut: IoFuture,
     ) -> SendFuture {
+        self.trace.apply(request.headers_mut());
         if !capabilities::allows(&self.allowed, request.uri()) {
             tracing::debug!(uri = %request.uri(), "outgoing request denied");
             return Box::new(async { Err(HttpError::HttpRequestDenied) });

@@ -1,14 +1,18 @@
 //! The per-invocation store data: a WASI context with no ambient authority
-//! beyond what the function was granted, the wasi-http context and its
-//! outbound hook, and the resource limiter.
+//! beyond what the function was granted (stdout and stderr go to the call's
+//! log capture, or nowhere), the wasi-http context and its outbound hook,
+//! and the resource limiter.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use wasmtime::component::ResourceTable;
 
 use super::outbound::Outbound;
 use crate::capabilities::Grants;
+use crate::logs::Capture;
 use crate::nn::wasi::{NnState, NnView};
+use crate::telemetry::trace::TraceHeaders;
 use wasmtime::{ResourceLimiter, Result};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
@@ -24,13 +28,28 @@ pub struct HostState {
     pub(crate) limits: GuestLimits,
 }
 
+/// What a call gives its guest besides the request and its models: what
+/// its function's settings grant, where its stdout and stderr go, and the
+/// trace context its outgoing requests carry.
+#[derive(Default)]
+pub struct GuestIo {
+    /// Environment variables and outgoing HTTP hosts.
+    pub grants: Grants,
+    /// The call's log capture; `None` discards the guest's output.
+    pub logs: Option<Arc<Capture>>,
+    /// Trace-context headers for outgoing requests.
+    pub trace: TraceHeaders,
+}
+
 impl HostState {
     /// A store state with no preopened directories, no sockets (TCP, UDP and
     /// name lookups refused, and every address denied should they be
-    /// allowed), stdio discarded, a linear-memory limit, and exactly what
-    /// `grants` gives: its environment variables, outgoing HTTP to its
-    /// allowed hosts until `deadline`, and the models in `nn`.
-    pub fn new(memory_limit_bytes: usize, nn: NnState, grants: Grants, deadline: Instant) -> Self {
+    /// allowed), stdout and stderr captured (or discarded), a linear-memory
+    /// limit, and exactly what `io.grants` gives: its environment variables,
+    /// outgoing HTTP to its allowed hosts until `deadline`, and the models
+    /// in `nn`.
+    pub fn new(memory_limit_bytes: usize, nn: NnState, deadline: Instant, io: GuestIo) -> Self {
+        let grants = io.grants;
         let mut wasi = WasiCtx::builder();
         wasi.allow_tcp(false)
             .allow_udp(false)
@@ -39,14 +58,24 @@ impl HostState {
         for var in &grants.env {
             wasi.env(var.name(), var.value());
         }
+        if let Some(capture) = &io.logs {
+            let (stdout, stderr) = capture.streams();
+            wasi.stdout(stdout).stderr(stderr);
+        }
         Self {
             wasi: wasi.build(),
             nn,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            hooks: Outbound::new(grants.allowed_hosts, deadline),
+            hooks: Outbound::new(grants.allowed_hosts, deadline, io.trace),
             limits: GuestLimits::new(memory_limit_bytes),
         }
+    }
+
+    /// Sets the trace context outgoing requests carry (once the guest's
+    /// span exists).
+    pub(crate) fn set_trace(&mut self, trace: TraceHeaders) {
+        self.hooks.set_trace(trace);
     }
 }
 

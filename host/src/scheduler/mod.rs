@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use serde::Serialize;
 use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument as _;
 
 mod fair;
 
@@ -341,7 +342,13 @@ impl Scheduler {
             .pre
             .get_or_try_init(|| {
                 loaded_here = true;
-                self.registry.load(&key.digest)
+                self.registry
+                    .load(&key.digest)
+                    .instrument(tracing::debug_span!(
+                        "glia.cold_start",
+                        glia.function = %key.name,
+                        glia.function.version = key.version,
+                    ))
             })
             .await?
             .clone();
