@@ -30,6 +30,9 @@ impl Drop for Served {
     }
 }
 
+/// The admin key of the servers here.
+const ADMIN_KEY: &str = "glia_telemetry_test_admin_key_000000000000000";
+
 fn serve(dir: &std::path::Path, config: &str) -> Served {
     let config_path = dir.join("platform.toml");
     std::fs::write(&config_path, config).unwrap();
@@ -39,6 +42,7 @@ fn serve(dir: &std::path::Path, config: &str) -> Served {
         .arg("--config")
         .arg(&config_path)
         .env("GLIA_LOG", "warn,glia_host=debug")
+        .env("GLIA_ADMIN_KEY", ADMIN_KEY)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -73,6 +77,7 @@ fn glia(args: &[&str], url: &str) -> Output {
     Command::new(GLIA)
         .args(args)
         .args(["--url", url])
+        .env("GLIA_API_KEY", ADMIN_KEY)
         .output()
         .expect("run glia")
 }
@@ -82,7 +87,17 @@ fn get(url: &str) -> String {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async { reqwest::get(url).await.unwrap().text().await.unwrap() })
+    rt.block_on(async {
+        reqwest::Client::new()
+            .get(url)
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    })
 }
 
 #[test]
@@ -133,9 +148,8 @@ fn json_logs_metrics_and_glia_logs() {
     // /metrics counts it.
     let metrics = get(&format!("{url}/metrics"));
     assert!(
-        metrics
-            .lines()
-            .any(|l| l == "glia_invocations_total{function=\"hello\",outcome=\"ok\"} 1"),
+        metrics.lines().any(|l| l
+            == "glia_invocations_total{tenant=\"default\",function=\"hello\",outcome=\"ok\"} 1"),
         "{metrics}"
     );
 

@@ -19,6 +19,8 @@ use crate::{json, problem};
 struct Upstream {
     port: u16,
     connections: Arc<AtomicUsize>,
+    /// The head of every request received.
+    heads: Arc<std::sync::Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -28,12 +30,15 @@ impl Upstream {
         let port = listener.local_addr().unwrap().port();
         let connections = Arc::new(AtomicUsize::new(0));
         let counted = connections.clone();
+        let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = heads.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut stream, _)) = listener.accept().await else {
                     return;
                 };
                 counted.fetch_add(1, Ordering::SeqCst);
+                let seen = seen.clone();
                 tokio::spawn(async move {
                     let mut head = Vec::new();
                     let mut buf = [0_u8; 1024];
@@ -47,7 +52,8 @@ impl Upstream {
                         tokio::time::sleep(Duration::from_secs(30)).await;
                         return;
                     }
-                    let head = String::from_utf8_lossy(&head);
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    seen.lock().unwrap().push(head.clone());
                     let path = head.split(' ').nth(1).unwrap_or("?");
                     let body = format!("upstream {path}");
                     let response = format!(
@@ -61,6 +67,7 @@ impl Upstream {
         Self {
             port,
             connections,
+            heads,
             task,
         }
     }
@@ -161,6 +168,43 @@ async fn no_files_and_no_sockets_even_with_grants() {
     .await;
     assert!(report.starts_with("denied"), "{report}");
     assert_eq!(listener.connections(), 0, "the socket never connected");
+    server.stop().await;
+}
+
+/// A caller's W3C trace context rides on the requests its call makes.
+#[tokio::test]
+async fn outgoing_requests_carry_the_callers_trace_context() {
+    let server = TestServer::start().await;
+    let upstream = Upstream::start(false).await;
+    server
+        .deploy_ok(
+            "hostile",
+            HOSTILE,
+            &format!("allowed_hosts=127.0.0.1:{}", upstream.port),
+        )
+        .await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = server
+        .client
+        .get(server.url(&format!(
+            "/fn/hostile/outbound?url=http://127.0.0.1:{}/traced",
+            upstream.port
+        )))
+        .header("traceparent", traceparent)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "ok 200 upstream /traced");
+    let heads = upstream.heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 1);
+    let sent = heads[0]
+        .lines()
+        .find_map(|l| l.strip_prefix("traceparent: "))
+        .unwrap_or_else(|| panic!("no traceparent in {:?}", heads[0]));
+    assert!(
+        sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "the caller's trace: {sent}"
+    );
     server.stop().await;
 }
 
