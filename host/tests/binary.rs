@@ -8,97 +8,30 @@
     reason = "tests fail loudly"
 )]
 
-use std::io::{BufRead, BufReader};
+use std::ffi::OsStr;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const GLIA: &str = env!("CARGO_BIN_EXE_glia");
+mod support;
 
-/// A `glia serve` child process and its URL.
-struct Served {
-    child: Child,
-    url: String,
-}
+use support::{ADMIN_KEY, GLIA, Served, get_json as reqwest_get, glia, stdout};
 
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The admin key the servers here are started with.
-const ADMIN_KEY: &str = "glia_binary_test_admin_key_00000000000000000";
-
+/// `glia serve` on `data_dir`, with the admin key.
 fn serve(data_dir: &Path) -> Served {
     serve_with(data_dir, Some(ADMIN_KEY)).0
 }
 
-/// Starts `glia serve`; returns it and what it printed before it was ready.
+/// `glia serve` on `data_dir`; returns it and what it printed before it was
+/// ready.
 fn serve_with(data_dir: &Path, admin_key: Option<&str>) -> (Served, Vec<String>) {
-    let mut command = Command::new(GLIA);
-    command
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .env("GLIA_LOG", "warn")
-        .env_remove("GLIA_ADMIN_KEY");
-    if let Some(key) = admin_key {
-        command.env("GLIA_ADMIN_KEY", key);
-    }
-    let mut child = command
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn glia serve");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let mut seen = Vec::new();
-    let url = loop {
-        let line = lines
-            .next()
-            .unwrap_or_else(|| panic!("glia serve exited before it was ready: {seen:?}"))
-            .expect("read stderr");
-        if let Some(rest) = line.strip_prefix("ready on ") {
-            break rest.split_whitespace().next().expect("url").to_string();
-        }
-        seen.push(line);
-    };
-    // Keep draining stderr so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines.by_ref() {});
-    (Served { child, url }, seen)
-}
-
-fn glia(args: &[&str], url: &str) -> Output {
-    Command::new(GLIA)
-        .args(args)
-        .args(["--url", url])
-        .env("GLIA_API_KEY", ADMIN_KEY)
-        .output()
-        .expect("run glia")
-}
-
-/// A GET answered with JSON, through the CLI's own HTTP client crate.
-fn reqwest_get(url: &str) -> serde_json::Value {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        reqwest::Client::new()
-            .get(url)
-            .bearer_auth(ADMIN_KEY)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    })
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    let served = support::serve(
+        [OsStr::new("--data-dir"), data_dir.as_os_str()],
+        "warn",
+        admin_key,
+    );
+    let printed = served.printed.clone();
+    (served, printed)
 }
 
 #[test]

@@ -9,95 +9,29 @@
     reason = "tests fail loudly"
 )]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const GLIA: &str = env!("CARGO_BIN_EXE_glia");
+mod support;
 
-struct Served {
-    child: Child,
-    url: String,
-    /// Every stderr line after `ready`.
-    lines: Arc<Mutex<Vec<String>>>,
-}
+use support::{GLIA, Served, get_text as get, glia};
 
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The admin key of the servers here.
-const ADMIN_KEY: &str = "glia_telemetry_test_admin_key_000000000000000";
-
+/// `glia serve` on a data directory in `dir`, with `config` as its
+/// configuration file.
 fn serve(dir: &std::path::Path, config: &str) -> Served {
     let config_path = dir.join("platform.toml");
     std::fs::write(&config_path, config).unwrap();
-    let mut child = Command::new(GLIA)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.join("data"))
-        .arg("--config")
-        .arg(&config_path)
-        .env("GLIA_LOG", "warn,glia_host=debug")
-        .env("GLIA_ADMIN_KEY", ADMIN_KEY)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn glia serve");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut seen = Vec::new();
-    let url = loop {
-        let line = lines
-            .next()
-            .unwrap_or_else(|| panic!("glia serve exited before it was ready: {seen:?}"))
-            .unwrap();
-        if let Some(rest) = line.strip_prefix("ready on ") {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-        seen.push(line);
-    };
-    let collected = Arc::new(Mutex::new(Vec::new()));
-    let sink = collected.clone();
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            sink.lock().unwrap().push(line);
-        }
-    });
-    Served {
-        child,
-        url,
-        lines: collected,
-    }
-}
-
-fn glia(args: &[&str], url: &str) -> Output {
-    Command::new(GLIA)
-        .args(args)
-        .args(["--url", url])
-        .env("GLIA_API_KEY", ADMIN_KEY)
-        .output()
-        .expect("run glia")
-}
-
-fn get(url: &str) -> String {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        reqwest::Client::new()
-            .get(url)
-            .bearer_auth(ADMIN_KEY)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    })
+    let data = dir.join("data");
+    support::serve(
+        [
+            std::ffi::OsStr::new("--data-dir"),
+            data.as_os_str(),
+            std::ffi::OsStr::new("--config"),
+            config_path.as_os_str(),
+        ],
+        "warn,glia_host=debug",
+        Some(support::ADMIN_KEY),
+    )
 }
 
 #[test]
