@@ -8,6 +8,11 @@ use glia_e2e::reqwest::{Client, Method, StatusCode};
 use glia_e2e::{DIGITS_ONNX, HOSTILE, TestServer, builtin, client_with_key, hello};
 use serde_json::{Value, json};
 
+/// A GET through `client`, answered with JSON.
+async fn fetch(client: &Client, url: String) -> Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 async fn problem(response: glia_e2e::reqwest::Response) -> (StatusCode, Value) {
     let status = response.status();
     let body = response.json().await.unwrap_or(Value::Null);
@@ -325,14 +330,7 @@ async fn one_tenant_reaches_nothing_of_another() {
         .unwrap()
         .to_string();
     let a_key_id = {
-        let keys: Value = a_client
-            .get(server.url(&format!("/v1/tenants/{a}/keys")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let keys: Value = fetch(&a_client, server.url(&format!("/v1/tenants/{a}/keys"))).await;
         keys["keys"][0]["id"].as_str().unwrap().to_string()
     };
     let snapshot = |client: Client| {
@@ -400,52 +398,17 @@ async fn one_tenant_reaches_nothing_of_another() {
         );
     }
     // Listings and usage show B only its own (nothing).
-    let listed: Value = b_client
-        .get(server.url("/v1/functions"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = fetch(&b_client, server.url("/v1/functions")).await;
     assert_eq!(listed["functions"], json!([]));
-    let listed: Value = b_client
-        .get(server.url("/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = fetch(&b_client, server.url("/v1/models")).await;
     assert_eq!(listed["models"], json!([]));
-    let logs: Value = b_client
-        .get(server.url("/v1/functions/fa/logs"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let logs: Value = fetch(&b_client, server.url("/v1/functions/fa/logs")).await;
     assert_eq!(logs["logs"], json!([]), "{logs}");
     let (status, _) = problem(b_client.get(server.url("/metrics")).send().await.unwrap()).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "metrics are the platform's");
-    let usage: Value = b_client
-        .get(server.url("/v1/usage"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let usage: Value = fetch(&b_client, server.url("/v1/usage")).await;
     assert_eq!(usage["total"]["invocations"], 0, "{usage}");
-    let tenants: Value = b_client
-        .get(server.url("/v1/tenants"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tenants: Value = fetch(&b_client, server.url("/v1/tenants")).await;
     assert_eq!(tenants["tenants"].as_array().unwrap().len(), 1);
     assert_eq!(tenants["tenants"][0]["id"], b.as_str());
     // B cannot create tenants (only the platform's admin can).
@@ -768,14 +731,7 @@ async fn quotas_cap_rate_concurrency_storage_and_spend() {
         (StatusCode::TOO_MANY_REQUESTS, "spend-cap-reached"),
         "{body}"
     );
-    let usage: Value = client
-        .get(server.url("/v1/usage"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let usage: Value = fetch(&client, server.url("/v1/usage")).await;
     let total = usage["total"]["cost_micros"].as_u64().unwrap();
     assert!(
         total >= 3 && spent <= total,
