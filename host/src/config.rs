@@ -52,6 +52,10 @@ pub const DEFAULT_MAX_QUEUE: u32 = 1024;
 pub const DEFAULT_MODEL_IDLE_TIMEOUT_MS: u64 = 600_000;
 /// Default memory budget for loaded models.
 pub const DEFAULT_MODEL_MEMORY_BUDGET_MB: u64 = 4096;
+/// Default memory budget for models loaded on the GPU.
+pub const DEFAULT_GPU_MEMORY_BUDGET_MB: u64 = 16384;
+/// Default libtorch intra-op threads (the `torch` backend).
+pub const DEFAULT_TORCH_THREADS: u32 = 1;
 /// Default largest model a guest may pass to `wasi:nn` `load` as bytes.
 pub const DEFAULT_MAX_RAW_LOAD_MB: u64 = 16;
 /// Default ONNX Runtime intra-op threads per session.
@@ -252,6 +256,12 @@ pub struct ModelsConfig {
     /// Loaded models, counted at their file size, stay under this; idle ones
     /// are unloaded (least recently used first) to make room.
     pub memory_budget_mb: u64,
+    /// The same for models loaded on the GPU (the `torch` backend).
+    pub gpu_memory_budget_mb: u64,
+    /// The CUDA device `gpu` models run on (the `torch` backend).
+    pub cuda_device: u32,
+    /// libtorch intra-op threads, for the whole process (0: one per core).
+    pub torch_threads: u32,
     /// Largest model a guest may hand to `wasi:nn` `load` as bytes (0: raw
     /// loads are refused).
     pub max_raw_load_mb: u64,
@@ -270,6 +280,9 @@ impl Default for ModelsConfig {
             ort_threads: DEFAULT_ORT_THREADS,
             fallback: FallbackPolicy::Cpu,
             memory_budget_mb: DEFAULT_MODEL_MEMORY_BUDGET_MB,
+            gpu_memory_budget_mb: DEFAULT_GPU_MEMORY_BUDGET_MB,
+            cuda_device: 0,
+            torch_threads: DEFAULT_TORCH_THREADS,
             max_raw_load_mb: DEFAULT_MAX_RAW_LOAD_MB,
             preload: false,
             idle_timeout_ms: DEFAULT_MODEL_IDLE_TIMEOUT_MS,
@@ -284,6 +297,18 @@ impl ModelsConfig {
         }
         if self.memory_budget_mb == 0 || self.memory_budget_mb > 1024 * 1024 {
             return Err(invalid("models.memory_budget_mb", "must be 1..=1048576"));
+        }
+        if self.gpu_memory_budget_mb == 0 || self.gpu_memory_budget_mb > 1024 * 1024 {
+            return Err(invalid(
+                "models.gpu_memory_budget_mb",
+                "must be 1..=1048576",
+            ));
+        }
+        if self.cuda_device > 1024 {
+            return Err(invalid("models.cuda_device", "must be 0..=1024"));
+        }
+        if self.torch_threads > 1024 {
+            return Err(invalid("models.torch_threads", "must be 0..=1024"));
         }
         if self.max_raw_load_mb > 16 * 1024 {
             return Err(invalid("models.max_raw_load_mb", "must be 0..=16384"));
@@ -497,7 +522,7 @@ impl Config {
              \x20 admission         {in_flight} in flight, {queue} queued per function\n\
              \x20 function defaults timeout {timeout} ms, memory {fmem} MiB, concurrency {conc}, queue wait {qwait} ms\n\
              \x20 scale to zero     after {idle} ms idle (min_warm {min_warm}), reaper every {reap} ms\n\
-             \x20 models            backend {backend}, {budget} MiB budget, gpu/tpu fall back to {fallback}, unloaded after {model_idle} ms unused\n\
+             \x20 models            onnx on {backend}{torch}, {budget} MiB budget (gpu {gpu_budget} MiB), gpu/tpu fall back to {fallback}, unloaded after {model_idle} ms unused\n\
              \x20 auth              {auth}\n\
              \x20 tenant quotas     {rps} requests/s, {tconc} concurrent, {funcs} functions, {models} models, {stored} MiB stored, spend cap {cap}\n\
              \x20 telemetry         {telemetry}\n\
@@ -547,6 +572,12 @@ impl Config {
                 OnnxBackendChoice::Tract => "tract",
             },
             budget = self.models.memory_budget_mb,
+            gpu_budget = self.models.gpu_memory_budget_mb,
+            torch = if cfg!(feature = "torch") {
+                ", pytorch on libtorch"
+            } else {
+                ""
+            },
             fallback = match self.models.fallback {
                 FallbackPolicy::Cpu => "cpu",
                 FallbackPolicy::Error => "an error",

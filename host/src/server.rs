@@ -80,10 +80,14 @@ impl Platform {
         let models = Arc::new(ModelRegistry::open(
             meta.clone(),
             blobs.clone(),
-            onnx_backend(&config.models)?,
+            backends(&config.models)?,
             ModelPolicy {
                 idle_timeout: Duration::from_millis(config.models.idle_timeout_ms),
                 budget_bytes: config.models.memory_budget_mb.saturating_mul(1024 * 1024),
+                gpu_budget_bytes: config
+                    .models
+                    .gpu_memory_budget_mb
+                    .saturating_mul(1024 * 1024),
                 fallback: config.models.fallback,
             },
         )?);
@@ -215,6 +219,43 @@ impl Platform {
         }
         served
     }
+}
+
+/// The model backends, one per encoding: ONNX first, then PyTorch when
+/// glia is built with the `torch` feature.
+fn backends(config: &ModelsConfig) -> Result<Vec<Arc<dyn Backend>>, StartError> {
+    #[allow(unused_mut, reason = "the torch backend is a cargo feature")]
+    let mut backends = vec![onnx_backend(config)?];
+    #[cfg(feature = "torch")]
+    backends.push(torch_backend(config));
+    Ok(backends)
+}
+
+/// The libtorch backend; says where `gpu` models will run.
+#[cfg(feature = "torch")]
+fn torch_backend(config: &ModelsConfig) -> Arc<dyn Backend> {
+    let threads = usize::try_from(config.torch_threads).unwrap_or(1);
+    let torch = crate::nn::torch::TorchBackend::new(
+        usize::try_from(config.cuda_device).unwrap_or(0),
+        threads,
+    );
+    match torch.cuda_device() {
+        Some(device) => tracing::info!(
+            libtorch = crate::nn::torch::LIBTORCH_VERSION,
+            cuda_device = device,
+            cuda_devices = torch.cuda_devices(),
+            threads,
+            "PyTorch models run on libtorch; target gpu runs on CUDA device cuda:{device}"
+        ),
+        None => tracing::info!(
+            libtorch = crate::nn::torch::LIBTORCH_VERSION,
+            cuda_devices = torch.cuda_devices(),
+            threads,
+            "PyTorch models run on libtorch; no CUDA device {}, so target gpu follows models.fallback",
+            config.cuda_device
+        ),
+    }
+    Arc::new(torch)
 }
 
 /// The backend that runs ONNX models, as `[models] backend` says.

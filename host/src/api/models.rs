@@ -147,7 +147,10 @@ pub(super) fn get(state: &AppState, tenant: &str, name: &str) -> ApiResult {
             } else {
                 "unloaded"
             },
-            backend: state.models.backend_name(),
+            backend: record
+                .latest()
+                .and_then(|v| state.models.backend_for(&v.encoding))
+                .unwrap_or_else(|| state.models.backend_name()),
             resident: record
                 .latest()
                 .map(|v| state.models.residency(&v.digest))

@@ -10,6 +10,8 @@
 
 pub mod models;
 pub mod ort;
+#[cfg(feature = "torch")]
+pub mod torch;
 pub mod tract;
 pub mod usage;
 pub mod wasi;
@@ -232,6 +234,10 @@ pub enum NnError {
 pub trait Backend: Send + Sync {
     /// Short name used in configuration and reports (`tract`, `ort`, …).
     fn name(&self) -> &'static str;
+    /// The `wasi:nn` graph encoding it loads (`onnx`, `pytorch`).
+    fn encoding(&self) -> &'static str {
+        "onnx"
+    }
     /// Parses and prepares a model for the CPU. Blocking; may take long for
     /// big models.
     fn load(&self, bytes: &[u8]) -> Result<Arc<dyn LoadedModel>, NnError>;

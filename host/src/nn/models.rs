@@ -8,16 +8,19 @@
 //! use them: a loaded model unused for `[models] idle_timeout_ms` is
 //! unloaded by the reaper (calls already holding it finish on it).
 //!
-//! Loaded models count against a memory budget (`[models] memory_budget_mb`,
-//! each model counted at its file size, which is what its weights take once
-//! loaded). A load that would exceed it first unloads idle models, least
-//! recently used first; if the models in use still leave no room, the load
-//! is refused with a clear error instead of running the process out of
-//! memory.
+//! Loaded models count against a memory budget per device (`[models]
+//! memory_budget_mb` for the CPU, `gpu_memory_budget_mb` for the GPU; each
+//! model counted at its file size, which is what its weights take once
+//! loaded). A load that would exceed its device's budget first unloads idle
+//! models of that device, least recently used first; if the models in use
+//! still leave no room, the load is refused with a clear error instead of
+//! running the process (or the GPU) out of memory.
 //!
-//! One graph is loaded per (model digest, backend, device). A request for a
-//! device no backend has (`gpu`, `tpu` on a CPU-only build) follows
-//! `[models] fallback`: run on the CPU and say so, or fail.
+//! Each encoding has its backend (`onnx`: tract or ONNX Runtime; `pytorch`:
+//! libtorch, with the `torch` feature). One graph is loaded per (model
+//! digest, backend, device). A request for a device its backend lacks
+//! (`gpu` without CUDA, `tpu`) follows `[models] fallback`: run on the CPU
+//! and say so, or fail.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,15 +38,13 @@ use crate::registry::{
     now_ms, qualify,
 };
 
-/// Model encodings the platform accepts.
-pub const ENCODINGS: &[&str] = &["onnx"];
-
 /// Why a model operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error(transparent)]
     Name(#[from] UploadError),
-    #[error("unsupported encoding `{0}` (supported: onnx)")]
+    /// The message names the encodings this build accepts.
+    #[error("{0}")]
     UnsupportedEncoding(String),
     #[error("the model does not load: {0}")]
     Invalid(NnError),
@@ -87,8 +88,10 @@ impl std::fmt::Debug for dyn LoadedModel {
 pub struct ModelPolicy {
     /// Unused this long, a loaded model is unloaded.
     pub idle_timeout: Duration,
-    /// Total size of loaded models.
+    /// Total size of models loaded on the CPU.
     pub budget_bytes: u64,
+    /// Total size of models loaded on the GPU.
+    pub gpu_budget_bytes: u64,
     /// What a request for a missing device gets.
     pub fallback: FallbackPolicy,
 }
@@ -97,7 +100,8 @@ pub struct ModelPolicy {
 pub struct ModelRegistry {
     meta: Arc<dyn MetadataStore>,
     blobs: Arc<dyn BlobStore>,
-    backend: Arc<dyn Backend>,
+    /// One backend per encoding; the first runs ONNX.
+    backends: Vec<Arc<dyn Backend>>,
     policy: ModelPolicy,
     index: DashMap<String, Arc<ModelRecord>>,
     loaded: DashMap<SlotKey, Arc<Slot>>,
@@ -159,7 +163,7 @@ impl ModelRegistry {
     pub fn open(
         meta: Arc<dyn MetadataStore>,
         blobs: Arc<dyn BlobStore>,
-        backend: Arc<dyn Backend>,
+        backends: Vec<Arc<dyn Backend>>,
         policy: ModelPolicy,
     ) -> Result<Self, StoreError> {
         let index = DashMap::new();
@@ -169,7 +173,7 @@ impl ModelRegistry {
         Ok(Self {
             meta,
             blobs,
-            backend,
+            backends,
             policy,
             index,
             loaded: DashMap::new(),
@@ -182,11 +186,46 @@ impl ModelRegistry {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn key(&self, digest: &str, device: Device) -> SlotKey {
+    fn key(digest: &str, backend: &dyn Backend, device: Device) -> SlotKey {
         SlotKey {
             digest: digest.to_string(),
-            backend: self.backend.name(),
+            backend: backend.name(),
             device,
+        }
+    }
+
+    /// The backend that loads `encoding`.
+    fn backend(&self, encoding: &str) -> Result<&Arc<dyn Backend>, ModelError> {
+        if let Some(backend) = self.backends.iter().find(|b| b.encoding() == encoding) {
+            return Ok(backend);
+        }
+        let shown: String = encoding.chars().take(40).collect();
+        let accepted = self.encodings().join(", ");
+        Err(ModelError::UnsupportedEncoding(if encoding == "pytorch" {
+            format!(
+                "unsupported encoding `pytorch`: this glia is built without the torch \
+                     backend (cargo feature `torch`); it accepts {accepted}"
+            )
+        } else {
+            format!("unsupported encoding `{shown}` (supported: {accepted})")
+        }))
+    }
+
+    /// The encodings models may be uploaded in.
+    pub fn encodings(&self) -> Vec<&'static str> {
+        self.backends.iter().map(|b| b.encoding()).collect()
+    }
+
+    /// The backend that runs `encoding`, by name.
+    pub fn backend_for(&self, encoding: &str) -> Option<&'static str> {
+        self.backend(encoding).ok().map(|b| b.name())
+    }
+
+    /// The budget of models loaded on `device`.
+    pub fn budget_bytes_on(&self, device: Device) -> u64 {
+        match device {
+            Device::Cpu => self.policy.budget_bytes,
+            Device::Gpu | Device::Tpu => self.policy.gpu_budget_bytes,
         }
     }
 
@@ -204,7 +243,7 @@ impl ModelRegistry {
             slot.last_used.store(now, Ordering::Relaxed);
             return Ok(slot);
         }
-        self.make_room(size)?;
+        self.make_room(key.device, size)?;
         let slot = Arc::new(Slot {
             model: OnceCell::new(),
             last_used: AtomicU64::new(now),
@@ -214,27 +253,31 @@ impl ModelRegistry {
         Ok(slot)
     }
 
-    /// Unloads idle models, least recently used first, until `size` more
-    /// bytes fit in the budget. Called with `admit` held.
-    fn make_room(&self, size: u64) -> Result<(), ModelError> {
-        let budget = self.policy.budget_bytes;
+    /// Unloads idle models of `device`, least recently used first, until
+    /// `size` more bytes fit in its budget. Called with `admit` held.
+    fn make_room(&self, device: Device, size: u64) -> Result<(), ModelError> {
+        let budget = self.budget_bytes_on(device);
+        let setting = match device {
+            Device::Cpu => "models.memory_budget_mb",
+            Device::Gpu | Device::Tpu => "models.gpu_memory_budget_mb",
+        };
         let mib = |b: u64| b.div_ceil(1024 * 1024);
         if size > budget {
             return Err(ModelError::OverBudget(format!(
-                "the model needs {} MiB, more than the whole model memory budget of {} MiB \
-                 (models.memory_budget_mb)",
+                "the model needs {} MiB, more than the whole {device} model memory budget of \
+                 {} MiB ({setting})",
                 mib(size),
                 mib(budget)
             )));
         }
-        let mut resident = self.resident_bytes();
+        let mut resident = self.resident_bytes_on(device);
         if resident.saturating_add(size) <= budget {
             return Ok(());
         }
         let mut idle: Vec<(u64, SlotKey, u64)> = self
             .loaded
             .iter()
-            .filter(|e| e.value().idle())
+            .filter(|e| e.key().device == device && e.value().idle())
             .map(|e| {
                 (
                     e.value().last_used.load(Ordering::Relaxed),
@@ -257,8 +300,8 @@ impl ModelRegistry {
             Ok(())
         } else {
             Err(ModelError::OverBudget(format!(
-                "loading the model ({} MiB) would exceed the model memory budget of {} MiB: \
-                 {} MiB are held by models in use (models.memory_budget_mb)",
+                "loading the model ({} MiB) would exceed the {device} model memory budget of \
+                 {} MiB: {} MiB are held by models in use ({setting})",
                 mib(size),
                 mib(budget),
                 mib(resident)
@@ -266,11 +309,22 @@ impl ModelRegistry {
         }
     }
 
-    /// Bytes of loaded (and loading) models, as counted against the budget.
+    /// Bytes of loaded (and loading) models on the CPU, as counted against
+    /// its budget.
     pub fn resident_bytes(&self) -> u64 {
-        self.loaded.iter().map(|e| e.value().size).sum()
+        self.resident_bytes_on(Device::Cpu)
     }
 
+    /// Bytes of loaded (and loading) models on `device`.
+    pub fn resident_bytes_on(&self, device: Device) -> u64 {
+        self.loaded
+            .iter()
+            .filter(|e| e.key().device == device)
+            .map(|e| e.value().size)
+            .sum()
+    }
+
+    /// The CPU's model memory budget.
     pub fn budget_bytes(&self) -> u64 {
         self.policy.budget_bytes
     }
@@ -314,8 +368,9 @@ impl ModelRegistry {
         })
     }
 
+    /// The backend that runs ONNX models.
     pub fn backend_name(&self) -> &'static str {
-        self.backend.name()
+        self.backends.first().map_or("none", |b| b.name())
     }
 
     /// Every model of every tenant.
@@ -393,15 +448,16 @@ impl ModelRegistry {
         bytes: Bytes,
     ) -> Result<Uploaded, ModelError> {
         check_name(name)?;
-        check_encoding(encoding)?;
-        let backend = self.backend.clone();
+        let backend = self.backend(encoding)?.clone();
+        let backend_name = backend.name();
         let blobs = self.blobs.clone();
         let size_bytes = bytes.len() as u64;
+        let loader = backend.clone();
         let (digest, loaded, load_ms) = tokio::task::spawn_blocking(move || {
             let digest = hex::encode(Sha256::digest(&bytes));
             let started = Instant::now();
             let loaded: Arc<dyn LoadedModel> = Arc::new(Timed::new(
-                backend.load(&bytes).map_err(ModelError::Invalid)?,
+                loader.load(&bytes).map_err(ModelError::Invalid)?,
             ));
             let load_ms = started.elapsed().as_millis() as u64;
             blobs.put_model(&digest, &bytes)?;
@@ -409,7 +465,7 @@ impl ModelRegistry {
         })
         .await
         .map_err(|e| ModelError::Internal(format!("load task: {e}")))??;
-        match self.slot(self.key(&digest, Device::Cpu), size_bytes) {
+        match self.slot(Self::key(&digest, &*backend, Device::Cpu), size_bytes) {
             Ok(slot) => {
                 let _ = slot.model.set(loaded.clone());
             }
@@ -423,7 +479,7 @@ impl ModelRegistry {
                 version: latest.clone(),
                 model: record,
                 created: false,
-                backend: self.backend.name(),
+                backend: backend_name,
                 loaded,
             });
         }
@@ -453,7 +509,7 @@ impl ModelRegistry {
             model: record,
             version,
             created: true,
-            backend: self.backend.name(),
+            backend: backend_name,
             loaded,
         })
     }
@@ -510,10 +566,12 @@ impl ModelRegistry {
             .latest()
             .ok_or_else(|| ModelError::NotFound(name.to_string()))?;
         let digest = version.digest.clone();
-        let (device, fell_back_from) = self.place(device)?;
+        let backend = self.backend(&version.encoding)?.clone();
+        let (device, fell_back_from) = self.place(&*backend, device)?;
         let blobs = self.blobs.clone();
         let source = digest.clone();
         self.ready(
+            backend,
             &digest,
             version.size_bytes,
             device,
@@ -531,40 +589,47 @@ impl ModelRegistry {
         bytes: Vec<u8>,
         device: Device,
     ) -> Result<Ready, ModelError> {
-        check_encoding(encoding)?;
-        let (device, fell_back_from) = self.place(device)?;
+        let backend = self.backend(encoding)?.clone();
+        let (device, fell_back_from) = self.place(&*backend, device)?;
         let size = bytes.len() as u64;
         let (digest, bytes) =
             tokio::task::spawn_blocking(move || (hex::encode(Sha256::digest(&bytes)), bytes))
                 .await
                 .map_err(|e| ModelError::Internal(format!("hash task: {e}")))?;
-        self.ready(&digest, size, device, fell_back_from, move || Ok(bytes))
-            .await
+        self.ready(backend, &digest, size, device, fell_back_from, move || {
+            Ok(bytes)
+        })
+        .await
     }
 
     /// Where a request for `device` runs, under the fallback policy.
-    fn place(&self, device: Device) -> Result<(Device, Option<Device>), ModelError> {
-        if self.backend.supports(device) {
+    fn place(
+        &self,
+        backend: &dyn Backend,
+        device: Device,
+    ) -> Result<(Device, Option<Device>), ModelError> {
+        if backend.supports(device) {
             return Ok((device, None));
         }
         match self.policy.fallback {
             FallbackPolicy::Cpu => Ok((Device::Cpu, Some(device))),
             FallbackPolicy::Error => Err(ModelError::DeviceUnavailable(format!(
                 "no {device} is available to the {} backend, and models.fallback is \"error\"",
-                self.backend.name()
+                backend.name()
             ))),
         }
     }
 
     async fn ready(
         &self,
+        backend: Arc<dyn Backend>,
         digest: &str,
         size: u64,
         device: Device,
         fell_back_from: Option<Device>,
         bytes: impl FnOnce() -> Result<Vec<u8>, ModelError> + Send + 'static,
     ) -> Result<Ready, ModelError> {
-        let key = self.key(digest, device);
+        let key = Self::key(digest, &*backend, device);
         let slot = self.slot(key.clone(), size)?;
         // A load that fails, or whose caller gives up (deadline), gives its
         // reservation back.
@@ -576,7 +641,6 @@ impl ModelRegistry {
         let result = slot
             .model
             .get_or_try_init(|| async {
-                let backend = self.backend.clone();
                 let started = Instant::now();
                 let loaded = tokio::task::spawn_blocking(move || {
                     let bytes = bytes()?;
@@ -627,15 +691,5 @@ impl Drop for Unreserve<'_> {
     fn drop(&mut self) {
         self.loaded
             .remove_if(self.key, |_, s| !s.model.initialized());
-    }
-}
-
-fn check_encoding(encoding: &str) -> Result<(), ModelError> {
-    if ENCODINGS.contains(&encoding) {
-        Ok(())
-    } else {
-        Err(ModelError::UnsupportedEncoding(
-            encoding.chars().take(40).collect(),
-        ))
     }
 }

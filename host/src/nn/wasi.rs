@@ -322,12 +322,13 @@ impl graph::Host for NnView<'_> {
         let Some(models) = self.state.models.clone() else {
             return self.fail(ErrorCode::UnsupportedOperation, "no models in this context");
         };
-        if encoding != GraphEncoding::Onnx {
+        let encoding = encoding_name(encoding);
+        if !models.encodings().contains(&encoding) {
             return self.fail(
                 ErrorCode::InvalidEncoding,
                 format!(
-                    "{} models are not supported; glia loads ONNX",
-                    encoding_name(encoding)
+                    "{encoding} models are not supported; this glia loads {}",
+                    models.encodings().join(", ")
                 ),
             );
         }
@@ -344,7 +345,7 @@ impl graph::Host for NnView<'_> {
             Err(parts) => {
                 return self.fail(
                     ErrorCode::InvalidArgument,
-                    format!("an ONNX model is one builder, got {}", parts.len()),
+                    format!("a {encoding} model is one builder, got {}", parts.len()),
                 );
             }
         };
@@ -361,7 +362,7 @@ impl graph::Host for NnView<'_> {
         self.finish_load(
             "(bytes)",
             device,
-            models.acquire_bytes("onnx", bytes, device),
+            models.acquire_bytes(encoding, bytes, device),
         )
         .await
     }
