@@ -22,6 +22,8 @@ mod guests;
 #[path = "../host/src/cli/new/templates.rs"]
 #[allow(dead_code, reason = "the command's other helpers are not needed here")]
 mod templates;
+#[path = "../host/build_torch.rs"]
+mod torch;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -34,6 +36,7 @@ const PORTABLE: &str = "portable";
 const EXAMPLES: &[&str] = &["image-orientation", "text-similarity", "intent-pipeline"];
 
 fn main() {
+    torch::link_libtorch();
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
 

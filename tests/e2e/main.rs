@@ -24,6 +24,7 @@ mod nn_probe;
 mod observability;
 mod scheduler;
 mod tenants;
+mod torch;
 mod validation;
 
 use glia_e2e::reqwest::Response;

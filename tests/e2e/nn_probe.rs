@@ -10,7 +10,8 @@ use glia_host::config::{Config, FallbackPolicy};
 use serde_json::{Value, json};
 
 /// The `nn-probe` fixture (see `tests/fixtures/nn-probe`).
-const NN_PROBE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/fixtures/nn-probe.wasm"));
+pub(crate) const NN_PROBE: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/fixtures/nn-probe.wasm"));
 
 /// Largest tensor (in elements) the host accepts
 /// (`glia_host::nn::wasi::MAX_TENSOR_ELEMENTS`).
@@ -170,7 +171,7 @@ async fn still_serving(server: &TestServer, backend: Backend) {
 }
 
 /// Standard base64 with padding.
-fn base64(bytes: &[u8]) -> String {
+pub(crate) fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {

@@ -32,6 +32,15 @@ pub const DIGITS_ONNX: &[u8] = include_bytes!("../../functions/classify-digits/m
 /// Held-out samples with ONNX Runtime's outputs for each.
 pub const DIGITS_HELDOUT: &str = include_str!("../../functions/classify-digits/model/heldout.json");
 
+/// TorchScript models made by `tests/fixtures/torch/make.py`: the `digits`
+/// classifier with the ONNX model's weights, a small CNN, and a model taking
+/// and returning every tensor type; `TORCH_REFERENCE` holds Python torch's
+/// outputs for them.
+pub const DIGITS_PT: &[u8] = include_bytes!("../fixtures/torch/digits.pt");
+pub const CNN_PT: &[u8] = include_bytes!("../fixtures/torch/cnn.pt");
+pub const DTYPES_PT: &[u8] = include_bytes!("../fixtures/torch/dtypes.pt");
+pub const TORCH_REFERENCE: &str = include_str!("../fixtures/torch/reference.json");
+
 /// Fixture crates the build compiled.
 pub const FIXTURES: &str = env!("GLIA_FIXTURES");
 

@@ -693,3 +693,115 @@ impl Drop for Unreserve<'_> {
             .remove_if(self.key, |_, s| !s.model.initialized());
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+    use crate::nn::tract::TractBackend;
+    use crate::registry::{FsBlobStore, SqliteStore};
+
+    const DIGITS: &[u8] = include_bytes!("../../../functions/classify-digits/model/digits.onnx");
+    const INTENT: &[u8] =
+        include_bytes!("../../../examples/intent-pipeline/model/intent-head.onnx");
+
+    /// Stands in for a GPU backend, which this machine cannot run: tract,
+    /// claiming to run on the GPU, so the registry's per-device accounting
+    /// can be tested anywhere. (The real GPU path is the torch backend's,
+    /// checked by host/gpu-check.sh on a machine with CUDA.)
+    struct PretendGpu;
+
+    impl Backend for PretendGpu {
+        fn name(&self) -> &'static str {
+            "pretend-gpu"
+        }
+        fn load(&self, bytes: &[u8]) -> Result<Arc<dyn LoadedModel>, NnError> {
+            TractBackend.load(bytes)
+        }
+        fn supports(&self, device: Device) -> bool {
+            device != Device::Tpu
+        }
+        fn load_on(&self, bytes: &[u8], _: Device) -> Result<Arc<dyn LoadedModel>, NnError> {
+            TractBackend.load(bytes)
+        }
+    }
+
+    fn registry(dir: &std::path::Path, cpu: u64, gpu: u64) -> ModelRegistry {
+        ModelRegistry::open(
+            Arc::new(SqliteStore::open(&dir.join("glia.db")).unwrap()),
+            Arc::new(FsBlobStore::open(dir, "test").unwrap()),
+            vec![Arc::new(PretendGpu)],
+            ModelPolicy {
+                idle_timeout: Duration::from_secs(60),
+                budget_bytes: cpu,
+                gpu_budget_bytes: gpu,
+                fallback: FallbackPolicy::Error,
+            },
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn each_device_has_its_own_budget_and_evicts_only_its_own_models() {
+        let dir = tempfile::tempdir().unwrap();
+        // Room for one of the two models per device.
+        let models = registry(dir.path(), 12_000, 12_000);
+        let load = |bytes: &[u8], device| models.acquire_bytes("onnx", bytes.to_vec(), device);
+
+        let digits_gpu = load(DIGITS, Device::Gpu).await.unwrap();
+        assert_eq!(digits_gpu.device, Device::Gpu);
+        assert_eq!(models.resident_bytes_on(Device::Gpu), DIGITS.len() as u64);
+        assert_eq!(models.resident_bytes_on(Device::Cpu), 0);
+
+        // The CPU's budget is separate: digits loads there too.
+        let digits_cpu = load(DIGITS, Device::Cpu).await.unwrap();
+        assert_eq!(models.resident_bytes_on(Device::Cpu), DIGITS.len() as u64);
+
+        // While digits runs on the GPU, a second GPU model does not fit and
+        // is refused before anything is loaded; the message names the
+        // device and its setting.
+        let err = load(INTENT, Device::Gpu).await.map(|_| ()).unwrap_err();
+        let message = err.to_string();
+        assert!(matches!(err, ModelError::OverBudget(_)), "{message}");
+        assert!(
+            message.contains("gpu model memory budget")
+                && message.contains("models.gpu_memory_budget_mb"),
+            "{message}"
+        );
+
+        // Once idle, the GPU's digits gives way (least recently used), and
+        // the CPU's copy, still held, stays.
+        drop(digits_gpu);
+        let intent_gpu = load(INTENT, Device::Gpu).await.unwrap();
+        assert_eq!(models.resident_bytes_on(Device::Gpu), INTENT.len() as u64);
+        assert_eq!(models.resident_bytes_on(Device::Cpu), DIGITS.len() as u64);
+        let graphs = models.loaded_graphs();
+        assert_eq!(graphs.len(), 2, "{graphs:?}");
+        drop((digits_cpu, intent_gpu));
+    }
+
+    #[tokio::test]
+    async fn encodings_without_a_backend_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let models = registry(dir.path(), 1 << 20, 1 << 20);
+        assert_eq!(models.encodings(), vec!["onnx"]);
+        let err = models
+            .acquire_bytes("pytorch", DIGITS.to_vec(), Device::Cpu)
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("without the torch backend"),
+            "{err}"
+        );
+        let err = models
+            .acquire_bytes("ggml", DIGITS.to_vec(), Device::Cpu)
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unsupported encoding `ggml` (supported: onnx)"
+        );
+    }
+}

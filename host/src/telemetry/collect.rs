@@ -243,7 +243,7 @@ pub fn collect(state: &AppState) -> Vec<Family> {
         "glia.models.resident",
         "By",
         Kind::Gauge,
-        "Size of the loaded models (counted against models.memory_budget_mb), by backend and device.",
+        "Size of the loaded models (counted against their device's budget), by backend and device.",
     );
     for ((backend, device), (n, bytes)) in loaded {
         let labels = device_labels((device, backend));
@@ -251,16 +251,21 @@ pub fn collect(state: &AppState) -> Vec<Family> {
         resident.push(labels, Value::Int(bytes));
     }
     families.extend([models, resident]);
-    families.push(
-        Family::new(
-            "glia_model_memory_budget_bytes",
-            "glia.models.memory_budget",
-            "By",
-            Kind::Gauge,
-            "The loaded models' memory budget (models.memory_budget_mb).",
-        )
-        .with(vec![], Value::Int(state.models.budget_bytes())),
+    let mut budget = Family::new(
+        "glia_model_memory_budget_bytes",
+        "glia.models.memory_budget",
+        "By",
+        Kind::Gauge,
+        "The loaded models' memory budget, by device (models.memory_budget_mb, \
+         models.gpu_memory_budget_mb).",
     );
+    for device in [Device::Cpu, Device::Gpu] {
+        budget.push(
+            vec![("device", device.name().to_string())],
+            Value::Int(state.models.budget_bytes_on(device)),
+        );
+    }
+    families.push(budget);
     let mut inference = Family::new(
         "glia_inference_duration_seconds",
         "glia.inference.duration",
