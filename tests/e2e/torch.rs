@@ -307,7 +307,7 @@ mod with_torch {
         let server = TestServer::start().await;
         for junk in [
             &b"not a model"[..],
-            &DIGITS_ONNX[..],
+            DIGITS_ONNX,
             &CNN_PT[..CNN_PT.len() / 2],
         ] {
             let p = problem(

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Every test of the project: the workspace's (the default build), then the
+# torch backend's on the CPU, built with the `torch` feature against the PyPI
+# torch==2.11.0 wheel (installed into target/torch-venv the first time, about
+# 4.6 GB; scripts/torch-env.sh). GLIA_TORCH_TESTS=0 skips the second part.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo test --workspace
+
+if [ "${GLIA_TORCH_TESTS:-1}" != 0 ]; then
+  # shellcheck source=torch-env.sh
+  source scripts/torch-env.sh
+  # The backend, the registry and the API with PyTorch models; the rest of
+  # the suite does not change with the feature and ran above.
+  cargo test -p glia-host --features torch --lib nn::
+  cargo test -p glia-e2e --features torch --test e2e -- torch:: models:: nn_probe::
+fi
