@@ -10,6 +10,7 @@
 
 pub mod models;
 pub mod ort;
+pub mod pool;
 #[cfg(feature = "torch")]
 pub mod torch;
 pub mod tract;

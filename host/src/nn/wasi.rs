@@ -497,7 +497,10 @@ impl NnView<'_> {
             return self.push_outputs(&*model, outputs);
         }
         let run_model = model.clone();
-        let job = tokio::task::spawn_blocking(move || run_model.run(&ordered));
+        // Longer runs go to the inference threads (most recently idle
+        // first, so a model's runs stay on a warm thread), off the request
+        // workers.
+        let job = super::pool::InferencePool::global().spawn(move || run_model.run(&ordered));
         let outcome = match self.state.deadline {
             Some(deadline) => {
                 match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), job).await {
@@ -522,9 +525,15 @@ impl NnView<'_> {
             .usage
             .record_compute(loaded.device, loaded.backend, started.elapsed(), false);
         let outputs = match outcome {
-            Ok(Ok(outputs)) => outputs,
-            Ok(Err(e)) => return self.fail(code_of(&e), e.to_string()),
-            Err(e) => return self.fail(ErrorCode::RuntimeError, format!("inference task: {e}")),
+            Ok(Ok(Ok(outputs))) => outputs,
+            Ok(Ok(Err(e))) => return self.fail(code_of(&e), e.to_string()),
+            Ok(Err(e)) => return self.fail(ErrorCode::RuntimeError, e.to_string()),
+            Err(_) => {
+                return self.fail(
+                    ErrorCode::RuntimeError,
+                    "the inference run was lost (no inference thread)",
+                );
+            }
         };
         self.push_outputs(&*model, outputs)
     }
