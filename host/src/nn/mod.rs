@@ -290,7 +290,7 @@ pub struct RunStats {
 
 /// A loaded model that keeps a moving average of its run time, so callers
 /// can tell cheap runs (fine to do in place) from expensive ones (moved to
-/// the blocking pool).
+/// the inference threads).
 pub struct Timed {
     inner: Arc<dyn LoadedModel>,
     /// Exponential moving average of run time, in nanoseconds (0: unknown).

@@ -12,7 +12,7 @@
 //! Raw `load` takes one ONNX builder of at most `[models] max_raw_load_mb`;
 //! identical bytes share one loaded graph, under the same memory budget.
 //!
-//! Expensive `compute` calls run on the blocking pool, never on the async
+//! Expensive `compute` calls run on the inference threads (`pool.rs`), never on the async
 //! workers, and stop waiting at the invocation's deadline (epoch
 //! interruption cannot stop host code). Every load this call triggers and
 //! every run's time per device go to the invocation's [`NnUsage`]. Each
@@ -50,8 +50,8 @@ use generated::wasi::nn::tensor::TensorType;
 use generated::wasi::nn::{errors, graph, inference, tensor};
 
 /// Runs that typically take less than this happen in place, on the calling
-/// worker (handing them to the blocking pool would cost more than the run);
-/// longer or unknown ones go to the blocking pool.
+/// worker (handing them to another thread would cost more than the run);
+/// longer or unknown ones go to the inference threads.
 const INLINE_RUN_LIMIT: std::time::Duration = std::time::Duration::from_micros(100);
 
 /// Largest tensor (in elements) a guest may pass to `compute`.
