@@ -9,7 +9,8 @@
 //! choose); without one the model runs on the CPU. A granted model is
 //! loaded on first use and shared with every other caller.
 //!
-//! Raw `load` takes one ONNX builder of at most `[models] max_raw_load_mb`;
+//! Raw `load` takes one builder (ONNX, or TorchScript with the `torch`
+//! feature) of at most `[models] max_raw_load_mb`;
 //! identical bytes share one loaded graph, under the same memory budget.
 //!
 //! Expensive `compute` calls run on the inference threads (`pool.rs`), never on the async
