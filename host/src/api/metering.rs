@@ -300,6 +300,9 @@ pub(super) async fn finish_ok(
     let limit = usize::try_from(state.config.billing.buffer_response_kb.saturating_mul(1024))
         .unwrap_or(usize::MAX);
     let (parts, mut body) = response.into_parts();
+    // The body so far: its first chunk as it came (most bodies are one),
+    // copied together only when a second one arrives.
+    let mut first: Option<Bytes> = None;
     let mut buffered = BytesMut::new();
     let mut trailers = None;
     loop {
@@ -307,8 +310,19 @@ pub(super) async fn finish_ok(
             None => break,
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => {
-                    buffered.extend_from_slice(&data);
-                    if buffered.len() > limit {
+                    if first.is_none() && buffered.is_empty() {
+                        first = Some(data);
+                    } else {
+                        if let Some(first) = first.take() {
+                            buffered.extend_from_slice(&first);
+                        }
+                        buffered.extend_from_slice(&data);
+                    }
+                    let held = first.as_ref().map_or(buffered.len(), Bytes::len);
+                    if held > limit {
+                        if let Some(first) = first.take() {
+                            buffered.extend_from_slice(&first);
+                        }
                         return stream(state, billing, meter, target, parts, buffered, body);
                     }
                 }
@@ -340,7 +354,7 @@ pub(super) async fn finish_ok(
         None => GuestReport::default(),
     };
     let outcome = report.error.as_ref().map_or(Outcome::Ok, outcome_of);
-    let bytes = buffered.freeze();
+    let bytes = first.unwrap_or_else(|| buffered.freeze());
     let record = Pricing::of(state).record(
         &meter,
         &target,

@@ -190,29 +190,35 @@ pub fn price(plan: &PricePlan, outcome: Outcome, usage: &Usage) -> (u64, Cost) {
 impl InvocationRecord {
     /// `glia-usage`: a compact, human-readable breakdown for the response.
     pub fn usage_header(&self) -> String {
+        use std::fmt::Write as _;
         let u = &self.usage;
-        let ms = |us: u64| format!("{:.3}", us as f64 / 1000.0);
-        let mut parts = vec![
-            format!("run={}ms", ms(u.run_us)),
-            format!("guest={}ms", ms(u.guest_us)),
-            format!("mem={}MB", u.memory_mb),
-            format!("peak={}KiB", u.peak_memory_bytes / 1024),
-        ];
+        // One string, written in place: this runs on every metered call.
+        let mut out = String::with_capacity(128);
+        let ms = |out: &mut String, name: &str, us: u64| {
+            let _ = write!(out, "{name}={}.{:03}ms; ", us / 1000, us % 1000);
+        };
+        ms(&mut out, "run", u.run_us);
+        ms(&mut out, "guest", u.guest_us);
+        let _ = write!(
+            out,
+            "mem={}MB; peak={}KiB; ",
+            u.memory_mb,
+            u.peak_memory_bytes / 1024
+        );
         if u.cpu_inference_us > 0 {
-            parts.push(format!("cpu-inference={}ms", ms(u.cpu_inference_us)));
+            ms(&mut out, "cpu-inference", u.cpu_inference_us);
         }
         if u.gpu_inference_us > 0 {
-            parts.push(format!("gpu={}ms", ms(u.gpu_inference_us)));
+            ms(&mut out, "gpu", u.gpu_inference_us);
         }
         if u.model_loads > 0 {
-            parts.push(format!("model-load={}ms", ms(u.model_load_us)));
+            ms(&mut out, "model-load", u.model_load_us);
         }
         if u.cold_start_us > 0 {
-            parts.push(format!("cold-start={}ms", ms(u.cold_start_us)));
+            ms(&mut out, "cold-start", u.cold_start_us);
         }
-        parts.push(format!("in={}B", u.bytes_in));
-        parts.push(format!("out={}B", u.bytes_out));
-        parts.join("; ")
+        let _ = write!(out, "in={}B; out={}B", u.bytes_in, u.bytes_out);
+        out
     }
 }
 
