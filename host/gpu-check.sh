@@ -29,7 +29,7 @@ case "${1:-}" in
 prepare)
   # shellcheck source=../scripts/torch-env.sh
   source scripts/torch-env.sh
-  cargo build --release -p glia-host --features torch --bin glia
+  cargo build --release --locked -p glia-host --features torch --bin glia
   # The nn-probe fixture, built for wasm32-wasip2 like the tests build it.
   cargo build --quiet --locked --manifest-path tests/fixtures/Cargo.toml \
     --target wasm32-wasip2 --release -p nn-probe --target-dir target/wasm

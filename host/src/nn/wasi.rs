@@ -13,8 +13,8 @@
 //! feature) of at most `[models] max_raw_load_mb`;
 //! identical bytes share one loaded graph, under the same memory budget.
 //!
-//! Expensive `compute` calls run on the inference threads (`pool.rs`), never on the async
-//! workers, and stop waiting at the invocation's deadline (epoch
+//! Expensive `compute` calls run on the inference threads (`pool.rs`),
+//! never on the async workers, and stop waiting at the invocation's deadline (epoch
 //! interruption cannot stop host code). Every load this call triggers and
 //! every run's time per device go to the invocation's [`NnUsage`]. Each
 //! load and compute is a span (`glia.nn.load`, `glia.nn.compute`) with the
