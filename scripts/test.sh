@@ -12,7 +12,8 @@ if [ "${GLIA_TORCH_TESTS:-1}" != 0 ]; then
   # shellcheck source=torch-env.sh
   source scripts/torch-env.sh
   # The backend, the registry and the API with PyTorch models; the rest of
-  # the suite does not change with the feature and ran above.
-  cargo test -p glia-host --features torch --lib nn::
-  cargo test -p glia-e2e --features torch --test e2e -- torch:: models:: nn_probe::
+  # the suite does not change with the feature and ran above. Features are
+  # resolved for the whole workspace, as above, so only the crates that
+  # gain the feature build again.
+  cargo test --workspace --features glia-e2e/torch --lib --test e2e -- nn:: torch:: models:: nn_probe::
 fi
