@@ -3,7 +3,7 @@
 #
 #   host/gpu-check.sh prepare   on a build machine: builds glia (release, the
 #                               torch feature), and gathers what the check
-#                               needs into target/gpu-check/ (~50 MB)
+#                               needs into target/gpu-check/ (~55 MB)
 #   host/gpu-check.sh run       on the GPU machine, from the repository root
 #                               with target/gpu-check/ copied beside it:
 #                               builds nothing, needs no network
