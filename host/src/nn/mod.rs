@@ -213,6 +213,29 @@ fn describe_dims(dims: &[Option<usize>]) -> String {
     format!("[{}]", parts.join(", "))
 }
 
+/// Runs a backend library on what a client sent (a model, a guest's
+/// inputs), turning a panic into `error`. Libraries index and assert
+/// internally, and some malformed models reach those (a graph output naming
+/// no node's output panics in tract's ONNX reader; tch panics on failures
+/// it does not return). Such a model or call is refused, as any other
+/// invalid one; nothing it sends is the platform's failure.
+pub(crate) fn contained<T>(
+    library: &str,
+    work: impl FnOnce() -> Result<T, NnError>,
+    error: impl FnOnce(String) -> NnError,
+) -> Result<T, NnError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".to_string());
+        let message = message.lines().next().unwrap_or_default().trim();
+        tracing::debug!(library, %message, "panicked; refusing the model or call");
+        Err(error(format!("{library} failed on it ({message})")))
+    })
+}
+
 /// Failures of model loading and inference, in the vocabulary of
 /// `wasi:nn`'s error codes so they map one to one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -28,7 +28,9 @@ use std::sync::Arc;
 
 use tch::{CModule, IValue, Kind};
 
-use super::{Backend, DType, Device, LoadedModel, NnError, Tensor, TensorSpec, check_inputs};
+use super::{
+    Backend, DType, Device, LoadedModel, NnError, Tensor, TensorSpec, check_inputs, contained,
+};
 
 /// The libtorch version this backend is built for (tch 0.24).
 pub const LIBTORCH_VERSION: &str = "2.11.0";
@@ -112,6 +114,7 @@ impl Backend for TorchBackend {
     fn load_on(&self, bytes: &[u8], device: Device) -> Result<Arc<dyn LoadedModel>, NnError> {
         let on = self.torch_device(device)?;
         contained(
+            "libtorch",
             || {
                 let mut module = CModule::load_data_on_device(&mut &*bytes, on).map_err(|e| {
                     NnError::InvalidEncoding(format!(
@@ -209,28 +212,8 @@ impl LoadedModel for TorchModel {
         } else {
             check_inputs(&self.inputs, inputs)?;
         }
-        contained(|| self.forward(inputs), NnError::Runtime)
+        contained("libtorch", || self.forward(inputs), NnError::Runtime)
     }
-}
-
-/// Runs libtorch work, turning a panic (tch panics on some failures it does
-/// not return) into `error`, like any other refused model or call.
-fn contained<T>(
-    work: impl FnOnce() -> Result<T, NnError>,
-    error: impl FnOnce(String) -> NnError,
-) -> Result<T, NnError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|panic| {
-        let message = panic
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "no message".to_string());
-        tracing::debug!(%message, "libtorch panicked; refusing the model or call");
-        Err(error(format!(
-            "libtorch failed on it ({})",
-            first_line(&message)
-        )))
-    })
 }
 
 /// libtorch errors carry a C++ backtrace after the message; the first line

@@ -13,7 +13,7 @@ use std::sync::{Arc, RwLock};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 
-use super::{Backend, DType, LoadedModel, NnError, Tensor, TensorSpec, check_inputs};
+use super::{Backend, DType, LoadedModel, NnError, Tensor, TensorSpec, check_inputs, contained};
 
 /// Largest number of plans a model keeps (one per distinct input shapes).
 const MAX_PLANS_PER_MODEL: usize = 16;
@@ -26,26 +26,6 @@ type Shapes = Vec<Vec<usize>>;
 #[derive(Debug, Default)]
 pub struct TractBackend;
 
-/// Runs tract on what a client sent (a model, a guest's inputs), turning a
-/// panic into `error`: tract indexes and asserts internally, and some
-/// malformed models reach those (a graph output naming no node's output
-/// panics in its ONNX reader). Such a model or call is refused, as any
-/// other invalid one; nothing it sends is the platform's failure.
-fn contained<T>(
-    work: impl FnOnce() -> Result<T, NnError>,
-    error: impl FnOnce(String) -> NnError,
-) -> Result<T, NnError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|panic| {
-        let message = panic
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "no message".to_string());
-        tracing::debug!(%message, "tract panicked; refusing the model or call");
-        Err(error(format!("tract failed on it ({message})")))
-    })
-}
-
 impl Backend for TractBackend {
     fn name(&self) -> &'static str {
         "tract"
@@ -53,6 +33,7 @@ impl Backend for TractBackend {
 
     fn load(&self, bytes: &[u8]) -> Result<Arc<dyn LoadedModel>, NnError> {
         contained(
+            "tract",
             || self.load_model(bytes),
             |panic| NnError::InvalidEncoding(format!("not a loadable ONNX model: {panic}")),
         )
@@ -264,7 +245,7 @@ impl LoadedModel for TractModel {
     }
 
     fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, NnError> {
-        contained(|| self.run_plan(inputs), NnError::Runtime)
+        contained("tract", || self.run_plan(inputs), NnError::Runtime)
     }
 }
 
