@@ -17,12 +17,12 @@
 //! Without one, libtorch's own errors say what is wrong.
 //!
 //! Concurrency: the module is shared; calls run `forward` on their own
-//! (blocking-pool) threads at the same time, with no lock of glia's. libtorch
-//! modules are safe to run from many threads for inference. On a GPU, every
-//! thread queues its kernels on the device's current (default) stream, so
-//! the device runs them in order while the CPU-side work of the calls
-//! (conversion, copies, dispatch) overlaps; libtorch's caching allocator
-//! reuses device memory between runs.
+//! threads (in place, or on glia's inference threads) at the same time,
+//! with no lock of glia's. libtorch modules are safe to run from many
+//! threads for inference. On a GPU, every thread queues its kernels on the
+//! device's current (default) stream, so the device runs them in order
+//! while the CPU-side work of the calls (conversion, copies, dispatch)
+//! overlaps; libtorch's caching allocator reuses device memory between runs.
 
 use std::sync::Arc;
 
