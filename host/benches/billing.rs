@@ -5,12 +5,15 @@
 //! through its HTTP service for a fixed time.
 //!
 //! `cargo bench -p glia-host --bench billing` (`GLIA_BENCH_SECONDS` sets each
-//! round's length, `GLIA_BENCH_ROUNDS` the rounds per mode).
+//! round's length, `GLIA_BENCH_ROUNDS` the rounds per mode, and
+//! `GLIA_BENCH_MODES` which modes run, in order: `off,batched`, or
+//! `off,off` to see how much two identical platforms differ).
 
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::indexing_slicing,
+    clippy::panic,
     reason = "benchmark setup"
 )]
 
@@ -75,23 +78,31 @@ fn throughput(bench: &support::Bench, seconds: u64) -> f64 {
 fn main() {
     let seconds = env_or("GLIA_BENCH_SECONDS", 3);
     let rounds = env_or("GLIA_BENCH_ROUNDS", 3);
-    let modes: [(&str, Tweak); 3] = [
-        ("off", Box::new(|c| c.billing.enabled = false)),
-        (
-            "batched",
-            Box::new(|c| {
-                c.billing.enabled = true;
-                c.billing.durability = Durability::Batched;
-            }),
-        ),
-        (
-            "strict",
-            Box::new(|c| {
-                c.billing.enabled = true;
-                c.billing.durability = Durability::Strict;
-            }),
-        ),
-    ];
+    let wanted =
+        std::env::var("GLIA_BENCH_MODES").unwrap_or_else(|_| "off,batched,strict".to_string());
+    let modes: Vec<(&str, Tweak)> = wanted
+        .split(',')
+        .map(|name| -> (&str, Tweak) {
+            match name {
+                "off" => (name, Box::new(|c| c.billing.enabled = false)),
+                "batched" => (
+                    name,
+                    Box::new(|c| {
+                        c.billing.enabled = true;
+                        c.billing.durability = Durability::Batched;
+                    }),
+                ),
+                "strict" => (
+                    name,
+                    Box::new(|c| {
+                        c.billing.enabled = true;
+                        c.billing.durability = Durability::Strict;
+                    }),
+                ),
+                other => panic!("unknown metering mode `{other}`: off, batched or strict"),
+            }
+        })
+        .collect();
     let benches: Vec<_> = modes
         .iter()
         .map(|(_, tweak)| {
@@ -116,9 +127,10 @@ fn main() {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
+    let base = modes.first().map_or("-", |(name, _)| *name);
     let off = median(&results[0]);
     println!("{CALLERS} concurrent callers, {rounds} rounds of {seconds} s per mode, alternating");
-    println!("| metering | calls/s (median) | rounds | vs off |");
+    println!("| metering | calls/s (median) | rounds | vs {base} |");
     println!("| --- | ---: | --- | ---: |");
     for ((name, _), r) in modes.iter().zip(&results) {
         let m = median(r);

@@ -132,7 +132,7 @@ where
     };
     tracing::debug!(invocation_id = %id, path, status = response.status().as_u16(), "invocation");
     if let Ok(value) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert(INVOCATION_ID_HEADER, value);
+        response.headers_mut().insert(&INVOCATION_ID_HEADER, value);
     }
     response
 }
@@ -374,7 +374,7 @@ where
     }
     let headers = response.headers_mut();
     headers.insert(
-        COLD_START_HEADER,
+        &COLD_START_HEADER,
         HeaderValue::from_static(if ready.cold_start.is_some() {
             "true"
         } else {
@@ -383,7 +383,7 @@ where
     );
     if let Some(cold) = ready.cold_start {
         headers.insert(
-            COLD_START_US_HEADER,
+            &COLD_START_US_HEADER,
             HeaderValue::from(u64::try_from(cold.as_micros()).unwrap_or(u64::MAX)),
         );
     }

@@ -17,7 +17,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderValue, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 
@@ -31,11 +31,11 @@ use crate::telemetry::{CallObservation, Metrics};
 use tracing::Instrument as _;
 
 /// Header: whole milliseconds billed.
-pub const BILLED_MS_HEADER: &str = "glia-billed-ms";
+pub static BILLED_MS_HEADER: HeaderName = HeaderName::from_static("glia-billed-ms");
 /// Header: the call's cost in micro-units of the plan's currency.
-pub const COST_HEADER: &str = "glia-cost";
+pub static COST_HEADER: HeaderName = HeaderName::from_static("glia-cost");
 /// Header: a compact usage breakdown.
-pub const USAGE_HEADER: &str = "glia-usage";
+pub static USAGE_HEADER: HeaderName = HeaderName::from_static("glia-usage");
 
 /// The function a call reached.
 #[derive(Debug, Clone)]
@@ -205,10 +205,10 @@ impl Pricing {
 /// Sets the billing headers of a priced call.
 fn billing_headers(response: &mut Response<ResponseBody>, record: &InvocationRecord) {
     let headers = response.headers_mut();
-    headers.insert(BILLED_MS_HEADER, HeaderValue::from(record.billed_ms));
-    headers.insert(COST_HEADER, HeaderValue::from(record.cost.total_micros));
+    headers.insert(&BILLED_MS_HEADER, HeaderValue::from(record.billed_ms));
+    headers.insert(&COST_HEADER, HeaderValue::from(record.cost.total_micros));
     if let Ok(v) = HeaderValue::from_str(&record.usage_header()) {
-        headers.insert(USAGE_HEADER, v);
+        headers.insert(&USAGE_HEADER, v);
     }
 }
 
@@ -228,7 +228,7 @@ pub(super) fn nn_headers(response: &mut Response<ResponseBody>, nn: &NnUsage) {
     if !devices.is_empty() {
         let list: Vec<&str> = devices.iter().map(|d| d.name()).collect();
         if let Ok(value) = HeaderValue::from_str(&list.join(", ")) {
-            headers.insert(NN_DEVICE_HEADER, value);
+            headers.insert(&NN_DEVICE_HEADER, value);
         }
     }
 }
@@ -397,7 +397,7 @@ fn stream(
 ) -> Response<ResponseBody> {
     let mut parts = parts;
     parts.headers.insert(
-        COST_HEADER,
+        &COST_HEADER,
         HeaderValue::from_static("streamed; see GET /v1/invocations/{id}"),
     );
     let status = parts.status.as_u16();

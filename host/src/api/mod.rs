@@ -24,7 +24,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use serde::Serialize;
 
 pub use error::{ApiError, PROBLEM_TYPE_PREFIX, full};
@@ -37,14 +37,17 @@ use crate::registry::Registry;
 use crate::runtime::{BoxError, ResponseBody, Runtime};
 use crate::scheduler::Scheduler;
 
+// The data plane's headers are built once: inserting a header by `&str`
+// parses and copies its name on every call.
+
 /// Header carrying the id of every data-plane invocation.
-pub const INVOCATION_ID_HEADER: &str = "glia-invocation-id";
+pub static INVOCATION_ID_HEADER: HeaderName = HeaderName::from_static("glia-invocation-id");
 /// Header saying whether the call had to load the function first.
-pub const COLD_START_HEADER: &str = "glia-cold-start";
+pub static COLD_START_HEADER: HeaderName = HeaderName::from_static("glia-cold-start");
 /// Header with the time spent loading, in microseconds, on a cold start.
-pub const COLD_START_US_HEADER: &str = "glia-cold-start-us";
+pub static COLD_START_US_HEADER: HeaderName = HeaderName::from_static("glia-cold-start-us");
 /// Devices `wasi:nn` inference ran on during the call (`cpu`, `gpu`).
-pub const NN_DEVICE_HEADER: &str = "glia-nn-device";
+pub static NN_DEVICE_HEADER: HeaderName = HeaderName::from_static("glia-nn-device");
 
 /// Everything a request handler can reach.
 pub struct AppState {

@@ -191,8 +191,11 @@ fn run(
     flush_interval: Duration,
     stats: &WriterStats,
 ) {
+    // The batch being committed; swapped with the queue's, so both keep
+    // their capacity and a push rarely grows a vector.
+    let mut records = Vec::new();
     loop {
-        let (records, acks, stop) = {
+        let (acks, stop) = {
             let mut q = shared.lock();
             // Wait for work.
             while q.records.is_empty() && q.acks.is_empty() && !q.closed {
@@ -217,11 +220,8 @@ fn run(
             }
             q.idle = false;
             q.flush = false;
-            (
-                std::mem::take(&mut q.records),
-                std::mem::take(&mut q.acks),
-                q.closed,
-            )
+            std::mem::swap(&mut records, &mut q.records);
+            (std::mem::take(&mut q.acks), q.closed)
         };
         let result = if records.is_empty() {
             Ok(())
@@ -234,6 +234,8 @@ fn run(
         for ack in acks {
             let _ = ack.send(result.clone());
         }
+        // Dropped here, outside the lock.
+        records.clear();
         if stop {
             // Anything queued after the last take, then stop.
             let rest = std::mem::take(&mut shared.lock().records);
