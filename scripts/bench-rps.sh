@@ -24,6 +24,9 @@
 #   SERVER_CPU    core the server is pinned to (default 0)
 #   CLIENT_CPU    core wrk is pinned to (default 1)
 #   BASE_PORT     first of three loopback ports used (default 18090)
+#   GLIA_BASELINE other glia binaries (earlier builds, space-separated) to
+#                 measure too, with metering off, right after this tree's
+#                 glia: a change's effect side by side in one run
 #
 # Needs: cargo with the wasm32-wasip2 target, taskset (util-linux), curl, and
 # wrk (installed with apt-get when missing). The first run also builds
@@ -180,15 +183,15 @@ stop_server
 # each billing durability. Every thread of the server, the ledger writer's
 # included, shares the server's core.
 glia_run() {
-    local name=$1 billing=$2 dir config
+    local name=$1 billing=$2 glia=${3:-$GLIA} dir config
     dir=$(mktemp -d -p "$WORK")
     config="$dir/platform.toml"
     printf '[billing]\n%s\n' "$billing" >"$config"
     log "starting $name on $GLIA_ADDR"
     COMMANDS+=("printf '[billing]\\n%s\\n' '$billing' > platform.toml")
-    COMMANDS+=("GLIA_LOG=warn TOKIO_WORKER_THREADS=1 taskset -c $SERVER_CPU $GLIA serve --listen $GLIA_ADDR --data-dir \$(mktemp -d) --config platform.toml")
+    COMMANDS+=("GLIA_LOG=warn TOKIO_WORKER_THREADS=1 taskset -c $SERVER_CPU $glia serve --listen $GLIA_ADDR --data-dir \$(mktemp -d) --config platform.toml")
     GLIA_LOG=warn TOKIO_WORKER_THREADS=1 taskset -c "$SERVER_CPU" \
-        "$GLIA" serve --listen "$GLIA_ADDR" --data-dir "$dir/data" --config "$config" \
+        "$glia" serve --listen "$GLIA_ADDR" --data-dir "$dir/data" --config "$config" \
         >"$dir/glia.log" 2>&1 &
     SERVER_PID=$!
     wait_ready "http://$GLIA_ADDR/v1/functions"
@@ -203,6 +206,9 @@ glia_run() {
     stop_server
 }
 glia_run "glia" "enabled = false"
+for baseline in ${GLIA_BASELINE:-}; do
+    glia_run "baseline glia ($baseline)" "enabled = false" "$baseline"
+done
 glia_run "glia, metering batched" 'durability = "batched"'
 glia_run "glia, metering strict" 'durability = "strict"'
 
