@@ -119,6 +119,33 @@ async fn unreachable_is_a_trap_with_its_reason() {
     server.stop().await;
 }
 
+/// Every call starts from the component's initial memory, whichever way
+/// the pool resets a slot: in place for the pages a call dirtied (up to
+/// 1 MiB with `PAGEMAP_SCAN`, the first 128 KiB without) or by
+/// decommitting the rest. The guest counts itself in a static and checks
+/// that memory it grows is all zeros, then dirties it for the next call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_sees_fresh_memory() {
+    let server = server_with_hostile().await;
+    // Small enough to be reset in place, and larger than what is kept.
+    for kb in [64, 4096, 64, 4096] {
+        for _ in 0..5 {
+            let r = server.get(&format!("/fn/hostile/state?kb={kb}")).await;
+            assert_eq!(r.status(), 200);
+            assert_eq!(r.text().await.unwrap(), "calls=1 dirty=0", "kb={kb}");
+        }
+    }
+    // Concurrent calls share the pool; none sees another's state.
+    let calls = (0..16).map(|_| async {
+        let r = server.get("/fn/hostile/state?kb=1024").await;
+        r.text().await.unwrap()
+    });
+    for body in futures::future::join_all(calls).await {
+        assert_eq!(body, "calls=1 dirty=0");
+    }
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_mib_response_streams_intact() {
     let server = TestServer::start().await;
