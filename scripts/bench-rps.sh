@@ -5,7 +5,10 @@
 #   2. glia           `hostile.wasm` deployed as `noop`, route `/fn/noop/ok`;
 #                     three runs: metering off (like for like with wasmtime
 #                     serve), then `batched` and `strict` billing durability
-#   3. wasmtime serve the same `hostile.wasm`, route `/ok`
+#   3. wasmtime serve the same `hostile.wasm`, route `/ok`; twice: pooling
+#                     on and instance reuse 1 with everything else default,
+#                     then with glia's own pool settings (memory reset), to
+#                     show what glia's request path is worth on its own
 #
 # Every handler answers `200 ok`. Each server runs alone, pinned to core 0
 # (one tokio worker thread where the server uses tokio); the load generator
