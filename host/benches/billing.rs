@@ -128,7 +128,7 @@ fn main() {
         v[v.len() / 2]
     };
     let base = modes.first().map_or("-", |(name, _)| *name);
-    let off = median(&results[0]);
+    let base_rate = median(&results[0]);
     println!("{CALLERS} concurrent callers, {rounds} rounds of {seconds} s per mode, alternating");
     println!("| metering | calls/s (median) | rounds | vs {base} |");
     println!("| --- | ---: | --- | ---: |");
@@ -138,7 +138,7 @@ fn main() {
         println!(
             "| {name} | {m:.0} | {} | {:+.1} % |",
             all.join(", "),
-            (m / off - 1.0) * 100.0
+            (m / base_rate - 1.0) * 100.0
         );
     }
 }

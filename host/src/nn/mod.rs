@@ -230,10 +230,21 @@ pub(crate) fn contained<T>(
             .map(|s| (*s).to_string())
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "no message".to_string());
-        let message = message.lines().next().unwrap_or_default().trim();
+        let message = first_line(&message);
         tracing::debug!(library, %message, "panicked; refusing the model or call");
         Err(error(format!("{library} failed on it ({message})")))
     })
+}
+
+/// The first line of a library's message, trimmed: libtorch's errors and
+/// panics carry a C++ backtrace after what went wrong.
+pub(crate) fn first_line(message: &str) -> String {
+    message
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 /// Failures of model loading and inference, in the vocabulary of

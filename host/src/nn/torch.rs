@@ -30,6 +30,7 @@ use tch::{CModule, IValue, Kind};
 
 use super::{
     Backend, DType, Device, LoadedModel, NnError, Tensor, TensorSpec, check_inputs, contained,
+    first_line,
 };
 
 /// The libtorch version this backend is built for (tch 0.24).
@@ -214,17 +215,6 @@ impl LoadedModel for TorchModel {
         }
         contained("libtorch", || self.forward(inputs), NnError::Runtime)
     }
-}
-
-/// libtorch errors carry a C++ backtrace after the message; the first line
-/// says what went wrong.
-fn first_line(message: &str) -> String {
-    message
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_string()
 }
 
 fn prefixed(ix: usize, e: NnError) -> NnError {

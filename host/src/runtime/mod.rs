@@ -163,18 +163,22 @@ impl Runtime {
     /// Builds the engine with a pooling allocator sized from `cfg`, links the
     /// platform interfaces, and starts the epoch ticker.
     pub fn new(cfg: &RuntimeConfig) -> Result<Self, RuntimeError> {
-        let engine = Engine::new(&engine_config(cfg)).map_err(|source| RuntimeError::Engine {
-            instances: cfg.max_instances,
-            memory_mb: cfg.max_memory_mb,
-            source,
-        })?;
-        if pagemap_scan_available() {
+        let pagemap = PoolingAllocationConfig::is_pagemap_scan_available();
+        let engine =
+            Engine::new(&engine_config(cfg, pagemap)).map_err(|source| RuntimeError::Engine {
+                instances: cfg.max_instances,
+                memory_mb: cfg.max_memory_mb,
+                source,
+            })?;
+        if pagemap {
             tracing::info!(
+                keep_resident_kib = LINEAR_MEMORY_KEEP_DIRTY / 1024,
                 "instance memory: only the pages a call dirtied are reset (PAGEMAP_SCAN)"
             );
         } else {
             tracing::info!(
-                "instance memory: no PAGEMAP_SCAN on this kernel (Linux 6.7+); the first 128 KiB are reset with memset, the rest decommitted"
+                memset_kib = LINEAR_MEMORY_KEEP_RESIDENT / 1024,
+                "instance memory: no PAGEMAP_SCAN on this kernel (Linux 6.7+); the first memset_kib of each slot are reset with memset, the rest decommitted"
             );
         }
         let mut linker = Linker::<HostState>::new(&engine);
@@ -520,16 +524,12 @@ impl GuestOutcome {
     }
 }
 
-/// Whether the kernel reports which pages of a mapping were written
-/// (`PAGEMAP_SCAN`, Linux 6.7), so a slot's reset touches only those.
-pub fn pagemap_scan_available() -> bool {
-    PoolingAllocationConfig::is_pagemap_scan_available()
-}
-
-fn engine_config(cfg: &RuntimeConfig) -> Config {
+/// The engine's configuration. `pagemap`: the kernel reports which pages
+/// of a mapping were written (`PAGEMAP_SCAN`, Linux 6.7), so a slot's reset
+/// touches only those.
+fn engine_config(cfg: &RuntimeConfig, pagemap: bool) -> Config {
     let n = cfg.max_instances;
     let max_stack = usize::try_from(cfg.max_wasm_stack_kb * 1024).unwrap_or(usize::MAX);
-    let pagemap = pagemap_scan_available();
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(n)
         .total_core_instances(n.saturating_mul(CORE_INSTANCES_PER_COMPONENT))
