@@ -362,7 +362,7 @@ pub struct BillingConfig {
     /// is in the ledger only.
     pub buffer_response_kb: u64,
     /// The currency prices are in (micro-units of it).
-    pub currency: String,
+    pub currency: std::sync::Arc<str>,
     pub plan: PricePlan,
 }
 
@@ -373,7 +373,7 @@ impl Default for BillingConfig {
             durability: Durability::Strict,
             flush_interval_ms: DEFAULT_FLUSH_INTERVAL_MS,
             buffer_response_kb: DEFAULT_BUFFER_RESPONSE_KB,
-            currency: "USD".to_string(),
+            currency: "USD".into(),
             plan: PricePlan::default(),
         }
     }

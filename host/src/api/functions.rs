@@ -71,7 +71,7 @@ fn function_url(state: &AppState, record: &FunctionRecord) -> String {
     let tenant = state
         .auth
         .tenant(&record.tenant)
-        .map_or_else(|| record.tenant.clone(), |t| t.name.clone());
+        .map_or_else(|| record.tenant.to_string(), |t| t.name.clone());
     format!("/t/{tenant}/fn/{}/", record.name)
 }
 

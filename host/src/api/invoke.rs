@@ -15,7 +15,7 @@ use super::metering::{self, Meter};
 use super::{ApiError, AppState, COLD_START_HEADER, COLD_START_US_HEADER, INVOCATION_ID_HEADER};
 use crate::auth::{AuthError, Principal, QuotaRefusal, Scope, TenantMeter};
 use crate::billing::usage::month_start_ms;
-use crate::billing::{LedgerWriter, Outcome, UsageGroup, UsageQuery, UsageRow};
+use crate::billing::{InvocationId, LedgerWriter, Outcome, UsageGroup, UsageQuery, UsageRow};
 use crate::capabilities::Grants;
 use crate::logs::CallInfo;
 use crate::nn::wasi::NnState;
@@ -78,8 +78,8 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let id = uuid::Uuid::now_v7().simple().to_string();
-    let span = trace::invocation_span(&id, req.method(), req.headers());
+    let id = InvocationId::now();
+    let span = trace::invocation_span(id.encode(&mut [0; 32]), req.method(), req.headers());
     let meter = Meter::new(id, span.clone());
     let caller = Caller {
         principal: principal.as_ref(),
@@ -108,7 +108,7 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let id = meter.id.clone();
+    let id = meter.id;
     let result = run(state, caller, path, req, &mut meter, billing.is_none()).await;
     if let Err(e) = &result {
         // Refusals (4xx) are routine under load; failures are not.
@@ -125,13 +125,13 @@ where
         }
         (Err(e), None) => {
             metering::observe(state, &meter, meter.outcome.unwrap_or(Outcome::Error));
-            e.into_response(Some(&id))
+            e.into_response(Some(id.encode(&mut [0; 32])))
         }
         (Ok(response), Some(billing)) => metering::finish_ok(state, billing, meter, response).await,
         (Err(e), Some(billing)) => metering::finish_error(state, billing, meter, e).await,
     };
     tracing::debug!(invocation_id = %id, path, status = response.status().as_u16(), "invocation");
-    if let Ok(value) = HeaderValue::from_str(&id) {
+    if let Ok(value) = HeaderValue::from_str(id.encode(&mut [0; 32])) {
         response.headers_mut().insert(&INVOCATION_ID_HEADER, value);
     }
     response
@@ -184,7 +184,7 @@ fn authorize(
     if resolved.settings.public {
         return Ok(resolved);
     }
-    let own = caller.principal.filter(|p| p.tenant == resolved.tenant);
+    let own = caller.principal.filter(|p| *p.tenant == *resolved.tenant);
     match own {
         Some(p) if p.has(Scope::Invoke) => Ok(resolved),
         Some(_) => {
@@ -227,8 +227,9 @@ fn meter_target(resolved: &Resolved) -> metering::Target {
     }
 }
 
-/// Applies the owning tenant's rate and spend quotas.
-async fn check_quotas(state: &AppState, tenant: &str) -> Result<(), ApiError> {
+/// Applies the owning tenant's rate and spend quotas; its live counters
+/// for the call.
+async fn check_quotas(state: &AppState, tenant: &str) -> Result<Arc<TenantMeter>, ApiError> {
     let quotas = state.auth.quotas(tenant);
     let meter = state.auth.meter(tenant);
     if quotas.monthly_spend_cap > 0 {
@@ -242,7 +243,8 @@ async fn check_quotas(state: &AppState, tenant: &str) -> Result<(), ApiError> {
             .into());
         }
     }
-    meter.take(&quotas).map_err(ApiError::from)
+    meter.take(&quotas).map_err(ApiError::from)?;
+    Ok(meter)
 }
 
 /// The tenant's spend this month, read from the ledger on first need and
@@ -293,15 +295,17 @@ where
     let resolved = authorize(state, caller, &target, meter)?;
     let settings = &resolved.settings;
     meter.target = Some(meter_target(&resolved));
-    meter.span.record("glia.tenant", resolved.tenant.as_str());
-    meter.span.record("glia.function", resolved.name.as_str());
+    meter.span.record("glia.tenant", &*resolved.tenant);
+    meter.span.record("glia.function", &*resolved.name);
     meter
         .span
         .record("glia.function.version", resolved.version.version);
     let timeout = Duration::from_millis(settings.timeout_ms);
-    check_quotas(state, &resolved.tenant)
-        .await
-        .inspect_err(|_| meter.outcome = Some(Outcome::Rejected))?;
+    meter.spend = Some(
+        check_quotas(state, &resolved.tenant)
+            .await
+            .inspect_err(|_| meter.outcome = Some(Outcome::Rejected))?,
+    );
 
     let queued = Instant::now();
     let tenant_limit = state.auth.quotas(&resolved.tenant).max_concurrency;
@@ -332,9 +336,9 @@ where
         grants: Grants::of(settings),
         logs: state.telemetry.logs.as_ref().map(|logs| {
             logs.capture(CallInfo {
-                invocation_id: meter.id.clone(),
-                tenant: resolved.tenant.clone(),
-                function: resolved.name.clone(),
+                invocation_id: meter.id.to_string(),
+                tenant: resolved.tenant.to_string(),
+                function: resolved.name.to_string(),
                 version: resolved.version.version,
                 started_at_ms: meter.started_at_ms,
             })
@@ -350,7 +354,7 @@ where
     };
     let nn = NnState::new(
         state.models.clone(),
-        resolved.tenant.clone(),
+        resolved.tenant.to_string(),
         settings.models.clone(),
         limits.deadline,
         usize::try_from(state.config.models.max_raw_load_mb.saturating_mul(MIB))

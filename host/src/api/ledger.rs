@@ -32,7 +32,7 @@ pub(super) async fn invocation(state: &AppState, tenant: &str, id: &str) -> ApiR
         .map_err(|e| ApiError::internal().detail(e.to_string()))?
         .map_err(ledger_failure)?;
     // Another tenant's invocation is not found, as if it did not exist.
-    match record.filter(|r| r.tenant == tenant) {
+    match record.filter(|r| *r.tenant == *tenant) {
         Some(record) => Ok(json_response(StatusCode::OK, &record)),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,

@@ -64,11 +64,11 @@ pub(super) async fn invocation(
         // A call that wrote nothing has no log; the ledger says it ran.
         None => ledger_record(state, id)
             .await
-            .filter(|record| record.tenant == tenant)
+            .filter(|record| *record.tenant == *tenant)
             .map(|record| InvocationLog {
                 seq: None,
-                invocation_id: record.id,
-                function: record.function,
+                invocation_id: record.id.to_string(),
+                function: record.function.to_string(),
                 version: record.version,
                 started_at_ms: record.started_at_ms,
                 ended_at_ms: record
@@ -78,7 +78,7 @@ pub(super) async fn invocation(
                 bytes_kept: 0,
                 truncated: false,
                 entries: Vec::new(),
-                tenant: record.tenant,
+                tenant: record.tenant.to_string(),
             }),
     };
     let log = match log {

@@ -23,7 +23,8 @@ use http_body_util::BodyExt;
 
 use super::error::full;
 use super::{ApiError, AppState, NN_DEVICE_HEADER};
-use crate::billing::{InvocationRecord, LedgerWriter, Outcome, Usage, price};
+use crate::auth::{Auth, TenantMeter};
+use crate::billing::{InvocationId, InvocationRecord, LedgerWriter, Outcome, Usage, price};
 use crate::config::{Durability, PricePlan};
 use crate::nn::NnUsage;
 use crate::runtime::{BoxError, GuestFinished, GuestReport, InvokeError, ResponseBody};
@@ -41,15 +42,15 @@ pub static USAGE_HEADER: HeaderName = HeaderName::from_static("glia-usage");
 #[derive(Debug, Clone)]
 pub(super) struct Target {
     /// The tenant that owns the function and pays for the call.
-    pub tenant: String,
-    pub function: String,
+    pub tenant: Arc<str>,
+    pub function: Arc<str>,
     pub version: u32,
     pub memory_mb: u64,
 }
 
 /// What is known about a call as it goes.
 pub(super) struct Meter {
-    pub id: String,
+    pub id: InvocationId,
     pub started: Instant,
     pub started_at_ms: i64,
     /// Set once the function is resolved; calls that never reach one are
@@ -62,12 +63,15 @@ pub(super) struct Meter {
     pub finished: Option<GuestFinished>,
     /// Set when the call failed before or at invocation.
     pub outcome: Option<Outcome>,
+    /// The paying tenant's live counters, once its quotas were checked
+    /// (the call's cost is added to its spend).
+    pub spend: Option<Arc<TenantMeter>>,
     /// The call's root span (`glia.invoke`).
     pub span: tracing::Span,
 }
 
 impl Meter {
-    pub fn new(id: String, span: tracing::Span) -> Self {
+    pub fn new(id: InvocationId, span: tracing::Span) -> Self {
         Self {
             id,
             span,
@@ -80,6 +84,7 @@ impl Meter {
             bytes_in: None,
             finished: None,
             outcome: None,
+            spend: None,
         }
     }
 }
@@ -121,29 +126,32 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
-/// Builds a call's ledger row.
-struct Pricing {
-    plan: PricePlan,
-    currency: String,
+/// Prices calls and builds their ledger rows: the plan, and where spend
+/// and calls are counted. Borrowed from the platform's state, so pricing a
+/// call copies nothing.
+#[derive(Clone, Copy)]
+struct Pricing<'a> {
+    plan: &'a PricePlan,
+    currency: &'a Arc<str>,
     /// Where each tenant's spend this month is counted (for spend caps).
-    auth: Arc<crate::auth::Auth>,
-    metrics: Arc<Metrics>,
+    auth: &'a Auth,
+    metrics: &'a Metrics,
 }
 
-impl Pricing {
-    fn of(state: &AppState) -> Self {
+impl<'a> Pricing<'a> {
+    fn of(state: &'a AppState) -> Self {
         Self {
-            plan: state.config.billing.plan.clone(),
-            currency: state.config.billing.currency.clone(),
-            auth: state.auth.clone(),
-            metrics: state.telemetry.metrics.clone(),
+            plan: &state.config.billing.plan,
+            currency: &state.config.billing.currency,
+            auth: &state.auth,
+            metrics: &state.telemetry.metrics,
         }
     }
 
-    /// The row, consuming the pricing (its currency moves into the row);
-    /// the finished call is counted in the metrics.
+    /// The row; the call's cost is added to its tenant's spend and the
+    /// finished call is counted in the metrics.
     fn record(
-        self,
+        &self,
         meter: &Meter,
         target: &Target,
         report: &GuestReport,
@@ -173,14 +181,18 @@ impl Pricing {
                 .map_or(0, |b| b.load(Ordering::Relaxed)),
             bytes_out,
         };
-        let (billed_ms, cost) = price(&self.plan, outcome, &usage);
-        self.auth.meter(&target.tenant).add_spent(
-            crate::billing::usage::month_start_ms(meter.started_at_ms),
-            cost.total_micros,
-        );
-        count(&self.metrics, meter, outcome);
+        let (billed_ms, cost) = price(self.plan, outcome, &usage);
+        let month = crate::billing::usage::month_start_ms(meter.started_at_ms);
+        match &meter.spend {
+            Some(spend) => spend.add_spent(month, cost.total_micros),
+            None => self
+                .auth
+                .meter(&target.tenant)
+                .add_spent(month, cost.total_micros),
+        }
+        count(self.metrics, meter, outcome);
         InvocationRecord {
-            id: meter.id.clone(),
+            id: meter.id,
             tenant: target.tenant.clone(),
             function: target.function.clone(),
             version: target.version,
@@ -195,20 +207,61 @@ impl Pricing {
             usage,
             billed_ms,
             plan_version: self.plan.version,
-            currency: self.currency,
+            currency: self.currency.clone(),
             cost,
             nn,
         }
     }
 }
 
-/// Sets the billing headers of a priced call.
+/// [`Pricing`] that a streamed body can keep until it ends.
+struct OwnedPricing {
+    plan: PricePlan,
+    currency: Arc<str>,
+    auth: Arc<Auth>,
+    metrics: Arc<Metrics>,
+}
+
+impl OwnedPricing {
+    fn of(state: &AppState) -> Self {
+        Self {
+            plan: state.config.billing.plan.clone(),
+            currency: state.config.billing.currency.clone(),
+            auth: state.auth.clone(),
+            metrics: state.telemetry.metrics.clone(),
+        }
+    }
+
+    fn pricing(&self) -> Pricing<'_> {
+        Pricing {
+            plan: &self.plan,
+            currency: &self.currency,
+            auth: &self.auth,
+            metrics: &self.metrics,
+        }
+    }
+}
+
+/// Sets the billing headers of a priced call. Their values are written
+/// into one buffer, which the three headers share.
 fn billing_headers(response: &mut Response<ResponseBody>, record: &InvocationRecord) {
+    let mut text = Vec::with_capacity(192);
+    let mut digits = itoa::Buffer::new();
+    text.extend_from_slice(digits.format(record.billed_ms).as_bytes());
+    let billed = text.len();
+    text.extend_from_slice(digits.format(record.cost.total_micros).as_bytes());
+    let cost = text.len();
+    record.write_usage_header(&mut text);
+    let text = Bytes::from(text);
     let headers = response.headers_mut();
-    headers.insert(&BILLED_MS_HEADER, HeaderValue::from(record.billed_ms));
-    headers.insert(&COST_HEADER, HeaderValue::from(record.cost.total_micros));
-    if let Ok(v) = HeaderValue::from_str(&record.usage_header()) {
-        headers.insert(&USAGE_HEADER, v);
+    for (name, range) in [
+        (&BILLED_MS_HEADER, 0..billed),
+        (&COST_HEADER, billed..cost),
+        (&USAGE_HEADER, cost..text.len()),
+    ] {
+        if let Ok(value) = HeaderValue::from_maybe_shared(text.slice(range)) {
+            headers.insert(name, value);
+        }
     }
 }
 
@@ -248,7 +301,12 @@ fn ledger_span(parent: &tracing::Span, billing: &LedgerWriter) -> tracing::Span 
 /// Writes `record`; under `strict`, waits for its commit.
 async fn commit(billing: &LedgerWriter, record: InvocationRecord) -> Result<(), ApiError> {
     let span = ledger_span(&tracing::Span::current(), billing);
-    billing.record(record).instrument(span).await.map_err(|e| {
+    let written = match billing.durability() {
+        // Nothing to wait for: the record joins the next batch.
+        Durability::Batched => span.in_scope(|| billing.hand_over(record)),
+        Durability::Strict => billing.record(record).instrument(span).await,
+    };
+    written.map_err(|e| {
         tracing::error!(error = %e, "ledger write failed; response withheld");
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -269,7 +327,7 @@ pub(super) async fn finish_error(
     error: ApiError,
 ) -> Response<ResponseBody> {
     let Some(target) = meter.target.clone() else {
-        return error.into_response(Some(&meter.id));
+        return error.into_response(Some(&meter.id.to_string()));
     };
     let report = match meter.finished.take() {
         Some(finished) => finished.wait().await,
@@ -277,12 +335,12 @@ pub(super) async fn finish_error(
     };
     let outcome = meter.outcome.unwrap_or(Outcome::Error);
     let status = error.status.as_u16();
-    let mut response = error.into_response(Some(&meter.id));
+    let mut response = error.into_response(Some(&meter.id.to_string()));
     let bytes_out = response.body().size_hint().exact().unwrap_or(0);
     let record = Pricing::of(state).record(&meter, &target, &report, status, outcome, bytes_out);
     billing_headers(&mut response, &record);
     if let Err(e) = commit(billing, record).await {
-        return e.into_response(Some(&meter.id));
+        return e.into_response(Some(&meter.id.to_string()));
     }
     response
 }
@@ -380,7 +438,7 @@ pub(super) async fn finish_ok(
     }
     billing_headers(&mut response, &record);
     if let Err(e) = commit(billing, record).await {
-        return e.into_response(Some(&meter.id));
+        return e.into_response(Some(&meter.id.to_string()));
     }
     response
 }
@@ -410,7 +468,7 @@ fn stream(
         strict: billing.durability() == Durability::Strict,
         finalizer: Some(Finalizer {
             billing: billing.clone(),
-            pricing: Pricing::of(state),
+            pricing: OwnedPricing::of(state),
             meter,
             target,
             status,
@@ -424,7 +482,7 @@ fn stream(
 /// Everything needed to write a streamed call's row.
 struct Finalizer {
     billing: Arc<LedgerWriter>,
-    pricing: Pricing,
+    pricing: OwnedPricing,
     meter: Meter,
     target: Target,
     status: u16,
@@ -441,7 +499,7 @@ impl Finalizer {
             None if failed => Outcome::Error,
             None => Outcome::Ok,
         };
-        let record = self.pricing.record(
+        let record = self.pricing.pricing().record(
             &self.meter,
             &self.target,
             &report,

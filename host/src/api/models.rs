@@ -243,7 +243,7 @@ fn users(state: &AppState, tenant: &str, model: &str) -> Vec<String> {
                 .iter()
                 .any(|m| m == model)
         })
-        .map(|f| f.name.clone())
+        .map(|f| f.name.to_string())
         .collect()
 }
 

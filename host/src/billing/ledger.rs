@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::usage::{UsageGroup, UsageQuery, UsageRow};
-use super::{InvocationRecord, Outcome};
+use super::{InvocationId, InvocationRecord, Outcome};
 use crate::nn::NnUsageReport;
 
 /// Why the ledger failed.
@@ -101,10 +101,17 @@ fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<InvocationRecord> {
     };
     let outcome: String = row.get(6)?;
     let nn: Option<String> = row.get(31)?;
+    let id: String = row.get(0)?;
     Ok(InvocationRecord {
-        id: row.get(0)?,
-        tenant: row.get(1)?,
-        function: row.get(2)?,
+        id: InvocationId::parse(&id).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                0,
+                rusqlite::types::Type::Text,
+                format!("`{id}` is not an invocation id").into(),
+            )
+        })?,
+        tenant: row.get::<_, String>(1)?.into(),
+        function: row.get::<_, String>(2)?.into(),
         version: row.get(3)?,
         started_at_ms: row.get(4)?,
         status: row.get(5)?,
@@ -127,7 +134,7 @@ fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<InvocationRecord> {
             bytes_out: u(21)?,
         },
         plan_version: row.get(22)?,
-        currency: row.get(23)?,
+        currency: row.get::<_, String>(23)?.into(),
         cost: super::Cost {
             request_nanos: u(24)?,
             memory_nanos: u(25)?,
@@ -177,6 +184,7 @@ impl Ledger for SqliteLedger {
                  ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22,
                  ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32)"
             ))?;
+            let mut id = [0; 32];
             for r in records {
                 let u = &r.usage;
                 let c = &r.cost;
@@ -186,9 +194,9 @@ impl Ledger for SqliteLedger {
                     Some(serde_json::to_string(&r.nn)?)
                 };
                 insert.execute(params![
-                    r.id,
-                    r.tenant,
-                    r.function,
+                    r.id.encode(&mut id),
+                    &*r.tenant,
+                    &*r.function,
                     r.version,
                     r.started_at_ms,
                     r.status,
@@ -209,7 +217,7 @@ impl Ledger for SqliteLedger {
                     int(u.bytes_in),
                     int(u.bytes_out),
                     r.plan_version,
-                    r.currency,
+                    &*r.currency,
                     int(c.request_nanos),
                     int(c.memory_nanos),
                     int(c.cpu_inference_nanos),
@@ -323,7 +331,7 @@ mod tests {
             n
         };
         let record = InvocationRecord {
-            id: "0193abcd".into(),
+            id: InvocationId::parse("0193abcd00007000800000000000000a").expect("an id"),
             tenant: "default".into(),
             function: "classify-digits".into(),
             version: 3,
@@ -361,7 +369,7 @@ mod tests {
             nn: nn.report(),
         };
         let plain = InvocationRecord {
-            id: "0193abce".into(),
+            id: InvocationId::parse("0193abce00007000800000000000000b").expect("an id"),
             nn: NnUsageReport::default(),
             ..record.clone()
         };
@@ -375,8 +383,18 @@ mod tests {
                 ..record.clone()
             }])
             .expect("appends");
-        assert_eq!(ledger.get("0193abcd").expect("reads"), Some(record));
-        assert_eq!(ledger.get("0193abce").expect("reads"), Some(plain));
+        assert_eq!(
+            ledger
+                .get("0193abcd00007000800000000000000a")
+                .expect("reads"),
+            Some(record)
+        );
+        assert_eq!(
+            ledger
+                .get("0193abce00007000800000000000000b")
+                .expect("reads"),
+            Some(plain)
+        );
         assert_eq!(ledger.get("nope").expect("reads"), None);
         assert_eq!(ledger.records(0, i64::MAX).expect("reads").len(), 2);
     }

@@ -21,6 +21,8 @@ pub mod ledger;
 pub mod usage;
 mod writer;
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 pub use ledger::{Ledger, LedgerError, SqliteLedger};
@@ -29,6 +31,55 @@ pub use writer::LedgerWriter;
 
 use crate::config::PricePlan;
 use crate::nn::NnUsageReport;
+
+/// An invocation's id: a UUIDv7 (so ids sort by the time calls arrived),
+/// written as 32 lowercase hex digits. It is a plain value: metering a call
+/// copies it into the call's headers, logs and ledger row without
+/// allocating.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InvocationId(uuid::Uuid);
+
+impl InvocationId {
+    /// A new id, stamped with the current time.
+    pub fn now() -> Self {
+        Self(uuid::Uuid::now_v7())
+    }
+
+    /// Parses the 32-hex-digit form (or a hyphenated UUID).
+    pub fn parse(s: &str) -> Option<Self> {
+        uuid::Uuid::try_parse(s).ok().map(Self)
+    }
+
+    /// Writes the id into `buf` and returns it as text.
+    pub fn encode<'b>(&self, buf: &'b mut [u8; 32]) -> &'b str {
+        self.0.simple().encode_lower(buf)
+    }
+}
+
+impl std::fmt::Display for InvocationId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.encode(&mut [0; 32]))
+    }
+}
+
+impl std::fmt::Debug for InvocationId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+impl Serialize for InvocationId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.encode(&mut [0; 32]))
+    }
+}
+
+impl<'de> Deserialize<'de> for InvocationId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Self::parse(&s).ok_or_else(|| serde::de::Error::custom("not an invocation id"))
+    }
+}
 
 /// How an invocation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,9 +165,11 @@ pub struct Cost {
 /// One row of the ledger.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InvocationRecord {
-    pub id: String,
-    pub tenant: String,
-    pub function: String,
+    pub id: InvocationId,
+    /// Names are shared with the function's registry entry, so a record
+    /// costs no allocation and freeing it frees nothing.
+    pub tenant: Arc<str>,
+    pub function: Arc<str>,
     pub version: u32,
     /// Wall-clock time the request arrived, ms since the Unix epoch.
     pub started_at_ms: i64,
@@ -129,7 +182,7 @@ pub struct InvocationRecord {
     /// The memory-time billed: `memory_mb` × `billed_ms`.
     pub memory_mb_ms: u64,
     pub plan_version: u32,
-    pub currency: String,
+    pub currency: Arc<str>,
     pub cost: Cost,
     /// What `wasi:nn` did, per model and device.
     #[serde(default)]
@@ -188,37 +241,64 @@ pub fn price(plan: &PricePlan, outcome: Outcome, usage: &Usage) -> (u64, Cost) {
 }
 
 impl InvocationRecord {
-    /// `glia-usage`: a compact, human-readable breakdown for the response.
-    pub fn usage_header(&self) -> String {
-        use std::fmt::Write as _;
+    /// Writes `glia-usage`, a compact, human-readable breakdown for the
+    /// response, onto `out`. This runs on every metered call, so it writes
+    /// bytes directly rather than through `fmt`.
+    pub fn write_usage_header(&self, out: &mut Vec<u8>) {
         let u = &self.usage;
-        // One string, written in place: this runs on every metered call.
-        let mut out = String::with_capacity(128);
-        let ms = |out: &mut String, name: &str, us: u64| {
-            let _ = write!(out, "{name}={}.{:03}ms; ", us / 1000, us % 1000);
-        };
-        ms(&mut out, "run", u.run_us);
-        ms(&mut out, "guest", u.guest_us);
-        let _ = write!(
+        let mut w = Text {
             out,
-            "mem={}MB; peak={}KiB; ",
-            u.memory_mb,
-            u.peak_memory_bytes / 1024
-        );
+            digits: itoa::Buffer::new(),
+        };
+        w.ms("run", u.run_us).ms("guest", u.guest_us);
+        w.str("mem=").int(u.memory_mb).str("MB; peak=");
+        w.int(u.peak_memory_bytes / 1024).str("KiB; ");
         if u.cpu_inference_us > 0 {
-            ms(&mut out, "cpu-inference", u.cpu_inference_us);
+            w.ms("cpu-inference", u.cpu_inference_us);
         }
         if u.gpu_inference_us > 0 {
-            ms(&mut out, "gpu", u.gpu_inference_us);
+            w.ms("gpu", u.gpu_inference_us);
         }
         if u.model_loads > 0 {
-            ms(&mut out, "model-load", u.model_load_us);
+            w.ms("model-load", u.model_load_us);
         }
         if u.cold_start_us > 0 {
-            ms(&mut out, "cold-start", u.cold_start_us);
+            w.ms("cold-start", u.cold_start_us);
         }
-        let _ = write!(out, "in={}B; out={}B", u.bytes_in, u.bytes_out);
-        out
+        w.str("in=")
+            .int(u.bytes_in)
+            .str("B; out=")
+            .int(u.bytes_out)
+            .str("B");
+    }
+}
+
+/// Text written straight onto a byte buffer.
+struct Text<'a> {
+    out: &'a mut Vec<u8>,
+    digits: itoa::Buffer,
+}
+
+impl Text<'_> {
+    fn str(&mut self, s: &str) -> &mut Self {
+        self.out.extend_from_slice(s.as_bytes());
+        self
+    }
+
+    fn int(&mut self, v: u64) -> &mut Self {
+        self.out.extend_from_slice(self.digits.format(v).as_bytes());
+        self
+    }
+
+    /// `name=M.UUUms; ` for a duration in microseconds.
+    fn ms(&mut self, name: &str, us: u64) -> &mut Self {
+        let frac = us % 1000;
+        self.str(name).str("=").int(us / 1000);
+        // Each digit is below 10.
+        let digit = |d: u64| b'0' + (d % 10) as u8;
+        self.out
+            .extend_from_slice(&[b'.', digit(frac / 100), digit(frac / 10), digit(frac)]);
+        self.str("ms; ")
     }
 }
 
@@ -329,6 +409,63 @@ mod tests {
         let (_, cost) = price(&p, Outcome::Ok, &usage(999_000));
         assert_eq!(cost.memory_nanos, 499);
         assert_eq!(cost.total_micros, 0);
+    }
+
+    #[test]
+    fn the_usage_header_reads_as_milliseconds_and_sizes() {
+        let record = InvocationRecord {
+            id: InvocationId::now(),
+            tenant: "default".into(),
+            function: "f".into(),
+            version: 1,
+            started_at_ms: 0,
+            status: 200,
+            outcome: Outcome::Ok,
+            usage: Usage {
+                run_us: 1_234,
+                guest_us: 7,
+                memory_mb: 128,
+                peak_memory_bytes: 1_114_112,
+                cpu_inference_us: 20_050,
+                cold_start_us: 300,
+                bytes_in: 0,
+                bytes_out: 18_446_744_073_709_551_615,
+                ..Usage::default()
+            },
+            billed_ms: 2,
+            memory_mb_ms: 256,
+            plan_version: 1,
+            currency: "USD".into(),
+            cost: Cost::default(),
+            nn: NnUsageReport::default(),
+        };
+        let mut out = Vec::new();
+        record.write_usage_header(&mut out);
+        assert_eq!(
+            String::from_utf8(out).expect("ascii"),
+            "run=1.234ms; guest=0.007ms; mem=128MB; peak=1088KiB; cpu-inference=20.050ms; \
+             cold-start=0.300ms; in=0B; out=18446744073709551615B"
+        );
+    }
+
+    #[test]
+    fn invocation_ids_read_back_from_their_text() {
+        let id = InvocationId::now();
+        let text = id.to_string();
+        assert_eq!(text.len(), 32);
+        assert!(
+            text.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
+        assert_eq!(InvocationId::parse(&text), Some(id));
+        let json = serde_json::to_string(&id).expect("serializes");
+        assert_eq!(json, format!("\"{text}\""));
+        assert_eq!(
+            serde_json::from_str::<InvocationId>(&json).expect("parses"),
+            id
+        );
+        assert_eq!(InvocationId::parse("nope"), None);
+        assert!(serde_json::from_str::<InvocationId>("\"nope\"").is_err());
     }
 
     #[test]

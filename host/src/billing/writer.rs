@@ -132,11 +132,17 @@ impl LedgerWriter {
         Ok(())
     }
 
+    /// Hands a record over without waiting for its commit (what `record`
+    /// does in `batched` mode, without a future).
+    pub fn hand_over(&self, record: InvocationRecord) -> Result<(), LedgerError> {
+        self.push(record, None)
+    }
+
     /// Records an invocation. In `strict` mode this returns once the record
     /// is committed; in `batched` mode at once.
     pub async fn record(&self, record: InvocationRecord) -> Result<(), LedgerError> {
         match self.durability {
-            Durability::Batched => self.push(record, None),
+            Durability::Batched => self.hand_over(record),
             Durability::Strict => {
                 let (ack, done) = oneshot::channel();
                 self.push(record, Some(ack))?;
@@ -283,11 +289,16 @@ fn commit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::billing::{Outcome, SqliteLedger};
+    use crate::billing::{InvocationId, Outcome, SqliteLedger};
+
+    /// The `i`th test id, and its text.
+    fn id(i: u32) -> InvocationId {
+        InvocationId::parse(&format!("{i:032x}")).expect("an id")
+    }
 
     fn record(i: u32) -> InvocationRecord {
         InvocationRecord {
-            id: format!("id-{i:06}"),
+            id: id(i),
             tenant: "default".into(),
             function: "f".into(),
             version: 1,
@@ -324,7 +335,7 @@ mod tests {
                 tokio::spawn(async move {
                     writer.record(record(i)).await.expect("recorded");
                     // Committed by the time record() returned.
-                    assert!(ledger.get(&format!("id-{i:06}")).expect("reads").is_some());
+                    assert!(ledger.get(&id(i).to_string()).expect("reads").is_some());
                 })
             })
             .collect();
@@ -349,7 +360,10 @@ mod tests {
         for i in 0..10 {
             writer.record(record(i)).await.expect("queued");
         }
-        assert!(ledger.get("id-000000").expect("reads").is_none(), "not yet");
+        assert!(
+            ledger.get(&id(0).to_string()).expect("reads").is_none(),
+            "not yet"
+        );
         writer.flush().await.expect("flushed");
         assert_eq!(ledger.records(0, 100).expect("reads").len(), 10);
         assert_eq!(writer.stats().commits.load(Ordering::Relaxed), 1);
@@ -363,7 +377,7 @@ mod tests {
         .expect("starts");
         writer.record(record(50)).await.expect("queued");
         let started = Instant::now();
-        while ledger.get("id-000050").expect("reads").is_none() {
+        while ledger.get(&id(50).to_string()).expect("reads").is_none() {
             assert!(started.elapsed() < Duration::from_secs(2), "never written");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -377,6 +391,6 @@ mod tests {
                 .expect("starts");
         writer.record(record(1)).await.expect("queued");
         drop(writer);
-        assert!(ledger.get("id-000001").expect("reads").is_some());
+        assert!(ledger.get(&id(1).to_string()).expect("reads").is_some());
     }
 }

@@ -120,7 +120,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     eprintln!(
         "ready on http://{local} with {} function(s){}",
         functions.len(),
-        if functions.iter().any(|f| f.name == "hello") {
+        if functions.iter().any(|f| &*f.name == "hello") {
             format!(" — try: curl http://{local}/fn/hello/")
         } else {
             String::new()

@@ -62,8 +62,8 @@ pub struct Deployed {
 #[derive(Debug, Clone)]
 pub struct Resolved {
     /// The tenant that owns the function (and pays for its calls).
-    pub tenant: String,
-    pub name: String,
+    pub tenant: Arc<str>,
+    pub name: Arc<str>,
     /// `tenant/name`: the function's key across tenants.
     pub key: String,
     pub version: VersionRecord,
@@ -148,7 +148,7 @@ impl Registry {
         let mut all: Vec<_> = self
             .index
             .iter()
-            .filter(|e| e.value().tenant == tenant)
+            .filter(|e| *e.value().tenant == *tenant)
             .map(|e| e.value().clone())
             .collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
@@ -169,7 +169,7 @@ impl Registry {
     pub fn footprint(&self, tenant: &str) -> (u64, u64) {
         self.index
             .iter()
-            .filter(|e| e.value().tenant == tenant)
+            .filter(|e| *e.value().tenant == *tenant)
             .fold((0, 0), |(count, bytes), e| {
                 let stored: u64 = e.value().versions.iter().map(|v| v.size_bytes).sum();
                 (count + 1, bytes.saturating_add(stored))

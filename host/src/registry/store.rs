@@ -7,7 +7,7 @@
 //! The traits are synchronous: callers run them on the blocking pool.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -55,9 +55,10 @@ pub struct VersionRecord {
 /// A function and all its versions, oldest first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FunctionRecord {
-    /// The tenant that owns it.
-    pub tenant: String,
-    pub name: String,
+    /// The tenant that owns it (shared with every call's meter and
+    /// ledger row, so metering a call copies no names).
+    pub tenant: Arc<str>,
+    pub name: Arc<str>,
     pub overrides: SettingsOverrides,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
@@ -365,8 +366,8 @@ fn read_function(
         })?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Some(FunctionRecord {
-        tenant: tenant.to_string(),
-        name: name.to_string(),
+        tenant: tenant.into(),
+        name: name.into(),
         overrides,
         created_at_ms,
         updated_at_ms,
@@ -664,8 +665,8 @@ mod tests {
         let all = store.load_all().expect("load");
         assert_eq!(all.len(), 2);
         assert_eq!(all[0].overrides, o);
-        assert_eq!((all[0].tenant.as_str(), all[0].versions.len()), ("t", 2));
-        assert_eq!((all[1].tenant.as_str(), all[1].versions.len()), ("u", 1));
+        assert_eq!((&*all[0].tenant, all[0].versions.len()), ("t", 2));
+        assert_eq!((&*all[1].tenant, all[1].versions.len()), ("u", 1));
         assert!(store.delete_function("t", "f").expect("delete"));
         assert_eq!(store.load_all().expect("load").len(), 1);
         let rec = store.add_version("t", "f", &o, v("cc")).expect("v1 again");

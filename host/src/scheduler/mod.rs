@@ -258,7 +258,7 @@ impl Scheduler {
                 let _queued = Decrement(&slot.queued);
                 if queued >= self.config.max_queue {
                     return Err(Rejected::QueueFull {
-                        function: resolved.name.clone(),
+                        function: resolved.name.to_string(),
                         limit,
                         queued,
                     });
@@ -273,7 +273,7 @@ impl Scheduler {
                         Ok(Ok(f)) => f,
                         _ => {
                             return Err(Rejected::FunctionLimit {
-                                function: resolved.name.clone(),
+                                function: resolved.name.to_string(),
                                 limit,
                                 waited_ms: waited(),
                             });

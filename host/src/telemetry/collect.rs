@@ -211,8 +211,8 @@ pub fn collect(state: &AppState) -> Vec<Family> {
     for record in state.registry.all() {
         let status = state.scheduler.status(&record);
         let labels = vec![
-            ("tenant", record.tenant.clone()),
-            ("function", record.name.clone()),
+            ("tenant", record.tenant.to_string()),
+            ("function", record.name.to_string()),
         ];
         warm.push(
             labels.clone(),
