@@ -4,11 +4,16 @@
 //! SQLite keeps the ledger in its own file (`ledger.db`, WAL), apart from the
 //! platform's metadata, so billing writes never wait on control-plane
 //! writes. Rows are appended in batches, one transaction each (the writer
-//! groups them). The columns the usage queries filter and sum are real
-//! are columns, as is every other field of a record (only the per-model
-//! `wasi:nn` detail is JSON, and only for calls that used it), and the one
-//! secondary index is by tenant and time, so a row costs the writer thread a
-//! few microseconds.
+//! groups them). Every field of a record is a column (only the per-model
+//! `wasi:nn` detail is JSON, and only for calls that used it), keyed by the
+//! invocation id alone: a row is one B-tree insert.
+//!
+//! Usage queries do not read the rows. In the same transaction, the writer
+//! adds each batch into per-minute totals (`usage_minutes`, one row per
+//! tenant, minute, function and outcome), so a month's usage reads at most
+//! one small row per minute, function and outcome whatever the traffic, and
+//! the totals always equal the sum of the rows. A call counts in the minute
+//! it arrived in; a usage range holds the minutes that start within it.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -85,8 +90,122 @@ CREATE TABLE IF NOT EXISTS invocations (
     -- wasi:nn detail (JSON), only for calls that used it.
     nn                TEXT
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS invocations_by_time ON invocations (tenant, started_at_ms);
+-- Per-minute totals of the rows above, kept in the same transactions.
+CREATE TABLE IF NOT EXISTS usage_minutes (
+    tenant            TEXT NOT NULL,
+    minute_ms         INTEGER NOT NULL,
+    function          TEXT NOT NULL,
+    outcome           TEXT NOT NULL,
+    invocations       INTEGER NOT NULL,
+    cold_starts       INTEGER NOT NULL,
+    billed_ms         INTEGER NOT NULL,
+    memory_mb_ms      INTEGER NOT NULL,
+    guest_us          INTEGER NOT NULL,
+    cpu_inference_us  INTEGER NOT NULL,
+    gpu_inference_us  INTEGER NOT NULL,
+    model_load_us     INTEGER NOT NULL,
+    bytes_in          INTEGER NOT NULL,
+    bytes_out         INTEGER NOT NULL,
+    cost_micros       INTEGER NOT NULL,
+    PRIMARY KEY (tenant, minute_ms, function, outcome)
+) WITHOUT ROWID;
 ";
+
+/// A ledger written before the per-minute totals existed: totals from its
+/// rows, and its per-row index (which the totals replace) dropped.
+const MIGRATE_TO_TOTALS: &str = "
+INSERT INTO usage_minutes
+SELECT tenant, started_at_ms - started_at_ms % 60000, function, outcome, COUNT(*),
+       SUM(cold_start_us > 0), SUM(billed_ms), SUM(memory_mb_ms), SUM(guest_us),
+       SUM(cpu_inference_us), SUM(gpu_inference_us), SUM(model_load_us), SUM(bytes_in),
+       SUM(bytes_out), SUM(cost_micros)
+FROM invocations
+GROUP BY 1, 2, 3, 4;
+DROP INDEX IF EXISTS invocations_by_time;
+";
+
+/// Adds a batch's totals to what is stored.
+const ADD_TOTALS: &str = "
+INSERT INTO usage_minutes VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+ON CONFLICT (tenant, minute_ms, function, outcome) DO UPDATE SET
+    invocations = invocations + excluded.invocations,
+    cold_starts = cold_starts + excluded.cold_starts,
+    billed_ms = billed_ms + excluded.billed_ms,
+    memory_mb_ms = memory_mb_ms + excluded.memory_mb_ms,
+    guest_us = guest_us + excluded.guest_us,
+    cpu_inference_us = cpu_inference_us + excluded.cpu_inference_us,
+    gpu_inference_us = gpu_inference_us + excluded.gpu_inference_us,
+    model_load_us = model_load_us + excluded.model_load_us,
+    bytes_in = bytes_in + excluded.bytes_in,
+    bytes_out = bytes_out + excluded.bytes_out,
+    cost_micros = cost_micros + excluded.cost_micros
+";
+
+const MINUTE_MS: i64 = 60_000;
+
+/// One minute's totals for a tenant, function and outcome, from one batch.
+struct MinuteTotals<'r> {
+    tenant: &'r str,
+    function: &'r str,
+    minute_ms: i64,
+    outcome: Outcome,
+    /// invocations, cold starts, billed ms, memory MB-ms, guest µs, CPU
+    /// and GPU inference µs, model-load µs, bytes in and out, cost µ.
+    sums: [u64; 11],
+}
+
+impl<'r> MinuteTotals<'r> {
+    fn of(r: &'r InvocationRecord) -> Self {
+        Self {
+            tenant: &r.tenant,
+            function: &r.function,
+            minute_ms: r.started_at_ms - r.started_at_ms.rem_euclid(MINUTE_MS),
+            outcome: r.outcome,
+            sums: [0; 11],
+        }
+    }
+
+    fn holds(&self, other: &Self) -> bool {
+        self.minute_ms == other.minute_ms
+            && self.outcome == other.outcome
+            && self.function == other.function
+            && self.tenant == other.tenant
+    }
+
+    fn add(&mut self, r: &InvocationRecord) {
+        let u = &r.usage;
+        let values = [
+            1,
+            u64::from(u.cold_start_us > 0),
+            r.billed_ms,
+            r.memory_mb_ms,
+            u.guest_us,
+            u.cpu_inference_us,
+            u.gpu_inference_us,
+            u.model_load_us,
+            u.bytes_in,
+            u.bytes_out,
+            r.cost.total_micros,
+        ];
+        for (sum, v) in self.sums.iter_mut().zip(values) {
+            *sum = sum.saturating_add(v);
+        }
+    }
+}
+
+/// Adds `r` to the batch's totals (a batch spans few minutes and
+/// functions, so a scan of the list finds its entry).
+fn add_to_totals<'r>(totals: &mut Vec<MinuteTotals<'r>>, r: &'r InvocationRecord) {
+    let key = MinuteTotals::of(r);
+    match totals.iter_mut().rev().find(|t| t.holds(&key)) {
+        Some(t) => t.add(r),
+        None => {
+            let mut t = key;
+            t.add(r);
+            totals.push(t);
+        }
+    }
+}
 
 /// Every column, in table order (for inserts and reads).
 const COLUMNS: &str = "id, tenant, function, version, started_at_ms, status, outcome, billed_ms,
@@ -164,7 +283,17 @@ impl SqliteLedger {
         writer.pragma_update(None, "journal_mode", "WAL")?;
         writer.pragma_update(None, "synchronous", if durable { "FULL" } else { "NORMAL" })?;
         writer.busy_timeout(std::time::Duration::from_secs(5))?;
+        let had_totals: bool = writer.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'usage_minutes')",
+            [],
+            |row| row.get(0),
+        )?;
         writer.execute_batch(SCHEMA)?;
+        if !had_totals {
+            let tx = writer.unchecked_transaction()?;
+            tx.execute_batch(MIGRATE_TO_TOTALS)?;
+            tx.commit()?;
+        }
         let reader = Connection::open(path)?;
         reader.busy_timeout(std::time::Duration::from_secs(5))?;
         Ok(Self {
@@ -185,6 +314,7 @@ impl Ledger for SqliteLedger {
                  ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32)"
             ))?;
             let mut id = [0; 32];
+            let mut totals = Vec::new();
             for r in records {
                 let u = &r.usage;
                 let c = &r.cost;
@@ -193,7 +323,7 @@ impl Ledger for SqliteLedger {
                 } else {
                     Some(serde_json::to_string(&r.nn)?)
                 };
-                insert.execute(params![
+                let inserted = insert.execute(params![
                     r.id.encode(&mut id),
                     &*r.tenant,
                     &*r.function,
@@ -227,6 +357,44 @@ impl Ledger for SqliteLedger {
                     int(c.total_micros),
                     nn,
                 ])?;
+                // A record already stored (a retried batch) is not counted
+                // twice.
+                if inserted == 1 {
+                    add_to_totals(&mut totals, r);
+                }
+            }
+            let mut add = tx.prepare_cached(ADD_TOTALS)?;
+            for t in &totals {
+                let [
+                    n,
+                    cold,
+                    billed,
+                    mem,
+                    guest,
+                    cpu,
+                    gpu,
+                    load,
+                    bytes_in,
+                    bytes_out,
+                    cost,
+                ] = t.sums.map(int);
+                add.execute(params![
+                    t.tenant,
+                    t.minute_ms,
+                    t.function,
+                    t.outcome.as_str(),
+                    n,
+                    cold,
+                    billed,
+                    mem,
+                    guest,
+                    cpu,
+                    gpu,
+                    load,
+                    bytes_in,
+                    bytes_out,
+                    cost,
+                ])?;
             }
         }
         tx.commit()?;
@@ -243,19 +411,25 @@ impl Ledger for SqliteLedger {
     fn usage(&self, q: &UsageQuery) -> Result<Vec<UsageRow>, LedgerError> {
         let key = match q.group_by {
             UsageGroup::Function => "function",
-            UsageGroup::Day => "strftime('%Y-%m-%d', started_at_ms / 1000, 'unixepoch')",
-            UsageGroup::Hour => "strftime('%Y-%m-%dT%H:00Z', started_at_ms / 1000, 'unixepoch')",
+            UsageGroup::Day => "strftime('%Y-%m-%d', minute_ms / 1000, 'unixepoch')",
+            UsageGroup::Hour => "strftime('%Y-%m-%dT%H:00Z', minute_ms / 1000, 'unixepoch')",
             UsageGroup::Outcome => "outcome",
         };
+        let count = |outcomes: &str| {
+            format!("SUM(CASE WHEN outcome IN ({outcomes}) THEN invocations ELSE 0 END)")
+        };
         let sql = format!(
-            "SELECT {key} AS k, COUNT(*), SUM(billed_ms), SUM(memory_mb_ms), SUM(guest_us),
+            "SELECT {key} AS k, SUM(invocations), SUM(billed_ms), SUM(memory_mb_ms), SUM(guest_us),
                     SUM(cpu_inference_us), SUM(gpu_inference_us), SUM(model_load_us),
-                    SUM(cold_start_us > 0), SUM(bytes_in), SUM(bytes_out), SUM(cost_micros),
-                    SUM(outcome = 'ok'), SUM(outcome = 'rejected'), SUM(outcome IN ('trap', 'timeout', 'error'))
-             FROM invocations
-             WHERE tenant = ?1 AND started_at_ms >= ?2 AND started_at_ms < ?3
+                    SUM(cold_starts), SUM(bytes_in), SUM(bytes_out), SUM(cost_micros),
+                    {}, {}, {}
+             FROM usage_minutes
+             WHERE tenant = ?1 AND minute_ms >= ?2 AND minute_ms < ?3
                AND (?4 IS NULL OR function = ?4)
-             GROUP BY k ORDER BY k"
+             GROUP BY k ORDER BY k",
+            count("'ok'"),
+            count("'rejected'"),
+            count("'trap', 'timeout', 'error'"),
         );
         let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         let mut stmt = conn.prepare_cached(&sql)?;
@@ -307,6 +481,179 @@ mod tests {
     use super::*;
     use crate::billing::{Cost, Usage};
     use crate::nn::{Device, NnUsage};
+
+    /// A record of `function` arriving at `ms`.
+    fn call(n: u32, function: &str, ms: i64, outcome: Outcome) -> InvocationRecord {
+        InvocationRecord {
+            id: InvocationId::parse(&format!("{n:032x}")).expect("an id"),
+            tenant: "t".into(),
+            function: function.into(),
+            version: 1,
+            started_at_ms: ms,
+            status: 200,
+            outcome,
+            usage: Usage {
+                run_us: 1_500,
+                guest_us: u64::from(n),
+                cold_start_us: u64::from(n.is_multiple_of(3)),
+                bytes_in: 10,
+                bytes_out: u64::from(n) * 7,
+                ..Usage::default()
+            },
+            billed_ms: 2,
+            memory_mb_ms: 256,
+            plan_version: 1,
+            currency: "USD".into(),
+            cost: Cost {
+                total_micros: u64::from(n) + 1,
+                ..Cost::default()
+            },
+            nn: NnUsageReport::default(),
+        }
+    }
+
+    /// Usage totalled from the rows themselves, for minutes starting in
+    /// `[from, to)`.
+    fn summed(records: &[InvocationRecord], from: i64, to: i64) -> UsageRow {
+        let mut t = UsageRow::default();
+        for r in records {
+            let minute = r.started_at_ms - r.started_at_ms.rem_euclid(MINUTE_MS);
+            if minute < from || minute >= to {
+                continue;
+            }
+            t.invocations += 1;
+            t.ok += u64::from(r.outcome == Outcome::Ok);
+            t.rejected += u64::from(r.outcome == Outcome::Rejected);
+            t.failed += u64::from(r.outcome.failed());
+            t.cold_starts += u64::from(r.usage.cold_start_us > 0);
+            t.billed_ms += r.billed_ms;
+            t.memory_mb_ms += r.memory_mb_ms;
+            t.guest_us += r.usage.guest_us;
+            t.bytes_in += r.usage.bytes_in;
+            t.bytes_out += r.usage.bytes_out;
+            t.cost_micros += r.cost.total_micros;
+        }
+        t
+    }
+
+    fn usage(ledger: &dyn Ledger, from: i64, to: i64, group_by: UsageGroup) -> Vec<UsageRow> {
+        ledger
+            .usage(&UsageQuery {
+                tenant: "t".into(),
+                from_ms: from,
+                to_ms: to,
+                function: None,
+                group_by,
+            })
+            .expect("usage")
+    }
+
+    fn without_key(mut row: UsageRow) -> UsageRow {
+        row.key = String::new();
+        row
+    }
+
+    #[test]
+    fn usage_totals_equal_the_rows_however_they_were_batched() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ledger = SqliteLedger::open(&dir.path().join("ledger.db"), false).expect("opens");
+        let base = 1_795_910_400_000; // a whole hour
+        let outcomes = [Outcome::Ok, Outcome::Trap, Outcome::Rejected, Outcome::Ok];
+        let records: Vec<InvocationRecord> = (0..300u32)
+            .map(|n| {
+                let function = if n % 2 == 0 { "a" } else { "b" };
+                // Spread over three hours, several calls a minute.
+                let ms = base + i64::from(n) * 37_000;
+                call(n, function, ms, outcomes[n as usize % outcomes.len()])
+            })
+            .collect();
+        // Batches of uneven sizes, and one batch sent twice (a retried
+        // commit): nothing counts twice.
+        for batch in records.chunks(41) {
+            ledger.append(batch).expect("appends");
+        }
+        ledger.append(&records[..41]).expect("appends again");
+
+        let all = usage(&ledger, 0, i64::MAX, UsageGroup::Function);
+        assert_eq!(all.len(), 2);
+        assert_eq!(
+            without_key(UsageRow::total(&all)),
+            summed(&records, 0, i64::MAX)
+        );
+        // Per function, per hour, per outcome: each grouping adds up.
+        for group_by in [UsageGroup::Hour, UsageGroup::Day, UsageGroup::Outcome] {
+            let rows = usage(&ledger, 0, i64::MAX, group_by);
+            assert_eq!(
+                without_key(UsageRow::total(&rows)),
+                summed(&records, 0, i64::MAX),
+                "{group_by:?}"
+            );
+        }
+        assert_eq!(usage(&ledger, 0, i64::MAX, UsageGroup::Hour).len(), 4);
+        // A range holds the minutes that start in it.
+        let (from, to) = (base + 3_600_000 + 30_000, base + 7_200_000 + 1);
+        assert_eq!(
+            without_key(UsageRow::total(&usage(
+                &ledger,
+                from,
+                to,
+                UsageGroup::Function
+            ))),
+            summed(&records, from, to)
+        );
+        assert!(usage(&ledger, 0, base, UsageGroup::Function).is_empty());
+    }
+
+    #[test]
+    fn a_ledger_from_before_the_totals_gets_them_from_its_rows() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ledger.db");
+        let records: Vec<InvocationRecord> = (0..50u32)
+            .map(|n| {
+                call(
+                    n,
+                    "a",
+                    1_795_910_400_000 + i64::from(n) * 10_000,
+                    Outcome::Ok,
+                )
+            })
+            .collect();
+        {
+            let ledger = SqliteLedger::open(&path, false).expect("opens");
+            ledger.append(&records).expect("appends");
+            // As an earlier glia left it: no totals, an index per row.
+            let conn = ledger.writer.lock().expect("lock");
+            conn.execute_batch(
+                "DROP TABLE usage_minutes;
+                 CREATE INDEX invocations_by_time ON invocations (tenant, started_at_ms);",
+            )
+            .expect("downgrades");
+        }
+        let ledger = SqliteLedger::open(&path, false).expect("reopens");
+        let all = usage(&ledger, 0, i64::MAX, UsageGroup::Function);
+        assert_eq!(
+            without_key(UsageRow::total(&all)),
+            summed(&records, 0, i64::MAX)
+        );
+        let conn = ledger.reader.lock().expect("lock");
+        let index: bool = conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'invocations_by_time')",
+                [],
+                |row| row.get(0),
+            )
+            .expect("reads");
+        assert!(!index, "the per-row index is gone");
+        drop(conn);
+        // And it keeps counting.
+        ledger
+            .append(&[call(99, "a", 1_795_910_400_000, Outcome::Ok)])
+            .expect("appends");
+        assert_eq!(
+            UsageRow::total(&usage(&ledger, 0, i64::MAX, UsageGroup::Function)).invocations,
+            51
+        );
+    }
 
     #[test]
     fn records_round_trip_every_field() {
