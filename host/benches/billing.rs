@@ -2,7 +2,10 @@
 //! side in one run: three platforms (one per mode) serve the built-in
 //! `hello`, and rounds alternate between them so every mode sees the same
 //! machine state. Each round drives one platform with 16 concurrent callers
-//! through its HTTP service for a fixed time.
+//! through its HTTP service for a fixed time. Besides calls per second, it
+//! reports the CPU time the whole process spent per call (every thread: the
+//! request worker, the ledger writer, the callers), which counts what
+//! metering costs even where the ledger thread has a core to itself.
 //!
 //! `cargo bench -p glia-host --bench billing` (`GLIA_BENCH_SECONDS` sets each
 //! round's length, `GLIA_BENCH_ROUNDS` the rounds per mode, and
@@ -39,8 +42,26 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// Calls per second against `bench`'s `hello` for `seconds`.
-fn throughput(bench: &support::Bench, seconds: u64) -> f64 {
+/// CPU time this process has used, all threads, user and system (from
+/// `/proc/self/stat`, in clock ticks of 10 ms).
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields from the third (after the command name, which may hold
+    // spaces); utime and stime are the 14th and 15th.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
+/// One round: calls per second and CPU microseconds per call.
+#[derive(Clone, Copy)]
+struct Round {
+    rate: f64,
+    cpu_us: f64,
+}
+
+/// A round against `bench`'s `hello` for `seconds`.
+fn throughput(bench: &support::Bench, seconds: u64) -> Round {
     let app = bench.platform.app().clone();
     let done = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -63,15 +84,26 @@ fn throughput(bench: &support::Bench, seconds: u64) -> f64 {
                 })
             })
             .collect();
-        let started = Instant::now();
+        let (started, cpu) = (Instant::now(), cpu_time());
+        let calls_before = done.load(Ordering::Relaxed);
         tokio::time::sleep(Duration::from_secs(seconds)).await;
+        let (calls, elapsed) = (
+            done.load(Ordering::Relaxed) - calls_before,
+            started.elapsed(),
+        );
         stop.store(true, Ordering::Relaxed);
-        let calls = done.load(Ordering::Relaxed);
-        let elapsed = started.elapsed();
         for c in callers {
             c.await.unwrap();
         }
-        calls as f64 / elapsed.as_secs_f64()
+        // The rows of the round's last interval count in its CPU time.
+        if let Some(writer) = &app.state().billing {
+            writer.flush().await.unwrap();
+        }
+        let cpu = cpu_time() - cpu;
+        Round {
+            rate: calls as f64 / elapsed.as_secs_f64(),
+            cpu_us: cpu.as_secs_f64() * 1e6 / calls.max(1) as f64,
+        }
     })
 }
 
@@ -122,23 +154,30 @@ fn main() {
             results[ix].push(throughput(b, seconds));
         }
     }
-    let median = |v: &[f64]| {
-        let mut v = v.to_vec();
+    let median = |v: &mut dyn Iterator<Item = f64>| {
+        let mut v: Vec<f64> = v.collect();
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
+    let rate = |r: &[Round]| median(&mut r.iter().map(|v| v.rate));
+    let cpu = |r: &[Round]| median(&mut r.iter().map(|v| v.cpu_us));
     let base = modes.first().map_or("-", |(name, _)| *name);
-    let base_rate = median(&results[0]);
+    let (base_rate, base_cpu) = (rate(&results[0]), cpu(&results[0]));
     println!("{CALLERS} concurrent callers, {rounds} rounds of {seconds} s per mode, alternating");
-    println!("| metering | calls/s (median) | rounds | vs {base} |");
-    println!("| --- | ---: | --- | ---: |");
+    println!(
+        "| metering | calls/s (median) | rounds | vs {base} | CPU µs per call (median) | rounds | vs {base} |"
+    );
+    println!("| --- | ---: | --- | ---: | ---: | --- | ---: |");
     for ((name, _), r) in modes.iter().zip(&results) {
-        let m = median(r);
-        let all: Vec<String> = r.iter().map(|v| format!("{v:.0}")).collect();
+        let (m, c) = (rate(r), cpu(r));
+        let rates: Vec<String> = r.iter().map(|v| format!("{:.0}", v.rate)).collect();
+        let cpus: Vec<String> = r.iter().map(|v| format!("{:.1}", v.cpu_us)).collect();
         println!(
-            "| {name} | {m:.0} | {} | {:+.1} % |",
-            all.join(", "),
-            (m / base_rate - 1.0) * 100.0
+            "| {name} | {m:.0} | {} | {:+.1} % | {c:.1} | {} | {:+.1} % |",
+            rates.join(", "),
+            (m / base_rate - 1.0) * 100.0,
+            cpus.join(", "),
+            (c / base_cpu - 1.0) * 100.0
         );
     }
 }
