@@ -129,7 +129,6 @@ fn micros(d: Duration) -> u64 {
 /// Prices calls and builds their ledger rows: the plan, and where spend
 /// and calls are counted. Borrowed from the platform's state, so pricing a
 /// call copies nothing.
-#[derive(Clone, Copy)]
 struct Pricing<'a> {
     plan: &'a PricePlan,
     currency: &'a Arc<str>,

@@ -18,7 +18,7 @@
 use std::path::Path;
 use std::sync::Mutex;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, ToSql, params, params_from_iter};
 
 use super::usage::{UsageGroup, UsageQuery, UsageRow};
 use super::{InvocationId, InvocationRecord, Outcome};
@@ -365,36 +365,11 @@ impl Ledger for SqliteLedger {
             }
             let mut add = tx.prepare_cached(ADD_TOTALS)?;
             for t in &totals {
-                let [
-                    n,
-                    cold,
-                    billed,
-                    mem,
-                    guest,
-                    cpu,
-                    gpu,
-                    load,
-                    bytes_in,
-                    bytes_out,
-                    cost,
-                ] = t.sums.map(int);
-                add.execute(params![
-                    t.tenant,
-                    t.minute_ms,
-                    t.function,
-                    t.outcome.as_str(),
-                    n,
-                    cold,
-                    billed,
-                    mem,
-                    guest,
-                    cpu,
-                    gpu,
-                    load,
-                    bytes_in,
-                    bytes_out,
-                    cost,
-                ])?;
+                let key: [&dyn ToSql; 4] =
+                    [&t.tenant, &t.minute_ms, &t.function, &t.outcome.as_str()];
+                let sums = t.sums.map(int);
+                let sums = sums.iter().map(|v| v as &dyn ToSql);
+                add.execute(params_from_iter(key.into_iter().chain(sums)))?;
             }
         }
         tx.commit()?;
