@@ -374,7 +374,7 @@ where
         ApiError::from(e)
     })?;
     if nn_headers_now {
-        metering::nn_headers(&mut response, &nn_usage);
+        metering::nn_headers(&mut response, &nn_usage.report());
     }
     let headers = response.headers_mut();
     headers.insert(

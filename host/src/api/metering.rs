@@ -26,7 +26,7 @@ use super::{ApiError, AppState, NN_DEVICE_HEADER};
 use crate::auth::{Auth, TenantMeter};
 use crate::billing::{InvocationId, InvocationRecord, LedgerWriter, Outcome, Usage, price};
 use crate::config::{Durability, PricePlan};
-use crate::nn::NnUsage;
+use crate::nn::{NnUsage, NnUsageReport};
 use crate::runtime::{BoxError, GuestFinished, GuestReport, InvokeError, ResponseBody};
 use crate::telemetry::{CallObservation, Metrics};
 use tracing::Instrument as _;
@@ -265,8 +265,7 @@ fn billing_headers(response: &mut Response<ResponseBody>, record: &InvocationRec
 }
 
 /// Sets the `wasi:nn` headers from what the call did.
-pub(super) fn nn_headers(response: &mut Response<ResponseBody>, nn: &NnUsage) {
-    let nn = nn.report();
+pub(super) fn nn_headers(response: &mut Response<ResponseBody>, nn: &NnUsageReport) {
     let headers = response.headers_mut();
     if let Some(timing) = nn.server_timing()
         && let Ok(value) = HeaderValue::from_str(&timing)
@@ -432,8 +431,8 @@ pub(super) async fn finish_ok(
     };
     let mut response = Response::from_parts(parts, body);
     // The guest has finished: the nn headers are complete now.
-    if let Some(nn) = &meter.nn {
-        nn_headers(&mut response, nn);
+    if meter.nn.is_some() {
+        nn_headers(&mut response, &record.nn);
     }
     billing_headers(&mut response, &record);
     if let Err(e) = commit(billing, record).await {

@@ -2,10 +2,12 @@
 //! long that took, and how long inference ran on each device. Billing and
 //! telemetry read this; the response carries a summary in `server-timing`.
 
+use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use super::Device;
 use crate::telemetry::Metrics;
@@ -14,7 +16,8 @@ use crate::telemetry::Metrics;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ComputeTime {
     pub device: Device,
-    pub backend: String,
+    /// A backend's name (static as recorded; owned when read back).
+    pub backend: Cow<'static, str>,
     /// Finished `compute` calls.
     pub runs: u32,
     pub micros: u64,
@@ -25,7 +28,7 @@ pub struct ComputeTime {
 pub struct ModelLoad {
     pub model: String,
     pub device: Device,
-    pub backend: String,
+    pub backend: Cow<'static, str>,
     pub micros: u64,
 }
 
@@ -38,9 +41,14 @@ pub struct Fallback {
 }
 
 /// A snapshot of one invocation's `wasi:nn` use.
+///
+/// A call's inference (one or two backend-and-device pairs) is held inline
+/// and backend names are static, so a call that loads nothing builds,
+/// copies and frees its report without the heap: the report travels with
+/// the call's ledger row to the writer thread.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NnUsageReport {
-    pub compute: Vec<ComputeTime>,
+    pub compute: SmallVec<[ComputeTime; 2]>,
     pub loads: Vec<ModelLoad>,
     pub fallbacks: Vec<Fallback>,
     /// Inference run in place, on the thread running the guest (so it is
@@ -145,7 +153,7 @@ impl NnUsage {
                 }
                 None => r.compute.push(ComputeTime {
                     device,
-                    backend: backend.to_string(),
+                    backend: Cow::Borrowed(backend),
                     runs: 1,
                     micros,
                 }),
@@ -162,7 +170,7 @@ impl NnUsage {
             r.loads.push(ModelLoad {
                 model: model.to_string(),
                 device,
-                backend: backend.to_string(),
+                backend: Cow::Borrowed(backend),
                 micros,
             })
         });
@@ -208,5 +216,25 @@ mod tests {
             )
         );
         assert_eq!(NnUsage::default().report().server_timing(), None);
+        // Two backend-and-device pairs are held inline: nothing on the heap.
+        assert!(!r.compute.spilled());
+    }
+
+    #[test]
+    fn reports_read_back_from_their_stored_json() {
+        // As ledgers store it (and stored it before reports were inline).
+        let stored = r#"{"compute":[{"device":"cpu","backend":"tract","runs":2,"micros":40},
+            {"device":"gpu","backend":"torch","runs":1,"micros":7},
+            {"device":"cpu","backend":"ort","runs":1,"micros":5}],
+            "loads":[{"model":"digits","device":"cpu","backend":"tract","micros":900}],
+            "fallbacks":[],"inline_micros":40}"#;
+        let r: NnUsageReport = serde_json::from_str(stored).expect("reads");
+        assert_eq!(r.compute.len(), 3);
+        assert_eq!(r.compute[1].backend, "torch");
+        assert_eq!(r.compute_on(Device::Cpu), Duration::from_micros(45));
+        assert_eq!(r.loads[0].backend, "tract");
+        let again: NnUsageReport =
+            serde_json::from_str(&serde_json::to_string(&r).expect("writes")).expect("reads");
+        assert_eq!(again, r);
     }
 }
