@@ -5,8 +5,15 @@
 //! platform's metadata, so billing writes never wait on control-plane
 //! writes. Rows are appended in batches, one transaction each (the writer
 //! groups them). Every field of a record is a column (only the per-model
-//! `wasi:nn` detail is JSON, and only for calls that used it), keyed by the
-//! invocation id alone: a row is one B-tree insert.
+//! `wasi:nn` detail is JSON, and only for calls that used it).
+//!
+//! A row is keyed by the upper half of its invocation id (time and counter,
+//! which increase with every id a process makes) as SQLite's integer row
+//! id, with the lower half beside it: appending a row is one insert at the
+//! end of one B-tree, SQLite's cheapest. Rows keyed by the whole id live in
+//! `invocations_by_id`: those of ledgers written before, and any row whose
+//! upper half was taken already (only possible when two processes write one
+//! ledger). Reads look in both.
 //!
 //! Usage queries do not read the rows. In the same transaction, the writer
 //! adds each batch into per-minute totals (`usage_minutes`, one row per
@@ -17,6 +24,7 @@
 
 use std::path::Path;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rusqlite::{Connection, OptionalExtension, ToSql, params, params_from_iter};
 
@@ -52,11 +60,13 @@ pub trait Ledger: Send + Sync {
 pub struct SqliteLedger {
     writer: Mutex<Connection>,
     reader: Mutex<Connection>,
+    /// The largest upper half in `invocations_by_id` (0 when empty): an id
+    /// at or below it may be stored there already.
+    by_id_newest: AtomicU64,
 }
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS invocations (
-    id                TEXT PRIMARY KEY,
+/// A row's fields after its key, as both invocation tables declare them.
+const BODY: &str = "
     tenant            TEXT NOT NULL,
     function          TEXT NOT NULL,
     version           INTEGER NOT NULL,
@@ -88,7 +98,19 @@ CREATE TABLE IF NOT EXISTS invocations (
     model_load_nanos  INTEGER NOT NULL,
     cost_micros       INTEGER NOT NULL,
     -- wasi:nn detail (JSON), only for calls that used it.
-    nn                TEXT
+    nn                TEXT";
+
+/// The schema (`{BODY}` stands for [`BODY`]).
+const SCHEMA: &str = "
+-- One row per invocation, keyed by the upper half of its id.
+CREATE TABLE IF NOT EXISTS invocations (
+    seq               INTEGER PRIMARY KEY,
+    id_low            INTEGER NOT NULL,{BODY}
+);
+-- Rows keyed by the whole id: a ledger's from before, and any whose upper
+-- half was taken.
+CREATE TABLE IF NOT EXISTS invocations_by_id (
+    id                TEXT PRIMARY KEY,{BODY}
 ) WITHOUT ROWID;
 -- Per-minute totals of the rows above, kept in the same transactions.
 CREATE TABLE IF NOT EXISTS usage_minutes (
@@ -119,7 +141,15 @@ SELECT tenant, started_at_ms - started_at_ms % 60000, function, outcome, COUNT(*
        SUM(cold_start_us > 0), SUM(billed_ms), SUM(memory_mb_ms), SUM(guest_us),
        SUM(cpu_inference_us), SUM(gpu_inference_us), SUM(model_load_us), SUM(bytes_in),
        SUM(bytes_out), SUM(cost_micros)
-FROM invocations
+FROM (SELECT tenant, started_at_ms, function, outcome, cold_start_us, billed_ms, memory_mb_ms,
+             guest_us, cpu_inference_us, gpu_inference_us, model_load_us, bytes_in, bytes_out,
+             cost_micros
+      FROM invocations_by_id
+      UNION ALL
+      SELECT tenant, started_at_ms, function, outcome, cold_start_us, billed_ms, memory_mb_ms,
+             guest_us, cpu_inference_us, gpu_inference_us, model_load_us, bytes_in, bytes_out,
+             cost_micros
+      FROM invocations)
 GROUP BY 1, 2, 3, 4;
 DROP INDEX IF EXISTS invocations_by_time;
 ";
@@ -207,33 +237,64 @@ fn add_to_totals<'r>(totals: &mut Vec<MinuteTotals<'r>>, r: &'r InvocationRecord
     }
 }
 
-/// Every column, in table order (for inserts and reads).
-const COLUMNS: &str = "id, tenant, function, version, started_at_ms, status, outcome, billed_ms,
+/// A row's fields after its key, in table order (for inserts and reads).
+const FIELDS: &str = "tenant, function, version, started_at_ms, status, outcome, billed_ms,
     memory_mb_ms, wall_us, queue_us, cold_start_us, run_us, guest_us, memory_mb,
     peak_memory_bytes, cpu_inference_us, gpu_inference_us, model_loads, model_load_us, bytes_in,
     bytes_out, plan_version, currency, request_nanos, memory_nanos, cpu_inference_nanos,
     gpu_nanos, cold_start_nanos, model_load_nanos, cost_micros, nn";
 
-fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<InvocationRecord> {
-    let u = |ix: usize| -> rusqlite::Result<u64> {
-        Ok(u64::try_from(row.get::<_, i64>(ix)?).unwrap_or(0))
+/// How a row's key is stored.
+#[derive(Clone, Copy)]
+enum Key {
+    /// `seq, id_low`: the id's halves (`invocations`).
+    Halves,
+    /// `id`: its text (`invocations_by_id`).
+    Text,
+}
+
+impl Key {
+    /// Columns before the row's fields.
+    fn columns(self) -> usize {
+        match self {
+            Key::Halves => 2,
+            Key::Text => 1,
+        }
+    }
+}
+
+/// A row of either table (`key` columns, then [`FIELDS`]).
+fn from_row(row: &rusqlite::Row<'_>, key: Key) -> rusqlite::Result<InvocationRecord> {
+    let id = match key {
+        Key::Halves => InvocationId::from_halves(
+            unsigned(row.get::<_, i64>(0)?),
+            unsigned(row.get::<_, i64>(1)?),
+        ),
+        Key::Text => {
+            let id: String = row.get(0)?;
+            InvocationId::parse(&id).ok_or_else(|| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    0,
+                    rusqlite::types::Type::Text,
+                    format!("`{id}` is not an invocation id").into(),
+                )
+            })?
+        }
     };
-    let outcome: String = row.get(6)?;
-    let nn: Option<String> = row.get(31)?;
-    let id: String = row.get(0)?;
+    // The `ix`th field (1: tenant ... 31: nn).
+    let at = |ix: usize| ix + key.columns() - 1;
+    let u = |ix: usize| -> rusqlite::Result<u64> {
+        Ok(u64::try_from(row.get::<_, i64>(at(ix))?).unwrap_or(0))
+    };
+    let outcome: String = row.get(at(6))?;
+    let nn: Option<String> = row.get(at(31))?;
     Ok(InvocationRecord {
-        id: InvocationId::parse(&id).ok_or_else(|| {
-            rusqlite::Error::FromSqlConversionFailure(
-                0,
-                rusqlite::types::Type::Text,
-                format!("`{id}` is not an invocation id").into(),
-            )
-        })?,
-        tenant: row.get::<_, String>(1)?.into(),
-        function: row.get::<_, String>(2)?.into(),
-        version: row.get(3)?,
-        started_at_ms: row.get(4)?,
-        status: row.get(5)?,
+        id,
+        tenant: row.get::<_, String>(at(1))?.into(),
+        function: row.get::<_, String>(at(2))?.into(),
+        version: row.get(at(3))?,
+        started_at_ms: row.get(at(4))?,
+        status: row.get(at(5))?,
         outcome: Outcome::parse(&outcome).unwrap_or(Outcome::Error),
         billed_ms: u(7)?,
         memory_mb_ms: u(8)?,
@@ -252,8 +313,8 @@ fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<InvocationRecord> {
             bytes_in: u(20)?,
             bytes_out: u(21)?,
         },
-        plan_version: row.get(22)?,
-        currency: row.get::<_, String>(23)?.into(),
+        plan_version: row.get(at(22))?,
+        currency: row.get::<_, String>(at(23))?.into(),
         cost: super::Cost {
             request_nanos: u(24)?,
             memory_nanos: u(25)?,
@@ -267,6 +328,71 @@ fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<InvocationRecord> {
             .and_then(|json| serde_json::from_str(&json).ok())
             .unwrap_or_default(),
     })
+}
+
+/// Binds a record's fields from parameter `first` on.
+fn bind_fields(
+    stmt: &mut rusqlite::Statement<'_>,
+    first: usize,
+    r: &InvocationRecord,
+    nn: Option<&str>,
+) -> rusqlite::Result<()> {
+    let u = &r.usage;
+    let c = &r.cost;
+    let fields: [&dyn ToSql; 31] = [
+        &&*r.tenant,
+        &&*r.function,
+        &r.version,
+        &r.started_at_ms,
+        &r.status,
+        &r.outcome.as_str(),
+        &int(r.billed_ms),
+        &int(r.memory_mb_ms),
+        &int(u.wall_us),
+        &int(u.queue_us),
+        &int(u.cold_start_us),
+        &int(u.run_us),
+        &int(u.guest_us),
+        &int(u.memory_mb),
+        &int(u.peak_memory_bytes),
+        &int(u.cpu_inference_us),
+        &int(u.gpu_inference_us),
+        &u.model_loads,
+        &int(u.model_load_us),
+        &int(u.bytes_in),
+        &int(u.bytes_out),
+        &r.plan_version,
+        &&*r.currency,
+        &int(c.request_nanos),
+        &int(c.memory_nanos),
+        &int(c.cpu_inference_nanos),
+        &int(c.gpu_nanos),
+        &int(c.cold_start_nanos),
+        &int(c.model_load_nanos),
+        &int(c.total_micros),
+        &nn,
+    ];
+    for (ix, field) in fields.into_iter().enumerate() {
+        stmt.raw_bind_parameter(first + ix, field)?;
+    }
+    Ok(())
+}
+
+/// `?1, ?2, ... ?n`.
+fn placeholders(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// An id half as SQLite stores it (the same 64 bits, signed).
+fn signed(v: u64) -> i64 {
+    i64::from_ne_bytes(v.to_ne_bytes())
+}
+
+fn unsigned(v: i64) -> u64 {
+    u64::from_ne_bytes(v.to_ne_bytes())
 }
 
 /// Clamps to SQLite's signed integers.
@@ -283,22 +409,38 @@ impl SqliteLedger {
         writer.pragma_update(None, "journal_mode", "WAL")?;
         writer.pragma_update(None, "synchronous", if durable { "FULL" } else { "NORMAL" })?;
         writer.busy_timeout(std::time::Duration::from_secs(5))?;
-        let had_totals: bool = writer.query_row(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'usage_minutes')",
-            [],
-            |row| row.get(0),
+        let exists = |sql: &str| writer.query_row(sql, [], |row| row.get::<_, bool>(0));
+        let had_totals =
+            exists("SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'usage_minutes')")?;
+        // Rows keyed by their whole id: the table becomes `invocations_by_id`.
+        let keyed_by_id = exists(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info('invocations') WHERE name = 'id')",
         )?;
-        writer.execute_batch(SCHEMA)?;
-        if !had_totals {
-            let tx = writer.unchecked_transaction()?;
-            tx.execute_batch(MIGRATE_TO_TOTALS)?;
-            tx.commit()?;
+        let tx = writer.unchecked_transaction()?;
+        if keyed_by_id {
+            tx.execute_batch("ALTER TABLE invocations RENAME TO invocations_by_id")?;
         }
+        tx.execute_batch(&SCHEMA.replace("{BODY}", BODY))?;
+        if !had_totals {
+            tx.execute_batch(MIGRATE_TO_TOTALS)?;
+        }
+        tx.commit()?;
+        // Ids made from now on come after every row's.
+        let newest: Option<i64> =
+            writer.query_row("SELECT MAX(seq) FROM invocations", [], |row| row.get(0))?;
+        let by_id_newest = writer
+            .query_row("SELECT MAX(id) FROM invocations_by_id", [], |row| {
+                row.get::<_, Option<String>>(0)
+            })?
+            .and_then(|id| InvocationId::parse(&id))
+            .map_or(0, |id| id.halves().0);
+        InvocationId::make_later_than(newest.map_or(0, unsigned).max(by_id_newest));
         let reader = Connection::open(path)?;
         reader.busy_timeout(std::time::Duration::from_secs(5))?;
         Ok(Self {
             writer: Mutex::new(writer),
             reader: Mutex::new(reader),
+            by_id_newest: AtomicU64::new(by_id_newest),
         })
     }
 }
@@ -307,59 +449,53 @@ impl Ledger for SqliteLedger {
     fn append(&self, records: &[InvocationRecord]) -> Result<(), LedgerError> {
         let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn.transaction()?;
+        let mut by_id_newest = self.by_id_newest.load(Ordering::Relaxed);
         {
-            let mut insert = tx.prepare_cached(&format!(
-                "INSERT OR IGNORE INTO invocations ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6,
-                 ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22,
-                 ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32)"
+            let mut by_seq = tx.prepare_cached(&format!(
+                "INSERT OR IGNORE INTO invocations (seq, id_low, {FIELDS}) VALUES ({})",
+                placeholders(33)
             ))?;
+            let mut by_id = tx.prepare_cached(&format!(
+                "INSERT OR IGNORE INTO invocations_by_id (id, {FIELDS}) VALUES ({})",
+                placeholders(32)
+            ))?;
+            let mut low_of = tx.prepare_cached("SELECT id_low FROM invocations WHERE seq = ?1")?;
+            let mut stored_by_id =
+                tx.prepare_cached("SELECT EXISTS (SELECT 1 FROM invocations_by_id WHERE id = ?1)")?;
             let mut id = [0; 32];
             let mut totals = Vec::new();
             for r in records {
-                let u = &r.usage;
-                let c = &r.cost;
                 let nn = if r.nn == NnUsageReport::default() {
                     None
                 } else {
                     Some(serde_json::to_string(&r.nn)?)
                 };
-                let inserted = insert.execute(params![
-                    r.id.encode(&mut id),
-                    &*r.tenant,
-                    &*r.function,
-                    r.version,
-                    r.started_at_ms,
-                    r.status,
-                    r.outcome.as_str(),
-                    int(r.billed_ms),
-                    int(r.memory_mb_ms),
-                    int(u.wall_us),
-                    int(u.queue_us),
-                    int(u.cold_start_us),
-                    int(u.run_us),
-                    int(u.guest_us),
-                    int(u.memory_mb),
-                    int(u.peak_memory_bytes),
-                    int(u.cpu_inference_us),
-                    int(u.gpu_inference_us),
-                    u.model_loads,
-                    int(u.model_load_us),
-                    int(u.bytes_in),
-                    int(u.bytes_out),
-                    r.plan_version,
-                    &*r.currency,
-                    int(c.request_nanos),
-                    int(c.memory_nanos),
-                    int(c.cpu_inference_nanos),
-                    int(c.gpu_nanos),
-                    int(c.cold_start_nanos),
-                    int(c.model_load_nanos),
-                    int(c.total_micros),
-                    nn,
-                ])?;
+                let (high, low) = r.id.halves();
+                // An id no later than the newest kept by its whole id (from
+                // before, or another process's) may be there already.
+                if high <= by_id_newest
+                    && stored_by_id.query_row([r.id.encode(&mut id)], |row| row.get(0))?
+                {
+                    continue;
+                }
+                by_seq.raw_bind_parameter(1, signed(high))?;
+                by_seq.raw_bind_parameter(2, signed(low))?;
+                bind_fields(&mut by_seq, 3, r, nn.as_deref())?;
+                let mut inserted = by_seq.raw_execute()? == 1;
+                if !inserted {
+                    // Its upper half is taken: by this record (a retried
+                    // batch), or by another's (another process).
+                    let taken: i64 = low_of.query_row([signed(high)], |row| row.get(0))?;
+                    if taken != signed(low) {
+                        by_id.raw_bind_parameter(1, r.id.encode(&mut id))?;
+                        bind_fields(&mut by_id, 2, r, nn.as_deref())?;
+                        inserted = by_id.raw_execute()? == 1;
+                        by_id_newest = by_id_newest.max(high);
+                    }
+                }
                 // A record already stored (a retried batch) is not counted
                 // twice.
-                if inserted == 1 {
+                if inserted {
                     add_to_totals(&mut totals, r);
                 }
             }
@@ -373,14 +509,33 @@ impl Ledger for SqliteLedger {
             }
         }
         tx.commit()?;
+        self.by_id_newest.fetch_max(by_id_newest, Ordering::Relaxed);
         Ok(())
     }
 
     fn get(&self, id: &str) -> Result<Option<InvocationRecord>, LedgerError> {
+        let Some(id) = InvocationId::parse(id) else {
+            return Ok(None);
+        };
+        let (high, low) = id.halves();
         let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
-        let mut stmt =
-            conn.prepare_cached(&format!("SELECT {COLUMNS} FROM invocations WHERE id = ?1"))?;
-        Ok(stmt.query_row([id], from_row).optional()?)
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT seq, id_low, {FIELDS} FROM invocations WHERE seq = ?1 AND id_low = ?2"
+        ))?;
+        let found = stmt
+            .query_row([signed(high), signed(low)], |row| {
+                from_row(row, Key::Halves)
+            })
+            .optional()?;
+        if found.is_some() {
+            return Ok(found);
+        }
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT id, {FIELDS} FROM invocations_by_id WHERE id = ?1"
+        ))?;
+        Ok(stmt
+            .query_row([id.encode(&mut [0; 32])], |row| from_row(row, Key::Text))
+            .optional()?)
     }
 
     fn usage(&self, q: &UsageQuery) -> Result<Vec<UsageRow>, LedgerError> {
@@ -435,12 +590,22 @@ impl Ledger for SqliteLedger {
 
     fn records(&self, from_ms: i64, to_ms: i64) -> Result<Vec<InvocationRecord>, LedgerError> {
         let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM invocations WHERE started_at_ms >= ?1 AND started_at_ms < ?2
-             ORDER BY started_at_ms, id"
-        ))?;
-        let rows = stmt.query_map(params![from_ms, to_ms], from_row)?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        let mut records = Vec::new();
+        for (key, table) in [
+            (Key::Halves, "seq, id_low, {FIELDS} FROM invocations"),
+            (Key::Text, "id, {FIELDS} FROM invocations_by_id"),
+        ] {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {} WHERE started_at_ms >= ?1 AND started_at_ms < ?2",
+                table.replace("{FIELDS}", FIELDS)
+            ))?;
+            let rows = stmt.query_map(params![from_ms, to_ms], |row| from_row(row, key))?;
+            for row in rows {
+                records.push(row?);
+            }
+        }
+        records.sort_by_key(|r| (r.started_at_ms, r.id));
+        Ok(records)
     }
 }
 
@@ -457,10 +622,18 @@ mod tests {
     use crate::billing::{Cost, Usage};
     use crate::nn::{Device, NnUsage};
 
+    /// The `n`th test id (as a process makes them: upper halves increase).
+    fn id(n: u32) -> InvocationId {
+        InvocationId::from_halves(
+            (1_795_910_400_000 + u64::from(n)) << 16 | 0x7000,
+            0x8000_0000_0000_0000 | u64::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 2,
+        )
+    }
+
     /// A record of `function` arriving at `ms`.
     fn call(n: u32, function: &str, ms: i64, outcome: Outcome) -> InvocationRecord {
         InvocationRecord {
-            id: InvocationId::parse(&format!("{n:032x}")).expect("an id"),
+            id: id(n),
             tenant: "t".into(),
             function: function.into(),
             version: 1,
@@ -580,7 +753,7 @@ mod tests {
     }
 
     #[test]
-    fn a_ledger_from_before_the_totals_gets_them_from_its_rows() {
+    fn a_ledger_from_before_keeps_its_rows_and_gets_its_totals() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("ledger.db");
         let records: Vec<InvocationRecord> = (0..50u32)
@@ -596,12 +769,19 @@ mod tests {
         {
             let ledger = SqliteLedger::open(&path, false).expect("opens");
             ledger.append(&records).expect("appends");
-            // As an earlier glia left it: no totals, an index per row.
+            // As an earlier glia left it: rows keyed by their id's text, an
+            // index per row, no totals.
             let conn = ledger.writer.lock().expect("lock");
-            conn.execute_batch(
+            conn.execute_batch(&format!(
                 "DROP TABLE usage_minutes;
-                 CREATE INDEX invocations_by_time ON invocations (tenant, started_at_ms);",
-            )
+                 DROP TABLE invocations_by_id;
+                 CREATE TABLE old (id TEXT PRIMARY KEY, {BODY}) WITHOUT ROWID;
+                 INSERT INTO old SELECT printf('%016x%016x', seq, id_low), {FIELDS}
+                     FROM invocations;
+                 DROP TABLE invocations;
+                 ALTER TABLE old RENAME TO invocations;
+                 CREATE INDEX invocations_by_time ON invocations (tenant, started_at_ms);"
+            ))
             .expect("downgrades");
         }
         let ledger = SqliteLedger::open(&path, false).expect("reopens");
@@ -609,6 +789,12 @@ mod tests {
         assert_eq!(
             without_key(UsageRow::total(&all)),
             summed(&records, 0, i64::MAX)
+        );
+        // Every row is still there, found by its id.
+        assert_eq!(ledger.records(0, i64::MAX).expect("reads"), records);
+        assert_eq!(
+            ledger.get(&records[7].id.to_string()).expect("reads"),
+            Some(records[7].clone())
         );
         let conn = ledger.reader.lock().expect("lock");
         let index: bool = conn
@@ -620,14 +806,74 @@ mod tests {
             .expect("reads");
         assert!(!index, "the per-row index is gone");
         drop(conn);
-        // And it keeps counting.
-        ledger
-            .append(&[call(99, "a", 1_795_910_400_000, Outcome::Ok)])
-            .expect("appends");
+        // And it keeps counting, new rows beside the old.
+        let next = call(99, "a", 1_795_910_400_000, Outcome::Ok);
+        ledger.append(std::slice::from_ref(&next)).expect("appends");
+        ledger.append(&records[..5]).expect("appends again");
         assert_eq!(
             UsageRow::total(&usage(&ledger, 0, i64::MAX, UsageGroup::Function)).invocations,
             51
         );
+        assert_eq!(ledger.get(&next.id.to_string()).expect("reads"), Some(next));
+        assert_eq!(ledger.records(0, i64::MAX).expect("reads").len(), 51);
+    }
+
+    #[test]
+    fn a_row_whose_upper_half_is_taken_is_kept_by_its_whole_id() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ledger = SqliteLedger::open(&dir.path().join("ledger.db"), false).expect("opens");
+        let first = call(1, "a", 1_795_910_400_000, Outcome::Ok);
+        // Another process's id, in the same millisecond with the same
+        // counter.
+        let (high, low) = first.id.halves();
+        let twin = InvocationRecord {
+            id: InvocationId::from_halves(high, low ^ 1),
+            function: "b".into(),
+            ..first.clone()
+        };
+        ledger
+            .append(&[first.clone(), twin.clone()])
+            .expect("appends");
+        // A retried batch adds nothing.
+        ledger
+            .append(&[twin.clone(), first.clone()])
+            .expect("appends");
+        assert_eq!(
+            ledger.get(&first.id.to_string()).expect("reads"),
+            Some(first)
+        );
+        assert_eq!(ledger.get(&twin.id.to_string()).expect("reads"), Some(twin));
+        assert_eq!(ledger.records(0, i64::MAX).expect("reads").len(), 2);
+        assert_eq!(
+            UsageRow::total(&usage(&ledger, 0, i64::MAX, UsageGroup::Function)).invocations,
+            2
+        );
+        let conn = ledger.reader.lock().expect("lock");
+        let by_id: i64 = conn
+            .query_row("SELECT COUNT(*) FROM invocations_by_id", [], |row| {
+                row.get(0)
+            })
+            .expect("reads");
+        assert_eq!(by_id, 1);
+    }
+
+    #[test]
+    fn ids_made_after_opening_a_ledger_come_after_its_rows() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ledger.db");
+        // A row from a clock an hour ahead of this one.
+        let ahead = crate::registry::now_ms() + 3_600_000;
+        let high = u64::try_from(ahead).expect("positive") << 16 | 0x7000;
+        let record = InvocationRecord {
+            id: InvocationId::from_halves(high, 0x8000_0000_0000_0001),
+            ..call(1, "a", ahead, Outcome::Ok)
+        };
+        SqliteLedger::open(&path, false)
+            .expect("opens")
+            .append(&[record])
+            .expect("appends");
+        let _ledger = SqliteLedger::open(&path, false).expect("reopens");
+        assert!(InvocationId::now().halves().0 > high);
     }
 
     #[test]

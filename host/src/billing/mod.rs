@@ -22,6 +22,7 @@ pub mod usage;
 mod writer;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -36,13 +37,66 @@ use crate::nn::NnUsageReport;
 /// written as 32 lowercase hex digits. It is a plain value: metering a call
 /// copies it into the call's headers, logs and ledger row without
 /// allocating.
+///
+/// Its upper half is the arrival time in milliseconds, the version and a
+/// 12-bit counter (RFC 9562, "fixed bit-length dedicated counter"): the
+/// upper halves of the ids one process makes strictly increase, so the
+/// ledger keys its rows by that half alone, as an integer. Its lower half
+/// is random.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct InvocationId(uuid::Uuid);
 
+/// The upper half of the newest id made (or a ledger's newest id, when
+/// that is later).
+static NEWEST_HIGH: AtomicU64 = AtomicU64::new(0);
+
+/// The upper half that follows `last`, at `now` (an upper half with a zero
+/// counter): the next millisecond's first, or `last`'s counter plus one (a
+/// full counter moves on to the next millisecond).
+fn next_high(last: u64, now: u64) -> u64 {
+    if now > last {
+        now
+    } else if last & 0xfff == 0xfff {
+        ((last >> 16) + 1) << 16 | 0x7000
+    } else {
+        last + 1
+    }
+}
+
 impl InvocationId {
-    /// A new id, stamped with the current time.
+    /// A new id, stamped with the current time; its upper half is later
+    /// than that of every id made before in this process.
     pub fn now() -> Self {
-        Self(uuid::Uuid::now_v7())
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        // 48 bits of milliseconds, then the version (7) and the counter.
+        let now = (ms & 0xffff_ffff_ffff) << 16 | 0x7000;
+        let last = NEWEST_HIGH
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+                Some(next_high(last, now))
+            })
+            .unwrap_or_else(|last| last);
+        // A version 4 UUID's lower half is random but for its variant bits,
+        // which are those of version 7.
+        let (_, low) = uuid::Uuid::new_v4().as_u64_pair();
+        Self(uuid::Uuid::from_u64_pair(next_high(last, now), low))
+    }
+
+    /// Makes every id made from now on later than `high` (a ledger's newest
+    /// upper half): a restart whose clock went back does not reuse one.
+    pub fn make_later_than(high: u64) {
+        NEWEST_HIGH.fetch_max(high, Ordering::Relaxed);
+    }
+
+    /// The id from its two halves.
+    pub fn from_halves(high: u64, low: u64) -> Self {
+        Self(uuid::Uuid::from_u64_pair(high, low))
+    }
+
+    /// The upper half (time, version, counter) and the lower (random).
+    pub fn halves(&self) -> (u64, u64) {
+        self.0.as_u64_pair()
     }
 
     /// Parses the 32-hex-digit form (or a hyphenated UUID).
@@ -466,6 +520,37 @@ mod tests {
         );
         assert_eq!(InvocationId::parse("nope"), None);
         assert!(serde_json::from_str::<InvocationId>("\"nope\"").is_err());
+    }
+
+    #[test]
+    fn ids_of_a_process_have_increasing_upper_halves() {
+        let ids: Vec<InvocationId> = (0..10_000).map(|_| InvocationId::now()).collect();
+        for pair in ids.windows(2) {
+            assert!(pair[0].halves().0 < pair[1].halves().0, "{pair:?}");
+        }
+        for id in &ids {
+            // Version 7, RFC 9562 variant.
+            assert_eq!(id.0.get_version_num(), 7);
+            assert_eq!(id.halves().1 >> 62, 0b10);
+            assert_eq!(InvocationId::from_halves(id.halves().0, id.halves().1), *id);
+        }
+        // A ledger's newest id, a minute ahead of this clock: ids made
+        // afterwards still come later.
+        let (high, _) = ids[ids.len() - 1].halves();
+        let ahead = high + (60_000 << 16);
+        InvocationId::make_later_than(ahead);
+        assert!(InvocationId::now().halves().0 > ahead);
+    }
+
+    #[test]
+    fn a_full_counter_moves_on_to_the_next_millisecond() {
+        let ms = 1_795_910_400_000u64;
+        let now = ms << 16 | 0x7000;
+        assert_eq!(next_high(0, now), now);
+        assert_eq!(next_high(now, now), now + 1);
+        assert_eq!(next_high(now | 0xfff, now), (ms + 1) << 16 | 0x7000);
+        // A clock that went back keeps counting from the newest.
+        assert_eq!(next_high(now + 5, now - (3 << 16)), now + 6);
     }
 
     #[test]
