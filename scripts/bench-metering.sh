@@ -1,0 +1,180 @@
+#!/usr/bin/env bash
+# What metering costs `glia serve`: requests per second and CPU time per
+# request with billing off, `batched` and `strict`, for two functions:
+#
+#   noop   `hostile.wasm` (tests/fixtures) deployed as `noop`, `GET /fn/noop/ok`:
+#          the cheapest call there is, so metering weighs the most
+#   model  the built-in `classify-digits`, `POST` of one 8x8 digit: JSON in,
+#          one `wasi:nn` inference on the `digits` model, JSON out
+#
+# Rounds alternate the modes (off, batched, strict, off, ...), so each mode
+# sees the same machine state; the table gives medians over the rounds. Each
+# run starts a fresh glia (fresh data directory and ledger), pinned with all
+# its threads to core 0 (one tokio worker: the ledger writer shares the
+# core, as it would a fully loaded machine), and `wrk` (one thread, 16
+# connections) on core 1. CPU per request is everything glia's process used
+# (all threads, user and system, from /proc/PID/stat) over the measured
+# window, divided by the requests served in it.
+#
+# Usage (from anywhere in the repository):
+#
+#   scripts/bench-metering.sh
+#   ROUNDS=3 DURATION=5 FUNCTIONS=model scripts/bench-metering.sh
+#
+# Environment:
+#   ROUNDS      rounds (default 5)
+#   DURATION    seconds measured per run (default 10)
+#   WARMUP      seconds of load before each measurement (default 2)
+#   MODES       space-separated, from: off batched strict (default all three)
+#   FUNCTIONS   space-separated, from: noop model (default both)
+#   GLIA        the glia binary (default target/release/glia, built here)
+#   SERVER_CPU, CLIENT_CPU, PORT   cores and loopback port (0, 1, 18290)
+#
+# Needs: cargo with the wasm32-wasip2 target, taskset, curl, and wrk
+# (installed with apt-get when missing).
+
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-5}
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-2}
+MODES=${MODES:-off batched strict}
+FUNCTIONS=${FUNCTIONS:-noop model}
+SERVER_CPU=${SERVER_CPU:-0}
+CLIENT_CPU=${CLIENT_CPU:-1}
+PORT=${PORT:-18290}
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+COMPONENT=target/wasm/wasm32-wasip2/release/hostile.wasm
+ADDR=127.0.0.1:$PORT
+WORK=$(mktemp -d)
+SERVER_PID=
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+stop_server() {
+    if [[ -n $SERVER_PID ]]; then
+        kill "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+        SERVER_PID=
+    fi
+}
+cleanup() {
+    stop_server
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+if ! command -v wrk >/dev/null; then
+    log "installing wrk"
+    apt-get update
+    apt-get install -y wrk
+fi
+
+if [[ -z ${GLIA:-} ]]; then
+    log "building glia (release)"
+    cargo build --release -p glia-host --bin glia
+    GLIA=target/release/glia
+fi
+log "building the no-op component"
+cargo build --manifest-path tests/fixtures/Cargo.toml --target wasm32-wasip2 \
+    --release --target-dir target/wasm
+
+cat >"$WORK/digit.lua" <<'EOF'
+wrk.method = "POST"
+wrk.body = '{"pixels":[0,0,5,13,9,1,0,0,0,0,13,15,10,15,5,0,0,3,15,2,0,11,8,0,0,4,12,0,0,8,8,0,0,5,8,0,0,9,8,0,0,4,11,0,1,12,7,0,0,2,14,5,10,12,0,0,0,0,6,13,10,0,0,0]}'
+EOF
+
+billing_of() {
+    case $1 in
+        off) echo 'enabled = false' ;;
+        batched) echo 'durability = "batched"' ;;
+        strict) echo 'durability = "strict"' ;;
+        *) echo "error: unknown mode $1" >&2; exit 2 ;;
+    esac
+}
+
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
+# One run: sets R_RPS and R_US (CPU µs per request).
+run_one() {
+    local function=$1 mode=$2 dir url wrk_args=() t0 t1 out rps
+    dir=$(mktemp -d -p "$WORK")
+    printf '[billing]\n%s\n' "$(billing_of "$mode")" >"$dir/platform.toml"
+    GLIA_LOG=warn TOKIO_WORKER_THREADS=1 taskset -c "$SERVER_CPU" \
+        "$GLIA" serve --listen "$ADDR" --data-dir "$dir/data" --config "$dir/platform.toml" \
+        >"$dir/glia.log" 2>&1 &
+    SERVER_PID=$!
+    for _ in $(seq 300); do
+        curl -s -o /dev/null --max-time 1 "http://$ADDR/v1/functions" && break
+        kill -0 "$SERVER_PID" 2>/dev/null || { cat "$dir/glia.log" >&2; exit 1; }
+        sleep 0.1
+    done
+    case $function in
+        noop)
+            "$GLIA" deploy "$COMPONENT" --name noop --url "http://$ADDR" \
+                --data-dir "$dir/data" >/dev/null
+            url="http://$ADDR/fn/noop/ok"
+            wrk_args=(-H "Authorization: Bearer $(cat "$dir/data/admin.key")")
+            ;;
+        model)
+            url="http://$ADDR/fn/classify-digits"
+            wrk_args=(-s "$WORK/digit.lua")
+            ;;
+        *) echo "error: unknown function $function" >&2; exit 2 ;;
+    esac
+    taskset -c "$CLIENT_CPU" wrk -t1 -c16 -d"${WARMUP}s" "${wrk_args[@]}" "$url" >/dev/null
+    t0=$(cpu_ticks "$SERVER_PID")
+    out=$(taskset -c "$CLIENT_CPU" wrk -t1 -c16 -d"${DURATION}s" "${wrk_args[@]}" "$url")
+    t1=$(cpu_ticks "$SERVER_PID")
+    stop_server
+    if grep -q 'Non-2xx' <<<"$out"; then
+        printf '%s\n' "$out" >&2
+        echo "error: $function ($mode) answered errors" >&2
+        exit 1
+    fi
+    rps=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")
+    R_RPS=$(awk -v r="$rps" 'BEGIN { printf "%.0f", r }')
+    R_US=$(awk -v r="$rps" -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v d="$DURATION" \
+        'BEGIN { printf "%.1f", t / hz * 1e6 / (r * d) }')
+}
+
+median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+declare -A RPS CPU
+for round in $(seq "$ROUNDS"); do
+    for function in $FUNCTIONS; do
+        for mode in $MODES; do
+            run_one "$function" "$mode"
+            log "round $round: $function, $mode: $R_RPS req/s, $R_US µs CPU per request"
+            RPS[$function.$mode]+="$R_RPS "
+            CPU[$function.$mode]+="$R_US "
+        done
+    done
+done
+
+echo
+echo "glia serve, metering off vs on: medians of $ROUNDS rounds of ${DURATION} s ($(date -u +%F))"
+echo
+echo "| function | metering | req/s | vs off | CPU µs per request | vs off | rounds (req/s) |"
+echo "| --- | --- | ---: | ---: | ---: | ---: | --- |"
+for function in $FUNCTIONS; do
+    base_rps= base_cpu=
+    for mode in $MODES; do
+        m_rps=$(tr ' ' '\n' <<<"${RPS[$function.$mode]}" | grep . | median)
+        m_cpu=$(tr ' ' '\n' <<<"${CPU[$function.$mode]}" | grep . | median)
+        if [[ $mode == off ]]; then
+            base_rps=$m_rps base_cpu=$m_cpu
+        fi
+        awk -v f="$function" -v m="$mode" -v r="$m_rps" -v c="$m_cpu" -v br="$base_rps" \
+            -v bc="$base_cpu" -v all="${RPS[$function.$mode]}" 'BEGIN {
+            vr = (br == "" || m == "off") ? "—" : sprintf("%+.1f %%", (r / br - 1) * 100)
+            vc = (bc == "" || m == "off") ? "—" : sprintf("%+.1f %%", (c / bc - 1) * 100)
+            sub(/ $/, "", all); gsub(/ /, " · ", all)
+            printf "| %s | %s | %.0f | %s | %.1f | %s | %s |\n", f, m, r, vr, c, vc, all
+        }'
+    done
+done
