@@ -49,30 +49,9 @@ cd "$ROOT"
 
 COMPONENT=target/wasm/wasm32-wasip2/release/hostile.wasm
 ADDR=127.0.0.1:$PORT
-WORK=$(mktemp -d)
-SERVER_PID=
 
-log() { printf '==> %s\n' "$*" >&2; }
-
-stop_server() {
-    if [[ -n $SERVER_PID ]]; then
-        kill "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-        SERVER_PID=
-    fi
-}
-cleanup() {
-    stop_server
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-if ! command -v wrk >/dev/null; then
-    log "installing wrk"
-    apt-get update
-    apt-get install -y wrk
-fi
+# shellcheck source=lib/bench.sh
+source scripts/lib/bench.sh
 
 if [[ -z ${GLIA:-} ]]; then
     log "building glia (release)"

@@ -59,11 +59,10 @@ NATIVE_ADDR=127.0.0.1:$BASE_PORT
 GLIA_ADDR=127.0.0.1:$((BASE_PORT + 1))
 WASMTIME_ADDR=127.0.0.1:$((BASE_PORT + 2))
 
-WORK=$(mktemp -d)
-SERVER_PID=
 COMMANDS=()
 
-log() { printf '==> %s\n' "$*" >&2; }
+# shellcheck source=lib/bench.sh
+source scripts/lib/bench.sh
 
 # Run a command and remember it for the report.
 run() {
@@ -71,31 +70,7 @@ run() {
     "$@"
 }
 
-stop_server() {
-    if [[ -n $SERVER_PID ]]; then
-        kill "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-        SERVER_PID=
-    fi
-}
-
-cleanup() {
-    stop_server
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# --- tools and builds -------------------------------------------------------
-
-if ! command -v wrk >/dev/null; then
-    log "installing wrk"
-    apt-get update
-    apt-get install -y wrk
-fi
-for tool in taskset curl; do
-    command -v "$tool" >/dev/null || { echo "error: $tool not found" >&2; exit 1; }
-done
+# --- builds -----------------------------------------------------------------
 
 log "building glia and native_hello (release)"
 run cargo build --release -p glia-host --example native_hello --bin glia
