@@ -291,11 +291,14 @@ fn strict_ledger_keeps_every_answered_call_across_sigkill() {
         }
     });
     drop(served);
-    // And none twice.
+    // And none twice, under either of the ledger's keys.
     let ledger = rusqlite::Connection::open(data.join("ledger.db")).unwrap();
     let (rows, distinct): (i64, i64) = ledger
         .query_row(
-            "SELECT COUNT(*), COUNT(DISTINCT id) FROM invocations",
+            "SELECT COUNT(*), COUNT(DISTINCT id) FROM (
+                 SELECT printf('%016x%016x', seq, id_low) AS id FROM invocations
+                 UNION ALL
+                 SELECT id FROM invocations_by_id)",
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
