@@ -23,8 +23,8 @@
 //! it arrived in; a usage range holds the minutes that start within it.
 
 use std::path::Path;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{LazyLock, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, ToSql, params, params_from_iter};
 
@@ -134,22 +134,15 @@ CREATE TABLE IF NOT EXISTS usage_minutes (
 ";
 
 /// A ledger written before the per-minute totals existed: totals from its
-/// rows, and its per-row index (which the totals replace) dropped.
+/// rows (in both tables; `{FIELDS}` stands for [`FIELDS`]), and its per-row
+/// index (which the totals replace) dropped.
 const MIGRATE_TO_TOTALS: &str = "
 INSERT INTO usage_minutes
 SELECT tenant, started_at_ms - started_at_ms % 60000, function, outcome, COUNT(*),
        SUM(cold_start_us > 0), SUM(billed_ms), SUM(memory_mb_ms), SUM(guest_us),
        SUM(cpu_inference_us), SUM(gpu_inference_us), SUM(model_load_us), SUM(bytes_in),
        SUM(bytes_out), SUM(cost_micros)
-FROM (SELECT tenant, started_at_ms, function, outcome, cold_start_us, billed_ms, memory_mb_ms,
-             guest_us, cpu_inference_us, gpu_inference_us, model_load_us, bytes_in, bytes_out,
-             cost_micros
-      FROM invocations_by_id
-      UNION ALL
-      SELECT tenant, started_at_ms, function, outcome, cold_start_us, billed_ms, memory_mb_ms,
-             guest_us, cpu_inference_us, gpu_inference_us, model_load_us, bytes_in, bytes_out,
-             cost_micros
-      FROM invocations)
+FROM (SELECT {FIELDS} FROM invocations_by_id UNION ALL SELECT {FIELDS} FROM invocations)
 GROUP BY 1, 2, 3, 4;
 DROP INDEX IF EXISTS invocations_by_time;
 ";
@@ -237,6 +230,9 @@ fn add_to_totals<'r>(totals: &mut Vec<MinuteTotals<'r>>, r: &'r InvocationRecord
     }
 }
 
+/// How many fields a row has after its key.
+const FIELD_COUNT: usize = 31;
+
 /// A row's fields after its key, in table order (for inserts and reads).
 const FIELDS: &str = "tenant, function, version, started_at_ms, status, outcome, billed_ms,
     memory_mb_ms, wall_us, queue_us, cold_start_us, run_us, guest_us, memory_mb,
@@ -259,6 +255,46 @@ impl Key {
         match self {
             Key::Halves => 2,
             Key::Text => 1,
+        }
+    }
+
+    /// The statements of its table.
+    fn sql(self) -> &'static Statements {
+        static BY_SEQ: LazyLock<Statements> = LazyLock::new(|| Statements::of(Key::Halves));
+        static BY_ID: LazyLock<Statements> = LazyLock::new(|| Statements::of(Key::Text));
+        match self {
+            Key::Halves => &BY_SEQ,
+            Key::Text => &BY_ID,
+        }
+    }
+}
+
+/// The statements that name a table's every column, written once.
+struct Statements {
+    insert: String,
+    /// One row by id.
+    get: String,
+    /// The rows of a time range.
+    range: String,
+}
+
+impl Statements {
+    fn of(key: Key) -> Self {
+        let (table, columns, matches) = match key {
+            Key::Halves => ("invocations", "seq, id_low", "seq = ?1 AND id_low = ?2"),
+            Key::Text => ("invocations_by_id", "id", "id = ?1"),
+        };
+        let values: Vec<String> = (1..=key.columns() + FIELD_COUNT)
+            .map(|i| format!("?{i}"))
+            .collect();
+        let select = format!("SELECT {columns}, {FIELDS} FROM {table} WHERE");
+        Self {
+            insert: format!(
+                "INSERT OR IGNORE INTO {table} ({columns}, {FIELDS}) VALUES ({})",
+                values.join(", ")
+            ),
+            get: format!("{select} {matches}"),
+            range: format!("{select} started_at_ms >= ?1 AND started_at_ms < ?2"),
         }
     }
 }
@@ -339,7 +375,7 @@ fn bind_fields(
 ) -> rusqlite::Result<()> {
     let u = &r.usage;
     let c = &r.cost;
-    let fields: [&dyn ToSql; 31] = [
+    let fields: [&dyn ToSql; FIELD_COUNT] = [
         &&*r.tenant,
         &&*r.function,
         &r.version,
@@ -378,14 +414,6 @@ fn bind_fields(
     Ok(())
 }
 
-/// `?1, ?2, ... ?n`.
-fn placeholders(n: usize) -> String {
-    (1..=n)
-        .map(|i| format!("?{i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// An id half as SQLite stores it (the same 64 bits, signed).
 fn signed(v: u64) -> i64 {
     i64::from_ne_bytes(v.to_ne_bytes())
@@ -422,7 +450,7 @@ impl SqliteLedger {
         }
         tx.execute_batch(&SCHEMA.replace("{BODY}", BODY))?;
         if !had_totals {
-            tx.execute_batch(MIGRATE_TO_TOTALS)?;
+            tx.execute_batch(&MIGRATE_TO_TOTALS.replace("{FIELDS}", FIELDS))?;
         }
         tx.commit()?;
         // Ids made from now on come after every row's.
@@ -451,14 +479,8 @@ impl Ledger for SqliteLedger {
         let tx = conn.transaction()?;
         let mut by_id_newest = self.by_id_newest.load(Ordering::Relaxed);
         {
-            let mut by_seq = tx.prepare_cached(&format!(
-                "INSERT OR IGNORE INTO invocations (seq, id_low, {FIELDS}) VALUES ({})",
-                placeholders(33)
-            ))?;
-            let mut by_id = tx.prepare_cached(&format!(
-                "INSERT OR IGNORE INTO invocations_by_id (id, {FIELDS}) VALUES ({})",
-                placeholders(32)
-            ))?;
+            let mut by_seq = tx.prepare_cached(&Key::Halves.sql().insert)?;
+            let mut by_id = tx.prepare_cached(&Key::Text.sql().insert)?;
             let mut low_of = tx.prepare_cached("SELECT id_low FROM invocations WHERE seq = ?1")?;
             let mut stored_by_id =
                 tx.prepare_cached("SELECT EXISTS (SELECT 1 FROM invocations_by_id WHERE id = ?1)")?;
@@ -519,9 +541,7 @@ impl Ledger for SqliteLedger {
         };
         let (high, low) = id.halves();
         let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT seq, id_low, {FIELDS} FROM invocations WHERE seq = ?1 AND id_low = ?2"
-        ))?;
+        let mut stmt = conn.prepare_cached(&Key::Halves.sql().get)?;
         let found = stmt
             .query_row([signed(high), signed(low)], |row| {
                 from_row(row, Key::Halves)
@@ -530,9 +550,7 @@ impl Ledger for SqliteLedger {
         if found.is_some() {
             return Ok(found);
         }
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT id, {FIELDS} FROM invocations_by_id WHERE id = ?1"
-        ))?;
+        let mut stmt = conn.prepare_cached(&Key::Text.sql().get)?;
         Ok(stmt
             .query_row([id.encode(&mut [0; 32])], |row| from_row(row, Key::Text))
             .optional()?)
@@ -591,14 +609,8 @@ impl Ledger for SqliteLedger {
     fn records(&self, from_ms: i64, to_ms: i64) -> Result<Vec<InvocationRecord>, LedgerError> {
         let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         let mut records = Vec::new();
-        for (key, table) in [
-            (Key::Halves, "seq, id_low, {FIELDS} FROM invocations"),
-            (Key::Text, "id, {FIELDS} FROM invocations_by_id"),
-        ] {
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {} WHERE started_at_ms >= ?1 AND started_at_ms < ?2",
-                table.replace("{FIELDS}", FIELDS)
-            ))?;
+        for key in [Key::Halves, Key::Text] {
+            let mut stmt = conn.prepare_cached(&key.sql().range)?;
             let rows = stmt.query_map(params![from_ms, to_ms], |row| from_row(row, key))?;
             for row in rows {
                 records.push(row?);

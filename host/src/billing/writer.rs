@@ -291,9 +291,12 @@ mod tests {
     use super::*;
     use crate::billing::{InvocationId, Outcome, SqliteLedger};
 
-    /// The `i`th test id, and its text.
+    /// The `i`th test id (upper halves increase, as a process makes them).
     fn id(i: u32) -> InvocationId {
-        InvocationId::parse(&format!("{i:032x}")).expect("an id")
+        InvocationId::from_halves(
+            (1_795_910_400_000 + u64::from(i)) << 16 | 0x7000,
+            0x8000_0000_0000_0000 | u64::from(i),
+        )
     }
 
     fn record(i: u32) -> InvocationRecord {
