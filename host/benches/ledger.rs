@@ -3,6 +3,11 @@
 //! fresh SQLite ledger and reports microseconds per row, per round of
 //! batches (the table grows from round to round, as a real ledger does).
 //!
+//! Every third record is a model call's, with a `wasi:nn` report (one CPU
+//! inference). Besides wall time it reports the thread's CPU time per row
+//! (from `/proc/thread-self/schedstat`): what the writer takes from a core
+//! that also serves calls, without the waits for the disk.
+//!
 //! `cargo bench -p glia-host --bench ledger` (`GLIA_BENCH_ROUNDS` rounds of
 //! `GLIA_BENCH_BATCHES` batches of `GLIA_BENCH_BATCH` rows).
 
@@ -19,12 +24,28 @@ use std::time::Instant;
 use glia_host::billing::{
     Cost, InvocationId, InvocationRecord, Ledger, Outcome, SqliteLedger, Usage,
 };
+use glia_host::nn::usage::ComputeTime;
+use glia_host::nn::{Device, NnUsageReport};
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// This thread's time on a CPU, in nanoseconds.
+fn cpu_ns() -> u64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+    stat.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// The median of `values`, and all of them as text.
+fn median(values: &[f64]) -> (f64, String) {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let all: Vec<String> = values.iter().map(|v| format!("{v:.2}")).collect();
+    (sorted[sorted.len() / 2], all.join(", "))
 }
 
 fn main() {
@@ -64,9 +85,24 @@ fn main() {
             total_micros: 1,
             ..Cost::default()
         },
-        nn: Default::default(),
+        nn: if i % 3 == 0 {
+            NnUsageReport {
+                compute: [ComputeTime {
+                    device: Device::Cpu,
+                    backend: "tract".into(),
+                    runs: 1,
+                    micros: 40 + (i % 20) as u64,
+                }]
+                .into_iter()
+                .collect(),
+                inline_micros: 40,
+                ..NnUsageReport::default()
+            }
+        } else {
+            NnUsageReport::default()
+        },
     };
-    let mut per_row = Vec::new();
+    let (mut per_row, mut cpu_per_row) = (Vec::new(), Vec::new());
     let mut n = 0;
     for _ in 0..rounds {
         let rows: Vec<Vec<InvocationRecord>> = (0..batches)
@@ -79,19 +115,19 @@ fn main() {
                     .collect()
             })
             .collect();
-        let started = Instant::now();
+        let (started, cpu) = (Instant::now(), cpu_ns());
         for b in &rows {
             ledger.append(b).unwrap();
         }
-        per_row.push(started.elapsed().as_secs_f64() * 1e6 / (batches * batch) as f64);
+        let count = (batches * batch) as f64;
+        per_row.push(started.elapsed().as_secs_f64() * 1e6 / count);
+        cpu_per_row.push((cpu_ns() - cpu) as f64 / 1e3 / count);
     }
-    let mut sorted = per_row.clone();
-    sorted.sort_by(f64::total_cmp);
-    let all: Vec<String> = per_row.iter().map(|v| format!("{v:.2}")).collect();
-    println!(
-        "ledger append, batches of {batch}: {:.2} µs per row (median of {rounds} rounds of {} rows: {})",
-        sorted[sorted.len() / 2],
-        batches * batch,
-        all.join(", ")
-    );
+    for (what, values) in [("wall", per_row), ("CPU", cpu_per_row)] {
+        let (median, all) = median(&values);
+        println!(
+            "ledger append, batches of {batch}: {median:.2} µs {what} per row (median of {rounds} rounds of {} rows: {all})",
+            batches * batch,
+        );
+    }
 }
