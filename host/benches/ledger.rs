@@ -85,7 +85,7 @@ fn main() {
             total_micros: 1,
             ..Cost::default()
         },
-        nn: if i % 3 == 0 {
+        nn: if i.is_multiple_of(3) {
             NnUsageReport {
                 compute: [ComputeTime {
                     device: Device::Cpu,
