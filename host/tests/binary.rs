@@ -298,6 +298,8 @@ fn strict_ledger_keeps_every_answered_call_across_sigkill() {
             "SELECT COUNT(*), COUNT(DISTINCT id) FROM (
                  SELECT printf('%016x%016x', seq, id_low) AS id FROM invocations
                  UNION ALL
+                 SELECT printf('%016x%016x', seq, id_low) FROM invocations_wide
+                 UNION ALL
                  SELECT id FROM invocations_by_id)",
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),

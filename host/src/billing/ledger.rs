@@ -10,10 +10,18 @@
 //! A row is keyed by the upper half of its invocation id (time and counter,
 //! which increase with every id a process makes) as SQLite's integer row
 //! id, with the lower half beside it: appending a row is one insert at the
-//! end of one B-tree, SQLite's cheapest. Rows keyed by the whole id live in
-//! `invocations_by_id`: those of ledgers written before, and any row whose
-//! upper half was taken already (only possible when two processes write one
-//! ledger). Reads look in both.
+//! end of one B-tree, SQLite's cheapest. Besides its key a row holds its
+//! start time and the rest of its record encoded as one column
+//! ([`codec`](super::codec)): what a row costs SQLite grows with its
+//! columns and bytes, and the encoded record is half the CPU time of one
+//! column per field.
+//!
+//! Rows written before that layout stay where they were, one column per
+//! field: `invocations_wide` (keyed like `invocations`) and
+//! `invocations_by_id` (keyed by the whole id, from before ids were
+//! counted). `invocations_by_id` also keeps any row whose upper half was
+//! taken already (only possible when two processes write one ledger).
+//! Reads look in all three.
 //!
 //! Usage queries do not read the rows. In the same transaction, the writer
 //! adds each batch into per-minute totals (`usage_minutes`, one row per
@@ -28,6 +36,7 @@ use std::sync::{LazyLock, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, ToSql, params, params_from_iter};
 
+use super::codec;
 use super::usage::{UsageGroup, UsageQuery, UsageRow};
 use super::{InvocationId, InvocationRecord, Outcome};
 use crate::nn::NnUsageReport;
@@ -60,9 +69,10 @@ pub trait Ledger: Send + Sync {
 pub struct SqliteLedger {
     writer: Mutex<Connection>,
     reader: Mutex<Connection>,
-    /// The largest upper half in `invocations_by_id` (0 when empty): an id
-    /// at or below it may be stored there already.
-    by_id_newest: AtomicU64,
+    /// The largest upper half in `invocations_by_id` and
+    /// `invocations_wide` (0 when both are empty): an id at or below it may
+    /// be stored in one of them already.
+    older_newest: AtomicU64,
 }
 
 /// A row's fields after its key, as both invocation tables declare them.
@@ -102,8 +112,16 @@ const BODY: &str = "
 
 /// The schema (`{BODY}` stands for [`BODY`]).
 const SCHEMA: &str = "
--- One row per invocation, keyed by the upper half of its id.
+-- One row per invocation, keyed by the upper half of its id; the rest of
+-- the record encoded (billing/codec.rs).
 CREATE TABLE IF NOT EXISTS invocations (
+    seq               INTEGER PRIMARY KEY,
+    id_low            INTEGER NOT NULL,
+    started_at_ms     INTEGER NOT NULL,
+    record            BLOB NOT NULL
+);
+-- Rows of a ledger from before records were encoded, a column per field.
+CREATE TABLE IF NOT EXISTS invocations_wide (
     seq               INTEGER PRIMARY KEY,
     id_low            INTEGER NOT NULL,{BODY}
 );
@@ -142,7 +160,7 @@ SELECT tenant, started_at_ms - started_at_ms % 60000, function, outcome, COUNT(*
        SUM(cold_start_us > 0), SUM(billed_ms), SUM(memory_mb_ms), SUM(guest_us),
        SUM(cpu_inference_us), SUM(gpu_inference_us), SUM(model_load_us), SUM(bytes_in),
        SUM(bytes_out), SUM(cost_micros)
-FROM (SELECT {FIELDS} FROM invocations_by_id UNION ALL SELECT {FIELDS} FROM invocations)
+FROM (SELECT {FIELDS} FROM invocations_by_id UNION ALL SELECT {FIELDS} FROM invocations_wide)
 GROUP BY 1, 2, 3, 4;
 DROP INDEX IF EXISTS invocations_by_time;
 ";
@@ -240,10 +258,10 @@ const FIELDS: &str = "tenant, function, version, started_at_ms, status, outcome,
     bytes_out, plan_version, currency, request_nanos, memory_nanos, cpu_inference_nanos,
     gpu_nanos, cold_start_nanos, model_load_nanos, cost_micros, nn";
 
-/// How a row's key is stored.
+/// How a row of a table with a column per field is keyed.
 #[derive(Clone, Copy)]
 enum Key {
-    /// `seq, id_low`: the id's halves (`invocations`).
+    /// `seq, id_low`: the id's halves (`invocations_wide`).
     Halves,
     /// `id`: its text (`invocations_by_id`).
     Text,
@@ -281,7 +299,11 @@ struct Statements {
 impl Statements {
     fn of(key: Key) -> Self {
         let (table, columns, matches) = match key {
-            Key::Halves => ("invocations", "seq, id_low", "seq = ?1 AND id_low = ?2"),
+            Key::Halves => (
+                "invocations_wide",
+                "seq, id_low",
+                "seq = ?1 AND id_low = ?2",
+            ),
             Key::Text => ("invocations_by_id", "id", "id = ?1"),
         };
         let values: Vec<String> = (1..=key.columns() + FIELD_COUNT)
@@ -299,7 +321,32 @@ impl Statements {
     }
 }
 
-/// A row of either table (`key` columns, then [`FIELDS`]).
+/// The columns of an `invocations` row.
+const ENCODED: &str = "seq, id_low, started_at_ms, record";
+
+/// Appends a row to `invocations`, unless its key is taken.
+static INSERT_ENCODED: LazyLock<String> = LazyLock::new(|| {
+    format!("INSERT OR IGNORE INTO invocations ({ENCODED}) VALUES (?1, ?2, ?3, ?4)")
+});
+static GET_ENCODED: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {ENCODED} FROM invocations WHERE seq = ?1 AND id_low = ?2"));
+static RANGE_ENCODED: LazyLock<String> = LazyLock::new(|| {
+    format!("SELECT {ENCODED} FROM invocations WHERE started_at_ms >= ?1 AND started_at_ms < ?2")
+});
+
+/// A row of `invocations` ([`ENCODED`]).
+fn from_encoded(row: &rusqlite::Row<'_>) -> rusqlite::Result<InvocationRecord> {
+    let id = InvocationId::from_halves(
+        unsigned(row.get::<_, i64>(0)?),
+        unsigned(row.get::<_, i64>(1)?),
+    );
+    codec::decode(id, row.get(2)?, row.get_ref(3)?.as_blob()?).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Blob, e.into())
+    })
+}
+
+/// A row of a table with a column per field (`key` columns, then
+/// [`FIELDS`]).
 fn from_row(row: &rusqlite::Row<'_>, key: Key) -> rusqlite::Result<InvocationRecord> {
     let id = match key {
         Key::Halves => InvocationId::from_halves(
@@ -440,13 +487,20 @@ impl SqliteLedger {
         let exists = |sql: &str| writer.query_row(sql, [], |row| row.get::<_, bool>(0));
         let had_totals =
             exists("SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'usage_minutes')")?;
+        let has_column = |column: &str| {
+            exists(&format!(
+                "SELECT EXISTS (SELECT 1 FROM pragma_table_info('invocations') WHERE name = '{column}')"
+            ))
+        };
         // Rows keyed by their whole id: the table becomes `invocations_by_id`.
-        let keyed_by_id = exists(
-            "SELECT EXISTS (SELECT 1 FROM pragma_table_info('invocations') WHERE name = 'id')",
-        )?;
+        let keyed_by_id = has_column("id")?;
+        // Rows with a column per field: the table becomes `invocations_wide`.
+        let wide = !keyed_by_id && has_column("tenant")?;
         let tx = writer.unchecked_transaction()?;
         if keyed_by_id {
             tx.execute_batch("ALTER TABLE invocations RENAME TO invocations_by_id")?;
+        } else if wide {
+            tx.execute_batch("ALTER TABLE invocations RENAME TO invocations_wide")?;
         }
         tx.execute_batch(&SCHEMA.replace("{BODY}", BODY))?;
         if !had_totals {
@@ -454,21 +508,27 @@ impl SqliteLedger {
         }
         tx.commit()?;
         // Ids made from now on come after every row's.
-        let newest: Option<i64> =
-            writer.query_row("SELECT MAX(seq) FROM invocations", [], |row| row.get(0))?;
+        let newest = |table: &str| -> rusqlite::Result<u64> {
+            let seq: Option<i64> =
+                writer.query_row(&format!("SELECT MAX(seq) FROM {table}"), [], |row| {
+                    row.get(0)
+                })?;
+            Ok(seq.map_or(0, unsigned))
+        };
         let by_id_newest = writer
             .query_row("SELECT MAX(id) FROM invocations_by_id", [], |row| {
                 row.get::<_, Option<String>>(0)
             })?
             .and_then(|id| InvocationId::parse(&id))
             .map_or(0, |id| id.halves().0);
-        InvocationId::make_later_than(newest.map_or(0, unsigned).max(by_id_newest));
+        let older_newest = newest("invocations_wide")?.max(by_id_newest);
+        InvocationId::make_later_than(newest("invocations")?.max(older_newest));
         let reader = Connection::open(path)?;
         reader.busy_timeout(std::time::Duration::from_secs(5))?;
         Ok(Self {
             writer: Mutex::new(writer),
             reader: Mutex::new(reader),
-            by_id_newest: AtomicU64::new(by_id_newest),
+            older_newest: AtomicU64::new(older_newest),
         })
     }
 }
@@ -477,42 +537,51 @@ impl Ledger for SqliteLedger {
     fn append(&self, records: &[InvocationRecord]) -> Result<(), LedgerError> {
         let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn.transaction()?;
-        let mut by_id_newest = self.by_id_newest.load(Ordering::Relaxed);
+        let mut older_newest = self.older_newest.load(Ordering::Relaxed);
         {
-            let mut by_seq = tx.prepare_cached(&Key::Halves.sql().insert)?;
+            let mut insert = tx.prepare_cached(&INSERT_ENCODED)?;
             let mut by_id = tx.prepare_cached(&Key::Text.sql().insert)?;
             let mut low_of = tx.prepare_cached("SELECT id_low FROM invocations WHERE seq = ?1")?;
-            let mut stored_by_id =
-                tx.prepare_cached("SELECT EXISTS (SELECT 1 FROM invocations_by_id WHERE id = ?1)")?;
+            let mut stored_before = tx.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM invocations_by_id WHERE id = ?1)
+                     OR EXISTS (SELECT 1 FROM invocations_wide WHERE seq = ?2 AND id_low = ?3)",
+            )?;
             let mut id = [0; 32];
+            let mut encoded = Vec::with_capacity(256);
             let mut totals = Vec::new();
             for r in records {
-                let nn = if r.nn == NnUsageReport::default() {
-                    None
-                } else {
-                    Some(serde_json::to_string(&r.nn)?)
-                };
                 let (high, low) = r.id.halves();
-                // An id no later than the newest kept by its whole id (from
-                // before, or another process's) may be there already.
-                if high <= by_id_newest
-                    && stored_by_id.query_row([r.id.encode(&mut id)], |row| row.get(0))?
+                // An id no later than the newest kept in the older tables
+                // (from before, or another process's) may be there already.
+                if high <= older_newest
+                    && stored_before.query_row(
+                        params![r.id.encode(&mut id), signed(high), signed(low)],
+                        |row| row.get(0),
+                    )?
                 {
                     continue;
                 }
-                by_seq.raw_bind_parameter(1, signed(high))?;
-                by_seq.raw_bind_parameter(2, signed(low))?;
-                bind_fields(&mut by_seq, 3, r, nn.as_deref())?;
-                let mut inserted = by_seq.raw_execute()? == 1;
+                encoded.clear();
+                codec::encode(r, &mut encoded);
+                insert.raw_bind_parameter(1, signed(high))?;
+                insert.raw_bind_parameter(2, signed(low))?;
+                insert.raw_bind_parameter(3, r.started_at_ms)?;
+                insert.raw_bind_parameter(4, &encoded[..])?;
+                let mut inserted = insert.raw_execute()? == 1;
                 if !inserted {
                     // Its upper half is taken: by this record (a retried
                     // batch), or by another's (another process).
                     let taken: i64 = low_of.query_row([signed(high)], |row| row.get(0))?;
                     if taken != signed(low) {
+                        let nn = if r.nn == NnUsageReport::default() {
+                            None
+                        } else {
+                            Some(serde_json::to_string(&r.nn)?)
+                        };
                         by_id.raw_bind_parameter(1, r.id.encode(&mut id))?;
                         bind_fields(&mut by_id, 2, r, nn.as_deref())?;
                         inserted = by_id.raw_execute()? == 1;
-                        by_id_newest = by_id_newest.max(high);
+                        older_newest = older_newest.max(high);
                     }
                 }
                 // A record already stored (a retried batch) is not counted
@@ -531,7 +600,7 @@ impl Ledger for SqliteLedger {
             }
         }
         tx.commit()?;
-        self.by_id_newest.fetch_max(by_id_newest, Ordering::Relaxed);
+        self.older_newest.fetch_max(older_newest, Ordering::Relaxed);
         Ok(())
     }
 
@@ -541,11 +610,14 @@ impl Ledger for SqliteLedger {
         };
         let (high, low) = id.halves();
         let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let halves = [signed(high), signed(low)];
+        let mut stmt = conn.prepare_cached(&GET_ENCODED)?;
+        if let Some(found) = stmt.query_row(halves, from_encoded).optional()? {
+            return Ok(Some(found));
+        }
         let mut stmt = conn.prepare_cached(&Key::Halves.sql().get)?;
         let found = stmt
-            .query_row([signed(high), signed(low)], |row| {
-                from_row(row, Key::Halves)
-            })
+            .query_row(halves, |row| from_row(row, Key::Halves))
             .optional()?;
         if found.is_some() {
             return Ok(found);
@@ -608,7 +680,10 @@ impl Ledger for SqliteLedger {
 
     fn records(&self, from_ms: i64, to_ms: i64) -> Result<Vec<InvocationRecord>, LedgerError> {
         let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
-        let mut records = Vec::new();
+        let mut stmt = conn.prepare_cached(&RANGE_ENCODED)?;
+        let mut records = stmt
+            .query_map(params![from_ms, to_ms], from_encoded)?
+            .collect::<Result<Vec<_>, _>>()?;
         for key in [Key::Halves, Key::Text] {
             let mut stmt = conn.prepare_cached(&key.sql().range)?;
             let rows = stmt.query_map(params![from_ms, to_ms], |row| from_row(row, key))?;
@@ -643,6 +718,24 @@ mod tests {
     }
 
     /// A record of `function` arriving at `ms`.
+    /// What `wasi:nn` reports of a call that loaded a model and ran it.
+    fn model_call_report() -> NnUsageReport {
+        let nn = NnUsage::default();
+        nn.record_load(
+            "digits",
+            Device::Cpu,
+            "tract",
+            std::time::Duration::from_millis(3),
+        );
+        nn.record_compute(
+            Device::Cpu,
+            "tract",
+            std::time::Duration::from_micros(42),
+            true,
+        );
+        nn.report()
+    }
+
     fn call(n: u32, function: &str, ms: i64, outcome: Outcome) -> InvocationRecord {
         InvocationRecord {
             id: id(n),
@@ -780,17 +873,18 @@ mod tests {
             .collect();
         {
             let ledger = SqliteLedger::open(&path, false).expect("opens");
-            ledger.append(&records).expect("appends");
+            let conn = ledger.writer.lock().expect("lock");
+            store_wide(&conn, &records);
             // As an earlier glia left it: rows keyed by their id's text, an
             // index per row, no totals.
-            let conn = ledger.writer.lock().expect("lock");
             conn.execute_batch(&format!(
                 "DROP TABLE usage_minutes;
                  DROP TABLE invocations_by_id;
                  CREATE TABLE old (id TEXT PRIMARY KEY, {BODY}) WITHOUT ROWID;
                  INSERT INTO old SELECT printf('%016x%016x', seq, id_low), {FIELDS}
-                     FROM invocations;
+                     FROM invocations_wide;
                  DROP TABLE invocations;
+                 DROP TABLE invocations_wide;
                  ALTER TABLE old RENAME TO invocations;
                  CREATE INDEX invocations_by_time ON invocations (tenant, started_at_ms);"
             ))
@@ -828,6 +922,98 @@ mod tests {
         );
         assert_eq!(ledger.get(&next.id.to_string()).expect("reads"), Some(next));
         assert_eq!(ledger.records(0, i64::MAX).expect("reads").len(), 51);
+    }
+
+    /// Stores `records` as ledgers did before records were encoded: a column
+    /// per field, in `invocations_wide`.
+    fn store_wide(conn: &Connection, records: &[InvocationRecord]) {
+        let mut insert = conn.prepare(&Key::Halves.sql().insert).expect("prepares");
+        for r in records {
+            let nn = (r.nn != NnUsageReport::default())
+                .then(|| serde_json::to_string(&r.nn).expect("json"));
+            let (high, low) = r.id.halves();
+            insert.raw_bind_parameter(1, signed(high)).expect("binds");
+            insert.raw_bind_parameter(2, signed(low)).expect("binds");
+            bind_fields(&mut insert, 3, r, nn.as_deref()).expect("binds");
+            assert_eq!(insert.raw_execute().expect("inserts"), 1);
+        }
+    }
+
+    #[test]
+    fn a_ledger_with_a_column_per_field_keeps_its_rows_and_encodes_new_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ledger.db");
+        let mut records: Vec<InvocationRecord> = (0..40u32)
+            .map(|n| {
+                call(
+                    n,
+                    "a",
+                    1_795_910_400_000 + i64::from(n) * 1_000,
+                    Outcome::Ok,
+                )
+            })
+            .collect();
+        records[3].nn = model_call_report();
+        {
+            let ledger = SqliteLedger::open(&path, false).expect("opens");
+            ledger.append(&records).expect("appends");
+            // As the previous layout left it: the same rows and totals, a
+            // column per field in `invocations`.
+            let conn = ledger.writer.lock().expect("lock");
+            store_wide(&conn, &records);
+            conn.execute_batch(
+                "DROP TABLE invocations;
+                 ALTER TABLE invocations_wide RENAME TO invocations;",
+            )
+            .expect("downgrades");
+        }
+        let ledger = SqliteLedger::open(&path, false).expect("reopens");
+        assert_eq!(ledger.records(0, i64::MAX).expect("reads"), records);
+        assert_eq!(
+            ledger.get(&records[3].id.to_string()).expect("reads"),
+            Some(records[3].clone())
+        );
+        // Old rows handed over again are not stored or counted twice; new
+        // ones are stored encoded, beside them.
+        let newer: Vec<InvocationRecord> = (100..103u32)
+            .map(|n| call(n, "a", 1_795_910_500_000, Outcome::Trap))
+            .collect();
+        ledger.append(&records[..10]).expect("appends again");
+        ledger.append(&newer).expect("appends");
+        let totals = UsageRow::total(&usage(&ledger, 0, i64::MAX, UsageGroup::Function));
+        assert_eq!(totals.invocations, 43);
+        let all = ledger.records(0, i64::MAX).expect("reads");
+        assert_eq!(all.len(), 43);
+        assert_eq!(without_key(totals), summed(&all, 0, i64::MAX));
+        assert_eq!(
+            ledger.get(&newer[1].id.to_string()).expect("reads"),
+            Some(newer[1].clone())
+        );
+        let conn = ledger.reader.lock().expect("lock");
+        let count = |table: &str| -> i64 {
+            conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |row| {
+                row.get(0)
+            })
+            .expect("reads")
+        };
+        assert_eq!((count("invocations"), count("invocations_wide")), (3, 40));
+    }
+
+    #[test]
+    fn a_damaged_record_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ledger = SqliteLedger::open(&dir.path().join("ledger.db"), false).expect("opens");
+        let r = call(1, "a", 1_795_910_400_000, Outcome::Ok);
+        ledger.append(std::slice::from_ref(&r)).expect("appends");
+        ledger
+            .writer
+            .lock()
+            .expect("lock")
+            .execute_batch("UPDATE invocations SET record = substr(record, 1, 5)")
+            .expect("damages");
+        let err = ledger.get(&r.id.to_string()).expect_err("fails");
+        assert!(err.to_string().contains("record ends early"), "{err}");
+        assert!(ledger.records(0, i64::MAX).is_err());
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! predicted), and it is what Lambda bills; the peak is recorded beside it.
 //! Rejected calls are recorded at zero cost.
 
+mod codec;
 pub mod ledger;
 pub mod usage;
 mod writer;
