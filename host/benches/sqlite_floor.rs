@@ -7,7 +7,14 @@
 //! - `narrow, integer key`: an increasing integer row id and one integer;
 //! - `wide, text key` and `wide, integer key`: the same keys with a short
 //!   text and 30 integers (a third of them non-zero), the shape of a
-//!   ledger row.
+//!   ledger row with a column per field;
+//! - `blob, integer key`: an integer row id and an 80-byte blob (a record
+//!   encoded whole);
+//! - `one blob per batch`: a transaction's rows as one row, an integer key
+//!   and a blob of 80 bytes per row (a segment of encoded records).
+//!
+//! Each is reported in wall time and in the thread's CPU time (from
+//! `/proc/thread-self/schedstat`), which leaves out the waits for the disk.
 //!
 //! `cargo bench -p glia-host --bench sqlite_floor` (`GLIA_BENCH_ROWS` rows
 //! per shape, 200,000 by default; the shapes run in turn, three times).
@@ -30,15 +37,33 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+#[derive(Clone, Copy, PartialEq)]
+enum Body {
+    /// One integer.
+    Narrow,
+    /// A short text and 30 integers.
+    Wide,
+    /// An 80-byte blob.
+    Blob,
+    /// A batch's rows as one blob.
+    Batch,
+}
+
 #[derive(Clone, Copy)]
 struct Shape {
     name: &'static str,
-    wide: bool,
+    body: Body,
     text_key: bool,
 }
 
-/// Microseconds per row for `rows` rows of `shape`.
-fn run(shape: Shape, rows: u64, batch: u64) -> f64 {
+/// This thread's time on a CPU, in nanoseconds.
+fn cpu_ns() -> u64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+    stat.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// Microseconds per row for `rows` rows of `shape`: wall time and CPU time.
+fn run(shape: Shape, rows: u64, batch: u64) -> (f64, f64) {
     let dir = tempfile::tempdir().unwrap();
     let mut conn = Connection::open(dir.path().join("floor.db")).unwrap();
     conn.pragma_update(None, "journal_mode", "WAL").unwrap();
@@ -48,27 +73,44 @@ fn run(shape: Shape, rows: u64, batch: u64) -> f64 {
     } else {
         "k INTEGER PRIMARY KEY"
     };
-    let rest = if shape.wide {
-        let ints: Vec<String> = (0..30).map(|i| format!("c{i} INTEGER NOT NULL")).collect();
-        format!("s TEXT NOT NULL, {}", ints.join(", "))
-    } else {
-        "x INTEGER NOT NULL".to_owned()
+    let rest = match shape.body {
+        Body::Wide => {
+            let ints: Vec<String> = (0..30).map(|i| format!("c{i} INTEGER NOT NULL")).collect();
+            format!("s TEXT NOT NULL, {}", ints.join(", "))
+        }
+        Body::Narrow => "x INTEGER NOT NULL".to_owned(),
+        Body::Blob | Body::Batch => "b BLOB NOT NULL".to_owned(),
     };
     let without_rowid = if shape.text_key { " WITHOUT ROWID" } else { "" };
     conn.execute_batch(&format!("CREATE TABLE t ({key}, {rest}){without_rowid}"))
         .unwrap();
-    let columns = if shape.wide { 32 } else { 2 };
+    let columns = if shape.body == Body::Wide { 32 } else { 2 };
     let placeholders: Vec<String> = (1..=columns).map(|i| format!("?{i}")).collect();
     let sql = format!("INSERT INTO t VALUES ({})", placeholders.join(", "));
     let base = 0x0193_0000_0000_7000_u64;
     let mut text = [0u8; 32];
-    let started = Instant::now();
+    let mut segment = Vec::new();
+    let (started, cpu) = (Instant::now(), cpu_ns());
     let mut n = 0;
     while n < rows {
         let tx = conn.transaction().unwrap();
         {
             let mut insert = tx.prepare_cached(&sql).unwrap();
-            for _ in 0..batch.min(rows - n) {
+            if shape.body == Body::Batch {
+                let count = batch.min(rows - n);
+                segment.clear();
+                for i in n..n + count {
+                    segment.extend_from_slice(&i.to_le_bytes());
+                    segment.extend_from_slice(&[7; 72]);
+                }
+                insert
+                    .raw_bind_parameter(1, i64::try_from(base + n).unwrap())
+                    .unwrap();
+                insert.raw_bind_parameter(2, &segment[..]).unwrap();
+                insert.raw_execute().unwrap();
+                n += count;
+            }
+            while n < rows && shape.body != Body::Batch {
                 let high = base + n;
                 if shape.text_key {
                     let id = uuid::Uuid::from_u64_pair(high, 0x8000_0000_0000_0000 | n);
@@ -80,48 +122,52 @@ fn run(shape: Shape, rows: u64, batch: u64) -> f64 {
                         .raw_bind_parameter(1, i64::try_from(high).unwrap())
                         .unwrap();
                 }
-                if shape.wide {
-                    insert.raw_bind_parameter(2, "default").unwrap();
-                    for c in 3..=columns {
-                        let v = if c % 3 == 0 { (n % 1000) as i64 } else { 0 };
-                        insert.raw_bind_parameter(c, v).unwrap();
+                match shape.body {
+                    Body::Wide => {
+                        insert.raw_bind_parameter(2, "default").unwrap();
+                        for c in 3..=columns {
+                            let v = if c % 3 == 0 { (n % 1000) as i64 } else { 0 };
+                            insert.raw_bind_parameter(c, v).unwrap();
+                        }
                     }
-                } else {
-                    insert.raw_bind_parameter(2, (n % 1000) as i64).unwrap();
+                    Body::Narrow => insert.raw_bind_parameter(2, (n % 1000) as i64).unwrap(),
+                    Body::Blob | Body::Batch => {
+                        let mut blob = [7u8; 80];
+                        blob[..8].copy_from_slice(&n.to_le_bytes());
+                        insert.raw_bind_parameter(2, &blob[..]).unwrap();
+                    }
                 }
                 insert.raw_execute().unwrap();
                 n += 1;
+                if n % batch == 0 {
+                    break;
+                }
             }
         }
         tx.commit().unwrap();
     }
-    started.elapsed().as_secs_f64() * 1e6 / rows as f64
+    let per_row = |total: f64| total * 1e6 / rows as f64;
+    (
+        per_row(started.elapsed().as_secs_f64()),
+        per_row((cpu_ns() - cpu) as f64 / 1e9),
+    )
 }
 
 fn main() {
     let rows = env_or("GLIA_BENCH_ROWS", 200_000);
     let batch = env_or("GLIA_BENCH_BATCH", 1_400).max(1);
+    let shape = |name, body, text_key| Shape {
+        name,
+        body,
+        text_key,
+    };
     let shapes = [
-        Shape {
-            name: "narrow, text key",
-            wide: false,
-            text_key: true,
-        },
-        Shape {
-            name: "narrow, integer key",
-            wide: false,
-            text_key: false,
-        },
-        Shape {
-            name: "wide, text key",
-            wide: true,
-            text_key: true,
-        },
-        Shape {
-            name: "wide, integer key",
-            wide: true,
-            text_key: false,
-        },
+        shape("narrow, text key", Body::Narrow, true),
+        shape("narrow, integer key", Body::Narrow, false),
+        shape("wide, text key", Body::Wide, true),
+        shape("wide, integer key", Body::Wide, false),
+        shape("blob, integer key", Body::Blob, false),
+        shape("one blob per batch", Body::Batch, false),
     ];
     let mut results = vec![Vec::new(); shapes.len()];
     for _ in 0..3 {
@@ -129,14 +175,18 @@ fn main() {
             times.push(run(*shape, rows, batch));
         }
     }
-    for (shape, mut times) in shapes.iter().zip(results) {
-        times.sort_by(f64::total_cmp);
-        let shown: Vec<String> = times.iter().map(|t| format!("{t:.2}")).collect();
+    for (shape, times) in shapes.iter().zip(results) {
+        let median = |pick: fn(&(f64, f64)) -> f64| {
+            let mut values: Vec<f64> = times.iter().map(pick).collect();
+            values.sort_by(f64::total_cmp);
+            let shown: Vec<String> = values.iter().map(|t| format!("{t:.2}")).collect();
+            format!("{:.2} ({})", values[1], shown.join(", "))
+        };
         println!(
-            "{:<20} {:.2} µs per row (median of 3 runs of {rows} rows: {})",
+            "{:<20} µs per row, wall {}, CPU {} (medians of 3 runs of {rows} rows)",
             shape.name,
-            times[1],
-            shown.join(", ")
+            median(|t| t.0),
+            median(|t| t.1),
         );
     }
 }
