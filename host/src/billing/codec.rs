@@ -6,9 +6,9 @@
 //! LEB128 varints (most are small: a no-op call's record is about 60
 //! bytes) and texts as a length and their UTF-8 bytes.
 //!
-//! Format 1, after the format byte: version, status, outcome (one byte:
-//! ok, trap, timeout, rejected, error), billed ms, memory MB-ms; the usage
-//! (wall, queue, cold start, run, guest µs, memory MB, peak memory bytes,
+//! Format 1, after the format byte: version, status, outcome (one byte,
+//! its index in `Outcome::ALL`: ok, trap, timeout, rejected, error),
+//! billed ms, memory MB-ms; the usage (wall, queue, cold start, run, guest µs, memory MB, peak memory bytes,
 //! CPU and GPU inference µs, model loads, model-load µs, bytes in, bytes
 //! out); plan version; the cost (request, memory, CPU inference, GPU, cold
 //! start, model load nanos, total micros); tenant, function, currency; and
@@ -29,25 +29,7 @@ use crate::nn::usage::{ComputeTime, Fallback, ModelLoad};
 /// The format this build writes.
 const FORMAT: u8 = 1;
 
-const OUTCOMES: [Outcome; 5] = [
-    Outcome::Ok,
-    Outcome::Trap,
-    Outcome::Timeout,
-    Outcome::Rejected,
-    Outcome::Error,
-];
-
 const DEVICES: [Device; 3] = [Device::Cpu, Device::Gpu, Device::Tpu];
-
-fn outcome_code(outcome: Outcome) -> u8 {
-    match outcome {
-        Outcome::Ok => 0,
-        Outcome::Trap => 1,
-        Outcome::Timeout => 2,
-        Outcome::Rejected => 3,
-        Outcome::Error => 4,
-    }
-}
 
 fn device_code(device: Device) -> u8 {
     match device {
@@ -64,7 +46,7 @@ pub(super) fn encode(r: &InvocationRecord, out: &mut Vec<u8>) {
     out.push(FORMAT);
     let mut w = Writer(out);
     w.int(u64::from(r.version)).int(u64::from(r.status));
-    w.byte(outcome_code(r.outcome));
+    w.byte(r.outcome.index() as u8);
     for v in [
         r.billed_ms,
         r.memory_mb_ms,
@@ -126,7 +108,7 @@ pub(super) fn decode(
     }
     let version = r.int_u32()?;
     let status = u16::try_from(r.int()?).map_err(|_| "status out of range")?;
-    let outcome = *OUTCOMES
+    let outcome = *Outcome::ALL
         .get(usize::from(r.byte()?))
         .ok_or("unknown outcome")?;
     let mut ints = [0u64; 23];

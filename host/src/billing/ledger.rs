@@ -413,6 +413,16 @@ fn from_row(row: &rusqlite::Row<'_>, key: Key) -> rusqlite::Result<InvocationRec
     })
 }
 
+/// The `nn` column of a table with a column per field: the `wasi:nn`
+/// report as JSON, only for calls that used it.
+fn nn_json(r: &InvocationRecord) -> Result<Option<String>, serde_json::Error> {
+    if r.nn == NnUsageReport::default() {
+        Ok(None)
+    } else {
+        serde_json::to_string(&r.nn).map(Some)
+    }
+}
+
 /// Binds a record's fields from parameter `first` on.
 fn bind_fields(
     stmt: &mut rusqlite::Statement<'_>,
@@ -573,13 +583,8 @@ impl Ledger for SqliteLedger {
                     // batch), or by another's (another process).
                     let taken: i64 = low_of.query_row([signed(high)], |row| row.get(0))?;
                     if taken != signed(low) {
-                        let nn = if r.nn == NnUsageReport::default() {
-                            None
-                        } else {
-                            Some(serde_json::to_string(&r.nn)?)
-                        };
                         by_id.raw_bind_parameter(1, r.id.encode(&mut id))?;
-                        bind_fields(&mut by_id, 2, r, nn.as_deref())?;
+                        bind_fields(&mut by_id, 2, r, nn_json(r)?.as_deref())?;
                         inserted = by_id.raw_execute()? == 1;
                         older_newest = older_newest.max(high);
                     }
@@ -717,7 +722,6 @@ mod tests {
         )
     }
 
-    /// A record of `function` arriving at `ms`.
     /// What `wasi:nn` reports of a call that loaded a model and ran it.
     fn model_call_report() -> NnUsageReport {
         let nn = NnUsage::default();
@@ -736,6 +740,7 @@ mod tests {
         nn.report()
     }
 
+    /// A record of `function` arriving at `ms`.
     fn call(n: u32, function: &str, ms: i64, outcome: Outcome) -> InvocationRecord {
         InvocationRecord {
             id: id(n),
@@ -929,11 +934,10 @@ mod tests {
     fn store_wide(conn: &Connection, records: &[InvocationRecord]) {
         let mut insert = conn.prepare(&Key::Halves.sql().insert).expect("prepares");
         for r in records {
-            let nn = (r.nn != NnUsageReport::default())
-                .then(|| serde_json::to_string(&r.nn).expect("json"));
             let (high, low) = r.id.halves();
             insert.raw_bind_parameter(1, signed(high)).expect("binds");
             insert.raw_bind_parameter(2, signed(low)).expect("binds");
+            let nn = nn_json(r).expect("json");
             bind_fields(&mut insert, 3, r, nn.as_deref()).expect("binds");
             assert_eq!(insert.raw_execute().expect("inserts"), 1);
         }

@@ -153,6 +153,27 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome, in a fixed order: a ledger record stores its outcome
+    /// as its index here, so outcomes are only ever added at the end.
+    pub const ALL: [Outcome; 5] = [
+        Outcome::Ok,
+        Outcome::Trap,
+        Outcome::Timeout,
+        Outcome::Rejected,
+        Outcome::Error,
+    ];
+
+    /// Its place in [`Outcome::ALL`].
+    pub fn index(self) -> usize {
+        match self {
+            Outcome::Ok => 0,
+            Outcome::Trap => 1,
+            Outcome::Timeout => 2,
+            Outcome::Rejected => 3,
+            Outcome::Error => 4,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",

@@ -28,23 +28,7 @@ pub const LATENCY_BUCKETS: [f64; 19] = [
 ];
 
 /// Every outcome, in the order [`FunctionMetrics`] counts them.
-pub const OUTCOMES: [Outcome; 5] = [
-    Outcome::Ok,
-    Outcome::Trap,
-    Outcome::Timeout,
-    Outcome::Rejected,
-    Outcome::Error,
-];
-
-fn outcome_index(outcome: Outcome) -> usize {
-    match outcome {
-        Outcome::Ok => 0,
-        Outcome::Trap => 1,
-        Outcome::Timeout => 2,
-        Outcome::Rejected => 3,
-        Outcome::Error => 4,
-    }
-}
+pub const OUTCOMES: [Outcome; 5] = Outcome::ALL;
 
 /// A latency histogram over [`LATENCY_BUCKETS`]: one atomic per bucket
 /// (not cumulative; the snapshot adds them up) and the sum in nanoseconds.
@@ -124,7 +108,7 @@ impl FunctionMetrics {
     /// Calls that ended with `outcome`.
     pub fn calls(&self, outcome: Outcome) -> u64 {
         self.outcomes
-            .get(outcome_index(outcome))
+            .get(outcome.index())
             .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 }
@@ -175,7 +159,7 @@ impl Metrics {
     /// Counts one finished call of a function.
     pub fn call(&self, call: &CallObservation<'_>) {
         self.function(call.function, |m| {
-            if let Some(counter) = m.outcomes.get(outcome_index(call.outcome)) {
+            if let Some(counter) = m.outcomes.get(call.outcome.index()) {
                 counter.fetch_add(1, Ordering::Relaxed);
             }
             m.duration.observe(call.duration);
