@@ -8,13 +8,14 @@
 //!
 //! Format 1, after the format byte: version, status, outcome (one byte,
 //! its index in `Outcome::ALL`: ok, trap, timeout, rejected, error),
-//! billed ms, memory MB-ms; the usage (wall, queue, cold start, run, guest µs, memory MB, peak memory bytes,
-//! CPU and GPU inference µs, model loads, model-load µs, bytes in, bytes
-//! out); plan version; the cost (request, memory, CPU inference, GPU, cold
-//! start, model load nanos, total micros); tenant, function, currency; and
-//! the `wasi:nn` report (inline µs; compute runs as device, backend, runs,
-//! µs; model loads as model, device, backend, µs; fallbacks as model,
-//! requested device, device run on). Devices are one byte: cpu, gpu, tpu.
+//! billed ms, memory MB-ms; the usage (wall, queue, cold start, run,
+//! guest µs, memory MB, peak memory bytes, CPU and GPU inference µs, model
+//! loads, model-load µs, bytes in, bytes out); plan version; the cost
+//! (request, memory, CPU inference, GPU, cold start, model load nanos,
+//! total micros); tenant, function, currency; and the `wasi:nn` report
+//! (inline µs; compute runs as device, backend, runs, µs; model loads as
+//! model, device, backend, µs; fallbacks as model, requested device,
+//! device run on). Devices are one byte: cpu, gpu, tpu.
 //!
 //! Decoding checks every length and byte and fails with a message (never a
 //! panic) on anything else, trailing bytes included.
