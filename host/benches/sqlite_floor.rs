@@ -11,13 +11,19 @@
 //! - `blob, integer key`: an integer row id and an 80-byte blob (a record
 //!   encoded whole);
 //! - `one blob per batch`: a transaction's rows as one row, an integer key
-//!   and a blob of 80 bytes per row (a segment of encoded records).
+//!   and a blob of 80 bytes per row (a segment of encoded records);
+//! - `blob, 32 per INSERT`: the blob rows, 32 to a statement.
 //!
 //! Each is reported in wall time and in the thread's CPU time (from
 //! `/proc/thread-self/schedstat`), which leaves out the waits for the disk.
 //!
 //! `cargo bench -p glia-host --bench sqlite_floor` (`GLIA_BENCH_ROWS` rows
 //! per shape, 200,000 by default; the shapes run in turn, three times).
+//! `GLIA_BENCH_SHAPES` names the shapes to run (a comma-separated list of
+//! name prefixes) and `GLIA_BENCH_PRAGMAS` sets pragmas on each fresh
+//! database before it turns to WAL (`page_size=16384;cache_size=-65536`).
+//! A run of fewer rows than the WAL holds (about 4 MB of them at 4 KiB
+//! pages, 16 MB at 16 KiB) leaves out the checkpoints.
 
 #![allow(
     clippy::unwrap_used,
@@ -47,7 +53,12 @@ enum Body {
     Blob,
     /// A batch's rows as one blob.
     Batch,
+    /// An 80-byte blob, `MULTI` rows to an `INSERT`.
+    Multi,
 }
+
+/// Rows to one `INSERT` of the `Multi` shape.
+const MULTI: u64 = 32;
 
 #[derive(Clone, Copy)]
 struct Shape {
@@ -66,6 +77,11 @@ fn cpu_ns() -> u64 {
 fn run(shape: Shape, rows: u64, batch: u64) -> (f64, f64) {
     let dir = tempfile::tempdir().unwrap();
     let mut conn = Connection::open(dir.path().join("floor.db")).unwrap();
+    if let Ok(pragmas) = std::env::var("GLIA_BENCH_PRAGMAS") {
+        for p in pragmas.split(';').filter(|p| !p.is_empty()) {
+            conn.execute_batch(&format!("PRAGMA {p}")).unwrap();
+        }
+    }
     conn.pragma_update(None, "journal_mode", "WAL").unwrap();
     conn.pragma_update(None, "synchronous", "NORMAL").unwrap();
     let key = if shape.text_key {
@@ -79,14 +95,19 @@ fn run(shape: Shape, rows: u64, batch: u64) -> (f64, f64) {
             format!("s TEXT NOT NULL, {}", ints.join(", "))
         }
         Body::Narrow => "x INTEGER NOT NULL".to_owned(),
-        Body::Blob | Body::Batch => "b BLOB NOT NULL".to_owned(),
+        Body::Blob | Body::Batch | Body::Multi => "b BLOB NOT NULL".to_owned(),
     };
     let without_rowid = if shape.text_key { " WITHOUT ROWID" } else { "" };
     conn.execute_batch(&format!("CREATE TABLE t ({key}, {rest}){without_rowid}"))
         .unwrap();
     let columns = if shape.body == Body::Wide { 32 } else { 2 };
     let placeholders: Vec<String> = (1..=columns).map(|i| format!("?{i}")).collect();
-    let sql = format!("INSERT INTO t VALUES ({})", placeholders.join(", "));
+    let row = format!("({})", placeholders.join(", "));
+    let sql = format!("INSERT INTO t VALUES {row}");
+    let multi_sql = format!(
+        "INSERT INTO t VALUES {}",
+        vec!["(?, ?)"; MULTI as usize].join(", ")
+    );
     let base = 0x0193_0000_0000_7000_u64;
     let mut text = [0u8; 32];
     let mut segment = Vec::new();
@@ -110,7 +131,28 @@ fn run(shape: Shape, rows: u64, batch: u64) -> (f64, f64) {
                 insert.raw_execute().unwrap();
                 n += count;
             }
-            while n < rows && shape.body != Body::Batch {
+            if shape.body == Body::Multi {
+                let mut multi = tx.prepare_cached(&multi_sql).unwrap();
+                let end = (n + batch).min(rows);
+                while n < end {
+                    // Whole statements of MULTI rows, then one row at a time.
+                    let (statement, count) = if end - n >= MULTI {
+                        (&mut multi, MULTI)
+                    } else {
+                        (&mut insert, 1)
+                    };
+                    for (i, row) in (n..n + count).enumerate() {
+                        let mut blob = [7u8; 80];
+                        blob[..8].copy_from_slice(&row.to_le_bytes());
+                        let key = i64::try_from(base + row).unwrap();
+                        statement.raw_bind_parameter(2 * i + 1, key).unwrap();
+                        statement.raw_bind_parameter(2 * i + 2, &blob[..]).unwrap();
+                    }
+                    statement.raw_execute().unwrap();
+                    n += count;
+                }
+            }
+            while n < rows && shape.body != Body::Batch && shape.body != Body::Multi {
                 let high = base + n;
                 if shape.text_key {
                     let id = uuid::Uuid::from_u64_pair(high, 0x8000_0000_0000_0000 | n);
@@ -131,7 +173,7 @@ fn run(shape: Shape, rows: u64, batch: u64) -> (f64, f64) {
                         }
                     }
                     Body::Narrow => insert.raw_bind_parameter(2, (n % 1000) as i64).unwrap(),
-                    Body::Blob | Body::Batch => {
+                    Body::Blob | Body::Batch | Body::Multi => {
                         let mut blob = [7u8; 80];
                         blob[..8].copy_from_slice(&n.to_le_bytes());
                         insert.raw_bind_parameter(2, &blob[..]).unwrap();
@@ -168,7 +210,16 @@ fn main() {
         shape("wide, integer key", Body::Wide, false),
         shape("blob, integer key", Body::Blob, false),
         shape("one blob per batch", Body::Batch, false),
+        shape("blob, 32 per INSERT", Body::Multi, false),
     ];
+    let only = std::env::var("GLIA_BENCH_SHAPES").ok();
+    let shapes: Vec<Shape> = shapes
+        .into_iter()
+        .filter(|s| {
+            only.as_ref()
+                .is_none_or(|o| o.split(',').any(|o| s.name.starts_with(o)))
+        })
+        .collect();
     let mut results = vec![Vec::new(); shapes.len()];
     for _ in 0..3 {
         for (shape, times) in shapes.iter().zip(&mut results) {
