@@ -338,18 +338,21 @@ static INSERT_ENCODED: LazyLock<String> = LazyLock::new(|| {
 const ROWS_PER_INSERT: usize = 32;
 
 /// Appends [`ROWS_PER_INSERT`] rows whose keys must be free (an error
-/// otherwise).
+/// otherwise). `OR FAIL`: a taken key stops the statement without undoing
+/// the rows it inserted before, so SQLite keeps no journal of the
+/// statement; the caller gives up the whole transaction instead.
 static INSERT_NEW_ROWS: LazyLock<String> = LazyLock::new(|| {
     let rows = vec!["(?, ?, ?, ?)"; ROWS_PER_INSERT];
     format!(
-        "INSERT INTO invocations ({ENCODED}) VALUES {}",
+        "INSERT OR FAIL INTO invocations ({ENCODED}) VALUES {}",
         rows.join(", ")
     )
 });
 
 /// Appends one row whose key must be free.
-static INSERT_NEW_ROW: LazyLock<String> =
-    LazyLock::new(|| format!("INSERT INTO invocations ({ENCODED}) VALUES (?1, ?2, ?3, ?4)"));
+static INSERT_NEW_ROW: LazyLock<String> = LazyLock::new(|| {
+    format!("INSERT OR FAIL INTO invocations ({ENCODED}) VALUES (?1, ?2, ?3, ?4)")
+});
 
 static GET_ENCODED: LazyLock<String> =
     LazyLock::new(|| format!("SELECT {ENCODED} FROM invocations WHERE seq = ?1 AND id_low = ?2"));
