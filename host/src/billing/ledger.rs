@@ -517,9 +517,6 @@ impl SqliteLedger {
     /// commit survives a crash of the process but not of the machine.
     pub fn open(path: &Path, durable: bool) -> Result<Self, LedgerError> {
         let writer = Connection::open(path)?;
-        // Pages of 16 KiB rather than 4: a batch's rows dirty and log a
-        // quarter as many pages. Only a new database takes it.
-        writer.pragma_update(None, "page_size", 16_384)?;
         writer.pragma_update(None, "journal_mode", "WAL")?;
         writer.pragma_update(None, "synchronous", if durable { "FULL" } else { "NORMAL" })?;
         writer.busy_timeout(std::time::Duration::from_secs(5))?;
