@@ -68,11 +68,6 @@ log "building the no-op component"
 cargo build --manifest-path tests/fixtures/Cargo.toml --target wasm32-wasip2 \
     --release --target-dir target/wasm
 
-cat >"$WORK/digit.lua" <<'EOF'
-wrk.method = "POST"
-wrk.body = '{"pixels":[0,0,5,13,9,1,0,0,0,0,13,15,10,15,5,0,0,3,15,2,0,11,8,0,0,4,12,0,0,8,8,0,0,5,8,0,0,9,8,0,0,4,11,0,1,12,7,0,0,2,14,5,10,12,0,0,0,0,6,13,10,0,0,0]}'
-EOF
-
 billing_of() {
     case $1 in
         off) echo 'enabled = false' ;;
@@ -85,7 +80,7 @@ billing_of() {
 # One run: sets R_REQUESTS, R_IR (instructions per request, all threads)
 # and R_LEDGER (those of the ledger's writer thread).
 run_one() {
-    local function=$1 mode=$2 dir url wrk_args=() out settle file total ledger
+    local function=$1 mode=$2 dir out settle file total ledger
     dir=$(mktemp -d -p "$WORK")
     printf '[runtime]\nmax_instances = 4\n[scheduler]\nmax_in_flight = 4\n[billing]\n%s\n' \
         "$(billing_of "$mode")" >"$dir/platform.toml"
@@ -94,31 +89,15 @@ run_one() {
         "$GLIA" serve --listen "$ADDR" --data-dir "$dir/data" --config "$dir/platform.toml" \
         >"$dir/glia.log" 2>&1 &
     SERVER_PID=$!
-    for _ in $(seq 600); do
-        curl -s -o /dev/null --max-time 1 "http://$ADDR/v1/functions" && break
-        kill -0 "$SERVER_PID" 2>/dev/null || { cat "$dir/glia.log" >&2; exit 1; }
-        sleep 0.2
-    done
-    case $function in
-        noop)
-            "$GLIA" deploy "$COMPONENT" --name noop --url "http://$ADDR" \
-                --data-dir "$dir/data" >/dev/null
-            url="http://$ADDR/fn/noop/ok"
-            wrk_args=(-H "Authorization: Bearer $(cat "$dir/data/admin.key")")
-            ;;
-        model)
-            url="http://$ADDR/fn/classify-digits"
-            wrk_args=(-s "$WORK/digit.lua")
-            ;;
-        *) echo "error: unknown function $function" >&2; exit 2 ;;
-    esac
-    wrk -t1 -c4 -d5s "${wrk_args[@]}" "$url" >/dev/null
+    wait_for_server "$dir/glia.log"
+    target_of "$function" "$dir/data"
+    wrk -t1 -c4 -d5s "${TARGET_ARGS[@]}" "$TARGET_URL" >/dev/null
     # The warm-up's rows are committed before counting starts, and the
     # counted requests' rows before it stops.
     settle=$((FLUSH_MS / 1000 + 1))
     sleep "$settle"
     callgrind_control -i on "$SERVER_PID" >/dev/null 2>&1
-    out=$(wrk -t1 -c4 -d"${DURATION}s" "${wrk_args[@]}" "$url")
+    out=$(wrk -t1 -c4 -d"${DURATION}s" "${TARGET_ARGS[@]}" "$TARGET_URL")
     sleep "$settle"
     callgrind_control -i off "$SERVER_PID" >/dev/null 2>&1
     stop_server

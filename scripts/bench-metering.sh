@@ -62,11 +62,6 @@ log "building the no-op component"
 cargo build --manifest-path tests/fixtures/Cargo.toml --target wasm32-wasip2 \
     --release --target-dir target/wasm
 
-cat >"$WORK/digit.lua" <<'EOF'
-wrk.method = "POST"
-wrk.body = '{"pixels":[0,0,5,13,9,1,0,0,0,0,13,15,10,15,5,0,0,3,15,2,0,11,8,0,0,4,12,0,0,8,8,0,0,5,8,0,0,9,8,0,0,4,11,0,1,12,7,0,0,2,14,5,10,12,0,0,0,0,6,13,10,0,0,0]}'
-EOF
-
 billing_of() {
     case $1 in
         off) echo 'enabled = false' ;;
@@ -80,34 +75,18 @@ cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 
 # One run: sets R_RPS and R_US (CPU µs per request).
 run_one() {
-    local function=$1 mode=$2 dir url wrk_args=() t0 t1 out rps
+    local function=$1 mode=$2 dir t0 t1 out rps
     dir=$(mktemp -d -p "$WORK")
     printf '[billing]\n%s\n' "$(billing_of "$mode")" >"$dir/platform.toml"
     GLIA_LOG=warn TOKIO_WORKER_THREADS=1 taskset -c "$SERVER_CPU" \
         "$GLIA" serve --listen "$ADDR" --data-dir "$dir/data" --config "$dir/platform.toml" \
         >"$dir/glia.log" 2>&1 &
     SERVER_PID=$!
-    for _ in $(seq 300); do
-        curl -s -o /dev/null --max-time 1 "http://$ADDR/v1/functions" && break
-        kill -0 "$SERVER_PID" 2>/dev/null || { cat "$dir/glia.log" >&2; exit 1; }
-        sleep 0.1
-    done
-    case $function in
-        noop)
-            "$GLIA" deploy "$COMPONENT" --name noop --url "http://$ADDR" \
-                --data-dir "$dir/data" >/dev/null
-            url="http://$ADDR/fn/noop/ok"
-            wrk_args=(-H "Authorization: Bearer $(cat "$dir/data/admin.key")")
-            ;;
-        model)
-            url="http://$ADDR/fn/classify-digits"
-            wrk_args=(-s "$WORK/digit.lua")
-            ;;
-        *) echo "error: unknown function $function" >&2; exit 2 ;;
-    esac
-    taskset -c "$CLIENT_CPU" wrk -t1 -c16 -d"${WARMUP}s" "${wrk_args[@]}" "$url" >/dev/null
+    wait_for_server "$dir/glia.log"
+    target_of "$function" "$dir/data"
+    taskset -c "$CLIENT_CPU" wrk -t1 -c16 -d"${WARMUP}s" "${TARGET_ARGS[@]}" "$TARGET_URL" >/dev/null
     t0=$(cpu_ticks "$SERVER_PID")
-    out=$(taskset -c "$CLIENT_CPU" wrk -t1 -c16 -d"${DURATION}s" "${wrk_args[@]}" "$url")
+    out=$(taskset -c "$CLIENT_CPU" wrk -t1 -c16 -d"${DURATION}s" "${TARGET_ARGS[@]}" "$TARGET_URL")
     t1=$(cpu_ticks "$SERVER_PID")
     stop_server
     if grep -q 'Non-2xx' <<<"$out"; then

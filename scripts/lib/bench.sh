@@ -31,3 +31,39 @@ fi
 for tool in taskset curl; do
     command -v "$tool" >/dev/null || { echo "error: $tool not found" >&2; exit 1; }
 done
+
+# Waits until the server started as $SERVER_PID answers on $ADDR; shows
+# its log ($1) and fails if it exits first.
+wait_for_server() {
+    for _ in $(seq 600); do
+        curl -s -o /dev/null --max-time 1 "http://$ADDR/v1/functions" && return 0
+        kill -0 "$SERVER_PID" 2>/dev/null || { cat "$1" >&2; exit 1; }
+        sleep 0.2
+    done
+    echo "error: no server on $ADDR" >&2
+    exit 1
+}
+
+# The benchmarks' functions on the server at $ADDR, whose data directory is
+# $2: sets TARGET_URL and TARGET_ARGS (wrk's arguments) for $1:
+#   noop   $COMPONENT (hostile.wasm) deployed as `noop`, `GET /fn/noop/ok`
+#   model  the built-in `classify-digits`, a `POST` of one 8x8 digit
+target_of() {
+    case $1 in
+        noop)
+            "$GLIA" deploy "$COMPONENT" --name noop --url "http://$ADDR" \
+                --data-dir "$2" >/dev/null
+            TARGET_URL="http://$ADDR/fn/noop/ok"
+            TARGET_ARGS=(-H "Authorization: Bearer $(cat "$2/admin.key")")
+            ;;
+        model)
+            cat >"$WORK/digit.lua" <<'LUA'
+wrk.method = "POST"
+wrk.body = '{"pixels":[0,0,5,13,9,1,0,0,0,0,13,15,10,15,5,0,0,3,15,2,0,11,8,0,0,4,12,0,0,8,8,0,0,5,8,0,0,9,8,0,0,4,11,0,1,12,7,0,0,2,14,5,10,12,0,0,0,0,6,13,10,0,0,0]}'
+LUA
+            TARGET_URL="http://$ADDR/fn/classify-digits"
+            TARGET_ARGS=(-s "$WORK/digit.lua")
+            ;;
+        *) echo "error: unknown function $1" >&2; exit 2 ;;
+    esac
+}
