@@ -59,14 +59,7 @@ if ! command -v valgrind >/dev/null; then
     apt-get install -y valgrind
 fi
 
-if [[ -z ${GLIA:-} ]]; then
-    log "building glia (release)"
-    cargo build --release -p glia-host --bin glia
-    GLIA=target/release/glia
-fi
-log "building the no-op component"
-cargo build --manifest-path tests/fixtures/Cargo.toml --target wasm32-wasip2 \
-    --release --target-dir target/wasm
+build_glia_and_noop
 
 billing_of() {
     case $1 in

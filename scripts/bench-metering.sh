@@ -53,14 +53,7 @@ ADDR=127.0.0.1:$PORT
 # shellcheck source=lib/bench.sh
 source scripts/lib/bench.sh
 
-if [[ -z ${GLIA:-} ]]; then
-    log "building glia (release)"
-    cargo build --release -p glia-host --bin glia
-    GLIA=target/release/glia
-fi
-log "building the no-op component"
-cargo build --manifest-path tests/fixtures/Cargo.toml --target wasm32-wasip2 \
-    --release --target-dir target/wasm
+build_glia_and_noop
 
 billing_of() {
     case $1 in

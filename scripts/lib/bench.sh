@@ -67,3 +67,16 @@ LUA
         *) echo "error: unknown function $1" >&2; exit 2 ;;
     esac
 }
+
+# Builds glia (release; unless $GLIA names a binary already) and the no-op
+# component ($COMPONENT).
+build_glia_and_noop() {
+    if [[ -z ${GLIA:-} ]]; then
+        log "building glia (release)"
+        cargo build --release -p glia-host --bin glia
+        GLIA=target/release/glia
+    fi
+    log "building the no-op component"
+    cargo build --manifest-path tests/fixtures/Cargo.toml --target wasm32-wasip2 \
+        --release --target-dir target/wasm
+}
