@@ -664,12 +664,7 @@ fn append_checked(
             {
                 continue;
             }
-            encoded.clear();
-            codec::encode(r, &mut encoded);
-            insert.raw_bind_parameter(1, signed(high))?;
-            insert.raw_bind_parameter(2, signed(low))?;
-            insert.raw_bind_parameter(3, r.started_at_ms)?;
-            insert.raw_bind_parameter(4, &encoded[..])?;
+            bind_encoded(&mut insert, 1, r, &mut encoded)?;
             let mut inserted = insert.raw_execute()? == 1;
             if !inserted {
                 // Its upper half is taken: by this record (a retried
@@ -1199,7 +1194,7 @@ mod tests {
             })
             .collect();
         two.append(&second).expect("appends");
-        // Later batches of both go on as new.
+        // The first's next batch goes on as new.
         let third: Vec<InvocationRecord> = (60..100)
             .map(|n| call(n, "a", base + i64::from(n), Outcome::Ok))
             .collect();
