@@ -102,8 +102,7 @@ fn run(shape: Shape, rows: u64, batch: u64) -> (f64, f64) {
         .unwrap();
     let columns = if shape.body == Body::Wide { 32 } else { 2 };
     let placeholders: Vec<String> = (1..=columns).map(|i| format!("?{i}")).collect();
-    let row = format!("({})", placeholders.join(", "));
-    let sql = format!("INSERT INTO t VALUES {row}");
+    let sql = format!("INSERT INTO t VALUES ({})", placeholders.join(", "));
     let multi_sql = format!(
         "INSERT INTO t VALUES {}",
         vec!["(?, ?)"; MULTI as usize].join(", ")

@@ -576,15 +576,10 @@ mod tests {
     }
 
     #[test]
-    fn outcomes_round_trip() {
-        for o in [
-            Outcome::Ok,
-            Outcome::Trap,
-            Outcome::Timeout,
-            Outcome::Rejected,
-            Outcome::Error,
-        ] {
+    fn outcomes_round_trip_and_sit_at_their_index() {
+        for (i, o) in Outcome::ALL.into_iter().enumerate() {
             assert_eq!(Outcome::parse(o.as_str()), Some(o));
+            assert_eq!(o.index(), i, "{o:?}");
         }
     }
 }
