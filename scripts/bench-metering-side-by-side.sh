@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# What metering costs `glia serve`, measured side by side: in each round an
+# unmetered glia and a metered one serve at the same time, both pinned to
+# the same core, each loaded by its own `wrk` on the other core. A server's
+# CPU per request is the CPU time of all its threads over the window (from
+# /proc/PID/task/*/schedstat, in nanoseconds, user and kernel), divided by
+# the requests it served. The two servers share the core and the machine's
+# state from moment to moment, so a slow or fast spell of the machine
+# weighs on both alike and their ratio holds still, where requests per
+# second measured one run after another (scripts/bench-metering.sh) vary
+# by several percent. Unlike the instruction counts of
+# scripts/bench-metering-instructions.sh, it counts everything the CPU
+# does for a request: the kernel's work, cache misses, the ledger thread.
+#
+# Each mode is compared with `off` (or with BASE): the table gives, per
+# function and mode, the median over the rounds of the metered server's
+# CPU per request against the reference's, and every round's ratio. A mode
+# of `off` compared with `off` shows the method's own noise. Rounds swap
+# which server starts first and which port it listens on.
+#
+# Usage (from anywhere in the repository):
+#
+#   scripts/bench-metering-side-by-side.sh
+#   ROUNDS=5 MODES=batched FUNCTIONS=noop scripts/bench-metering-side-by-side.sh
+#   # two builds, both `batched`:
+#   BASE=batched BASE_GLIA=/tmp/glia-before MODES=batched \
+#       scripts/bench-metering-side-by-side.sh
+#
+# Environment:
+#   ROUNDS      rounds per function and mode (default 7)
+#   DURATION    seconds measured per round (default 15)
+#   WARMUP      seconds of load before each measurement (default 2)
+#   MODES       space-separated, from: off batched strict (default all three)
+#   FUNCTIONS   space-separated, from: noop model (default both)
+#   BASE        the reference server's mode (default off)
+#   GLIA        the glia binary (default target/release/glia, built here)
+#   BASE_GLIA   the reference server's binary (default GLIA)
+#   SERVER_CPU, CLIENT_CPU, PORT   cores, and the first of two loopback
+#               ports (0, 1, 18292)
+#
+# Needs: cargo with the wasm32-wasip2 target, taskset, curl, and wrk
+# (installed with apt-get when missing).
+
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-7}
+DURATION=${DURATION:-15}
+WARMUP=${WARMUP:-2}
+MODES=${MODES:-off batched strict}
+FUNCTIONS=${FUNCTIONS:-noop model}
+BASE=${BASE:-off}
+SERVER_CPU=${SERVER_CPU:-0}
+CLIENT_CPU=${CLIENT_CPU:-1}
+PORT=${PORT:-18292}
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+COMPONENT=target/wasm/wasm32-wasip2/release/hostile.wasm
+
+# shellcheck source=lib/bench.sh
+source scripts/lib/bench.sh
+
+build_glia_and_noop
+BASE_GLIA=${BASE_GLIA:-$GLIA}
+
+billing_of() {
+    case $1 in
+        off) echo 'enabled = false' ;;
+        batched) echo 'durability = "batched"' ;;
+        strict) echo 'durability = "strict"' ;;
+        *) echo "error: unknown mode $1" >&2; exit 2 ;;
+    esac
+}
+
+# CPU nanoseconds of all of a process's threads so far.
+cpu_ns() {
+    local total=0 ns _
+    for stat in /proc/"$1"/task/*/schedstat; do
+        read -r ns _ <"$stat" 2>/dev/null && total=$((total + ns))
+    done
+    echo "$total"
+}
+
+# The two servers of a round: pid, wrk's URL and arguments, by slot.
+PIDS=()
+URLS=()
+ARGS=()
+
+stop_both() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    PIDS=()
+}
+trap 'stop_both; cleanup' EXIT
+
+# start SLOT BINARY MODE PORT FUNCTION
+start() {
+    local dir
+    dir=$(mktemp -d -p "$WORK")
+    printf '[billing]\n%s\n' "$(billing_of "$3")" >"$dir/platform.toml"
+    GLIA_LOG=warn TOKIO_WORKER_THREADS=1 taskset -c "$SERVER_CPU" \
+        "$2" serve --listen "127.0.0.1:$4" --data-dir "$dir/data" --config "$dir/platform.toml" \
+        >"$dir/glia.log" 2>&1 &
+    PIDS[$1]=$!
+    SERVER_PID=${PIDS[$1]} ADDR=127.0.0.1:$4
+    wait_for_server "$dir/glia.log"
+    SERVER_PID=
+    target_of "$5" "$dir/data"
+    URLS[$1]=$TARGET_URL
+    ARGS[$1]=$(printf '%q ' "${TARGET_ARGS[@]}")
+}
+
+# load SLOT SECONDS: wrk's report.
+load() {
+    local args
+    eval "args=(${ARGS[$1]})"
+    taskset -c "$CLIENT_CPU" wrk -t1 -c16 -d"$2s" "${args[@]}" "${URLS[$1]}"
+}
+
+# Loads both servers at once for SECONDS; sets R_REQ and R_NS (requests and
+# CPU nanoseconds per slot).
+both() {
+    local before0 before1 out0=$WORK/wrk0 out1=$WORK/wrk1 first
+    before0=$(cpu_ns "${PIDS[0]}") before1=$(cpu_ns "${PIDS[1]}")
+    load 0 "$1" >"$out0" &
+    first=$!
+    load 1 "$1" >"$out1"
+    wait "$first"
+    R_NS=($(($(cpu_ns "${PIDS[0]}") - before0)) $(($(cpu_ns "${PIDS[1]}") - before1)))
+    if grep -q 'Non-2xx' "$out0" "$out1"; then
+        cat "$out0" "$out1" >&2
+        echo "error: a server answered errors" >&2
+        exit 1
+    fi
+    R_REQ=("$(awk '/ requests in / { print $1 }' "$out0")" "$(awk '/ requests in / { print $1 }' "$out1")")
+}
+
+median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+declare -A RATIOS BASE_US MODE_US
+for function in $FUNCTIONS; do
+    for mode in $MODES; do
+        for round in $(seq "$ROUNDS"); do
+            # Odd rounds start the reference first, on the first port.
+            if ((round % 2)); then ref=0 metered=1; else ref=1 metered=0; fi
+            for slot in 0 1; do
+                if ((slot == ref)); then
+                    start "$slot" "$BASE_GLIA" "$BASE" $((PORT + slot)) "$function"
+                else
+                    start "$slot" "$GLIA" "$mode" $((PORT + slot)) "$function"
+                fi
+            done
+            both "$WARMUP"
+            both "$DURATION"
+            stop_both
+            read -r ref_us mode_us ratio < <(awk -v rn="${R_NS[$ref]}" -v rq="${R_REQ[$ref]}" \
+                -v mn="${R_NS[$metered]}" -v mq="${R_REQ[$metered]}" \
+                'BEGIN { r = rn / rq / 1000; m = mn / mq / 1000; printf "%.1f %.1f %.2f\n", r, m, (m / r - 1) * 100 }')
+            log "$function, $mode vs $BASE, round $round: $mode_us vs $ref_us µs CPU per request ($ratio %), ${R_REQ[$metered]} vs ${R_REQ[$ref]} requests"
+            RATIOS[$function.$mode]+="$ratio "
+            BASE_US[$function.$mode]+="$ref_us "
+            MODE_US[$function.$mode]+="$mode_us "
+        done
+    done
+done
+
+echo
+echo "glia serve, metered and $BASE side by side on one core: medians of $ROUNDS rounds of ${DURATION} s ($(date -u +%F))"
+echo
+echo "| function | metering | CPU µs per request | $BASE | vs $BASE | rounds (vs $BASE) |"
+echo "| --- | --- | ---: | ---: | ---: | --- |"
+for function in $FUNCTIONS; do
+    for mode in $MODES; do
+        m_ratio=$(tr ' ' '\n' <<<"${RATIOS[$function.$mode]}" | grep . | median)
+        m_base=$(tr ' ' '\n' <<<"${BASE_US[$function.$mode]}" | grep . | median)
+        m_mode=$(tr ' ' '\n' <<<"${MODE_US[$function.$mode]}" | grep . | median)
+        all=$(tr ' ' '\n' <<<"${RATIOS[$function.$mode]}" | grep . | awk '{ printf "%s%+.1f", (NR > 1 ? " · " : ""), $1 }')
+        awk -v f="$function" -v m="$mode" -v r="$m_ratio" -v b="$m_base" -v u="$m_mode" -v all="$all" \
+            'BEGIN { printf "| %s | %s | %.1f | %.1f | %+.2f %% | %s |\n", f, m, u, b, r, all }'
+    done
+done
