@@ -5,9 +5,10 @@
 # move with the machine's load, so a difference of a fraction of a percent
 # shows, where requests per second (scripts/bench-metering.sh) vary by
 # several percent between identical runs on a shared machine. It leaves out
-# the kernel's work (sockets, the ledger's writes), which `glia serve`
-# spends about a quarter of its CPU time on: a share of instructions
-# overstates what metering costs in CPU time.
+# the kernel's work (sockets, the ledger's writes) and how long each
+# instruction takes: metering's instructions take longer than the average
+# one, so a share of instructions understates what metering costs in CPU
+# time (scripts/bench-metering-side-by-side.sh measures that).
 #
 # The functions are those of scripts/bench-metering.sh (noop, model). Each
 # run starts a fresh glia under callgrind with its instruction counting off,
