@@ -64,15 +64,6 @@ source scripts/lib/bench.sh
 build_glia_and_noop
 BASE_GLIA=${BASE_GLIA:-$GLIA}
 
-billing_of() {
-    case $1 in
-        off) echo 'enabled = false' ;;
-        batched) echo 'durability = "batched"' ;;
-        strict) echo 'durability = "strict"' ;;
-        *) echo "error: unknown mode $1" >&2; exit 2 ;;
-    esac
-}
-
 # CPU nanoseconds of all of a process's threads so far.
 cpu_ns() {
     local total=0 ns _
@@ -138,8 +129,6 @@ both() {
     fi
     R_REQ=("$(awk '/ requests in / { print $1 }' "$out0")" "$(awk '/ requests in / { print $1 }' "$out1")")
 }
-
-median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 declare -A RATIOS BASE_US MODE_US
 for function in $FUNCTIONS; do

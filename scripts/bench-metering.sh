@@ -55,15 +55,6 @@ source scripts/lib/bench.sh
 
 build_glia_and_noop
 
-billing_of() {
-    case $1 in
-        off) echo 'enabled = false' ;;
-        batched) echo 'durability = "batched"' ;;
-        strict) echo 'durability = "strict"' ;;
-        *) echo "error: unknown mode $1" >&2; exit 2 ;;
-    esac
-}
-
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 
 # One run: sets R_RPS and R_US (CPU µs per request).
@@ -92,8 +83,6 @@ run_one() {
     R_US=$(awk -v r="$rps" -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v d="$DURATION" \
         'BEGIN { printf "%.1f", t / hz * 1e6 / (r * d) }')
 }
-
-median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 declare -A RPS CPU
 for round in $(seq "$ROUNDS"); do

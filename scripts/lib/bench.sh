@@ -80,3 +80,16 @@ build_glia_and_noop() {
     cargo build --manifest-path tests/fixtures/Cargo.toml --target wasm32-wasip2 \
         --release --target-dir target/wasm
 }
+
+# The `[billing]` settings of a metering mode: off, batched or strict.
+billing_of() {
+    case $1 in
+        off) echo 'enabled = false' ;;
+        batched) echo 'durability = "batched"' ;;
+        strict) echo 'durability = "strict"' ;;
+        *) echo "error: unknown mode $1" >&2; exit 2 ;;
+    esac
+}
+
+# The median of the numbers on standard input, one a line.
+median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
