@@ -296,13 +296,17 @@ fn ledger_span(parent: &tracing::Span, billing: &LedgerWriter) -> tracing::Span 
     )
 }
 
-/// Writes `record`; under `strict`, waits for its commit.
+/// Writes `record`; under `strict`, waits for its commit (in a
+/// `glia.ledger.write` span).
 async fn commit(billing: &LedgerWriter, record: InvocationRecord) -> Result<(), ApiError> {
-    let span = ledger_span(&tracing::Span::current(), billing);
     let written = match billing.durability() {
-        // Nothing to wait for: the record joins the next batch.
-        Durability::Batched => span.in_scope(|| billing.hand_over(record)),
-        Durability::Strict => billing.record(record).instrument(span).await,
+        // Nothing to wait for: the record joins the next batch. No span: it
+        // would time a push onto a queue.
+        Durability::Batched => billing.hand_over(record),
+        Durability::Strict => {
+            let span = ledger_span(&tracing::Span::current(), billing);
+            billing.record(record).instrument(span).await
+        }
     };
     written.map_err(|e| {
         tracing::error!(error = %e, "ledger write failed; response withheld");

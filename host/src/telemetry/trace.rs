@@ -11,7 +11,7 @@
 //! ├── glia.guest                    the guest's handler
 //! │   ├── glia.nn.load              each wasi:nn load: model, backend, device
 //! │   └── glia.nn.compute           each wasi:nn compute: model, backend, device
-//! └── glia.ledger.write             the call's billing record
+//! └── glia.ledger.write             under `strict`, the wait for the billing record's commit
 //! ```
 //!
 //! Only the root span is at `INFO`, so that host log lines about a call
