@@ -23,7 +23,7 @@
 # Usage (from anywhere in the repository):
 #
 #   scripts/bench-metering-side-by-side.sh
-#   ROUNDS=5 MODES=batched FUNCTIONS=noop scripts/bench-metering-side-by-side.sh
+#   ROUNDS=4 MODES=batched FUNCTIONS=noop scripts/bench-metering-side-by-side.sh
 #   # two builds, both `batched`:
 #   BASE=batched BASE_GLIA=/tmp/glia-before MODES=batched \
 #       scripts/bench-metering-side-by-side.sh
