@@ -16,9 +16,8 @@
 # function and mode, the median over the rounds of the metered server's
 # CPU per request against the reference's, and every round's ratio. A mode
 # of `off` compared with `off` shows the method's own noise. Rounds swap
-# which server starts first and which port it listens on: the one started
-# second tends to read up to 1 % cheaper, so an even number of rounds
-# cancels that out.
+# which server starts first and which port it listens on; an even number
+# of rounds gives each order as many.
 #
 # Usage (from anywhere in the repository):
 #
