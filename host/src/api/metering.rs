@@ -509,13 +509,14 @@ impl Finalizer {
             outcome,
             bytes_out,
         );
-        let span = ledger_span(&self.meter.span, &self.billing);
         if wait_commit {
+            let span = ledger_span(&self.meter.span, &self.billing);
             if let Err(e) = self.billing.record(record).instrument(span).await {
                 tracing::error!(invocation_id = %self.meter.id, error = %e, "ledger write of a streamed call failed");
             }
         } else {
-            let _entered = span.enter();
+            // In the call's span, so that a lost record's error names it.
+            let _entered = self.meter.span.enter();
             self.billing.record_detached(record);
         }
     }
