@@ -69,7 +69,7 @@ BASE_GLIA=${BASE_GLIA:-$GLIA}
 cpu_ns() {
     local total=0 ns _
     for stat in /proc/"$1"/task/*/schedstat; do
-        read -r ns _ <"$stat" 2>/dev/null && total=$((total + ns))
+        read -r ns _ 2>/dev/null <"$stat" && total=$((total + ns))
     done
     echo "$total"
 }
@@ -93,13 +93,9 @@ trap 'stop_both; cleanup' EXIT
 start() {
     local dir
     dir=$(mktemp -d -p "$WORK")
-    printf '[billing]\n%s\n' "$(billing_of "$3")" >"$dir/platform.toml"
-    GLIA_LOG=warn TOKIO_WORKER_THREADS=1 taskset -c "$SERVER_CPU" \
-        "$2" serve --listen "127.0.0.1:$4" --data-dir "$dir/data" --config "$dir/platform.toml" \
-        >"$dir/glia.log" 2>&1 &
-    PIDS[$1]=$!
-    SERVER_PID=${PIDS[$1]} ADDR=127.0.0.1:$4
-    wait_for_server "$dir/glia.log"
+    ADDR=127.0.0.1:$4
+    serve_in_mode "$2" "$3" "$dir"
+    PIDS[$1]=$SERVER_PID
     SERVER_PID=
     target_of "$5" "$dir/data"
     URLS[$1]=$TARGET_URL
@@ -165,9 +161,9 @@ echo "| function | metering | CPU µs per request | $BASE | vs $BASE | rounds (v
 echo "| --- | --- | ---: | ---: | ---: | --- |"
 for function in $FUNCTIONS; do
     for mode in $MODES; do
-        m_ratio=$(tr ' ' '\n' <<<"${RATIOS[$function.$mode]}" | grep . | median)
-        m_base=$(tr ' ' '\n' <<<"${BASE_US[$function.$mode]}" | grep . | median)
-        m_mode=$(tr ' ' '\n' <<<"${MODE_US[$function.$mode]}" | grep . | median)
+        m_ratio=$(median <<<"${RATIOS[$function.$mode]}")
+        m_base=$(median <<<"${BASE_US[$function.$mode]}")
+        m_mode=$(median <<<"${MODE_US[$function.$mode]}")
         all=$(tr ' ' '\n' <<<"${RATIOS[$function.$mode]}" | grep . | awk '{ printf "%s%+.1f", (NR > 1 ? " · " : ""), $1 }')
         awk -v f="$function" -v m="$mode" -v r="$m_ratio" -v b="$m_base" -v u="$m_mode" -v all="$all" \
             'BEGIN { printf "| %s | %s | %.1f | %.1f | %+.2f %% | %s |\n", f, m, u, b, r, all }'

@@ -61,12 +61,7 @@ cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 run_one() {
     local function=$1 mode=$2 dir t0 t1 out rps
     dir=$(mktemp -d -p "$WORK")
-    printf '[billing]\n%s\n' "$(billing_of "$mode")" >"$dir/platform.toml"
-    GLIA_LOG=warn TOKIO_WORKER_THREADS=1 taskset -c "$SERVER_CPU" \
-        "$GLIA" serve --listen "$ADDR" --data-dir "$dir/data" --config "$dir/platform.toml" \
-        >"$dir/glia.log" 2>&1 &
-    SERVER_PID=$!
-    wait_for_server "$dir/glia.log"
+    serve_in_mode "$GLIA" "$mode" "$dir"
     target_of "$function" "$dir/data"
     taskset -c "$CLIENT_CPU" wrk -t1 -c16 -d"${WARMUP}s" "${TARGET_ARGS[@]}" "$TARGET_URL" >/dev/null
     t0=$(cpu_ticks "$SERVER_PID")
@@ -104,8 +99,8 @@ echo "| --- | --- | ---: | ---: | ---: | ---: | --- |"
 for function in $FUNCTIONS; do
     base_rps= base_cpu=
     for mode in $MODES; do
-        m_rps=$(tr ' ' '\n' <<<"${RPS[$function.$mode]}" | grep . | median)
-        m_cpu=$(tr ' ' '\n' <<<"${CPU[$function.$mode]}" | grep . | median)
+        m_rps=$(median <<<"${RPS[$function.$mode]}")
+        m_cpu=$(median <<<"${CPU[$function.$mode]}")
         if [[ $mode == off ]]; then
             base_rps=$m_rps base_cpu=$m_cpu
         fi

@@ -91,5 +91,18 @@ billing_of() {
     esac
 }
 
-# The median of the numbers on standard input, one a line.
-median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+# Starts BINARY (`glia serve`, one tokio worker, pinned to $SERVER_CPU) on
+# $ADDR in metering MODE with its data under DIR, as $SERVER_PID, and waits
+# for it to answer: serve_in_mode BINARY MODE DIR
+serve_in_mode() {
+    printf '[billing]\n%s\n' "$(billing_of "$2")" >"$3/platform.toml"
+    GLIA_LOG=warn TOKIO_WORKER_THREADS=1 taskset -c "$SERVER_CPU" \
+        "$1" serve --listen "$ADDR" --data-dir "$3/data" --config "$3/platform.toml" \
+        >"$3/glia.log" 2>&1 &
+    SERVER_PID=$!
+    wait_for_server "$3/glia.log"
+}
+
+# The median of the numbers given, separated by spaces or lines, on
+# standard input.
+median() { tr -s ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
