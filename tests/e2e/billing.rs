@@ -390,6 +390,89 @@ async fn streamed_responses_are_recorded_when_they_end() {
     server.stop().await;
 }
 
+/// Waits for a record to reach the ledger (a row handed over without
+/// waiting for its commit).
+async fn eventual_record(server: &TestServer, id: &str) -> Value {
+    let started = std::time::Instant::now();
+    loop {
+        let r = server.get(&format!("/v1/invocations/{id}")).await;
+        if r.status() == 200 {
+            return r.json().await.unwrap();
+        }
+        assert_eq!(r.status(), 404);
+        assert!(started.elapsed() < Duration::from_secs(5), "never written");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Under `batched`, a streamed call's row is handed over when its body
+/// ends, without holding back the last frame, and reaches the ledger
+/// within the flush interval.
+#[tokio::test]
+async fn batched_streamed_responses_are_recorded_when_they_end() {
+    let server = server_with_plan(|c| {
+        c.billing.buffer_response_kb = 64;
+        c.billing.durability = Durability::Batched;
+        c.billing.flush_interval_ms = 50;
+    })
+    .await;
+    server.deploy_ok("hostile", HOSTILE, "").await;
+    let r = server.get("/fn/hostile/big?mb=2").await;
+    assert_eq!(r.status(), 200);
+    let id = header(&r, "glia-invocation-id");
+    assert!(header(&r, "glia-cost").starts_with("streamed"));
+    assert_eq!(r.bytes().await.unwrap().len(), 2 << 20);
+    let rec = eventual_record(&server, &id).await;
+    assert_eq!(rec["usage"]["bytes_out"], 2 << 20);
+    assert_eq!(rec["outcome"], "ok");
+    assert_eq!(
+        rec["cost"]["total_micros"].as_u64().unwrap(),
+        expected_micros(&rec)
+    );
+    server.stop().await;
+}
+
+/// A client that goes away mid-stream leaves a record of what was sent
+/// (an `error` outcome, billed for the time used), whatever the
+/// durability.
+#[tokio::test]
+async fn a_stream_the_client_abandons_is_recorded_with_what_was_sent() {
+    for durability in [Durability::Strict, Durability::Batched] {
+        let server = server_with_plan(|c| {
+            c.billing.buffer_response_kb = 64;
+            c.billing.durability = durability;
+            c.billing.flush_interval_ms = 50;
+        })
+        .await;
+        server
+            .deploy_ok("hostile", HOSTILE, "timeout_ms=20000")
+            .await;
+        let total: u64 = 256 << 20;
+        let mut r = server.get("/fn/hostile/big?mb=256").await;
+        assert_eq!(r.status(), 200);
+        let id = header(&r, "glia-invocation-id");
+        let first = r.chunk().await.unwrap().expect("a first chunk");
+        assert!(!first.is_empty());
+        drop(r);
+        let rec = eventual_record(&server, &id).await;
+        let sent = rec["usage"]["bytes_out"].as_u64().unwrap();
+        assert!(
+            sent > 0 && sent < total,
+            "{durability:?}: {sent} bytes out of {total}"
+        );
+        assert_eq!(rec["outcome"], "error", "{durability:?}");
+        assert_eq!(rec["status"], 200);
+        assert!(rec["billed_ms"].as_u64().unwrap() >= 1);
+        assert_eq!(
+            rec["cost"]["total_micros"].as_u64().unwrap(),
+            expected_micros(&rec)
+        );
+        // The server goes on serving.
+        assert_eq!(server.get("/fn/hostile/big?mb=1").await.status(), 200);
+        server.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn billing_can_be_turned_off() {
     let server = TestServer::start_with(|c| c.billing.enabled = false).await;
