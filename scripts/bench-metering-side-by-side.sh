@@ -14,7 +14,10 @@
 #
 # Each mode is compared with `off` (or with BASE): the table gives, per
 # function and mode, the median over the rounds of the metered server's
-# CPU per request against the reference's, and every round's ratio. A mode
+# CPU per request against the reference's, and every round's ratio. The
+# `ledger thread` column is the part of the difference spent by the ledger
+# writer's thread (`glia-ledger`: encoding, SQLite, commits), as a share of
+# the reference's CPU per request; the rest is spent on the call's path. A mode
 # of `off` compared with `off` shows the method's own noise. Rounds swap
 # which server starts first and which port it listens on; an even number
 # of rounds gives each order as many.
@@ -65,11 +68,15 @@ source scripts/lib/bench.sh
 build_glia_and_noop
 BASE_GLIA=${BASE_GLIA:-$GLIA}
 
-# CPU nanoseconds of all of a process's threads so far.
+# CPU nanoseconds of all of a process's threads so far, or (with a second
+# argument) of its threads of that name only.
 cpu_ns() {
-    local total=0 ns _
-    for stat in /proc/"$1"/task/*/schedstat; do
-        read -r ns _ 2>/dev/null <"$stat" && total=$((total + ns))
+    local total=0 ns _ task name
+    for task in /proc/"$1"/task/*; do
+        if [[ -n ${2:-} ]]; then
+            read -r name 2>/dev/null <"$task/comm" && [[ $name == "$2" ]] || continue
+        fi
+        read -r ns _ 2>/dev/null <"$task/schedstat" && total=$((total + ns))
     done
     echo "$total"
 }
@@ -109,16 +116,20 @@ load() {
     taskset -c "$CLIENT_CPU" wrk -t1 -c16 -d"$2s" "${args[@]}" "${URLS[$1]}"
 }
 
-# Loads both servers at once for SECONDS; sets R_REQ and R_NS (requests and
-# CPU nanoseconds per slot).
+# Loads both servers at once for SECONDS; sets R_REQ, R_NS and R_LEDGER_NS
+# (requests, CPU nanoseconds, and those of the ledger writer's thread, per
+# slot).
 both() {
-    local before0 before1 out0=$WORK/wrk0 out1=$WORK/wrk1 first
+    local before0 before1 ledger0 ledger1 out0=$WORK/wrk0 out1=$WORK/wrk1 first
     before0=$(cpu_ns "${PIDS[0]}") before1=$(cpu_ns "${PIDS[1]}")
+    ledger0=$(cpu_ns "${PIDS[0]}" glia-ledger) ledger1=$(cpu_ns "${PIDS[1]}" glia-ledger)
     load 0 "$1" >"$out0" &
     first=$!
     load 1 "$1" >"$out1"
     wait "$first"
     R_NS=($(($(cpu_ns "${PIDS[0]}") - before0)) $(($(cpu_ns "${PIDS[1]}") - before1)))
+    R_LEDGER_NS=($(($(cpu_ns "${PIDS[0]}" glia-ledger) - ledger0))
+        $(($(cpu_ns "${PIDS[1]}" glia-ledger) - ledger1)))
     if grep -q 'Non-2xx' "$out0" "$out1"; then
         cat "$out0" "$out1" >&2
         echo "error: a server answered errors" >&2
@@ -127,7 +138,7 @@ both() {
     R_REQ=("$(awk '/ requests in / { print $1 }' "$out0")" "$(awk '/ requests in / { print $1 }' "$out1")")
 }
 
-declare -A RATIOS BASE_US MODE_US
+declare -A RATIOS BASE_US MODE_US LEDGER_SHARE
 for function in $FUNCTIONS; do
     for mode in $MODES; do
         for round in $(seq "$ROUNDS"); do
@@ -143,13 +154,16 @@ for function in $FUNCTIONS; do
             both "$WARMUP"
             both "$DURATION"
             stop_both
-            read -r ref_us mode_us ratio < <(awk -v rn="${R_NS[$ref]}" -v rq="${R_REQ[$ref]}" \
-                -v mn="${R_NS[$metered]}" -v mq="${R_REQ[$metered]}" \
-                'BEGIN { r = rn / rq / 1000; m = mn / mq / 1000; printf "%.1f %.1f %.2f\n", r, m, (m / r - 1) * 100 }')
-            log "$function, $mode vs $BASE, round $round: $mode_us vs $ref_us µs CPU per request ($ratio %), ${R_REQ[$metered]} vs ${R_REQ[$ref]} requests"
+            read -r ref_us mode_us ratio ledger_us ledger_share < <(awk \
+                -v rn="${R_NS[$ref]}" -v rq="${R_REQ[$ref]}" -v rl="${R_LEDGER_NS[$ref]}" \
+                -v mn="${R_NS[$metered]}" -v mq="${R_REQ[$metered]}" -v ml="${R_LEDGER_NS[$metered]}" \
+                'BEGIN { r = rn / rq / 1000; m = mn / mq / 1000; l = ml / mq / 1000
+                         printf "%.1f %.1f %.2f %.2f %.2f\n", r, m, (m / r - 1) * 100, l, (l - rl / rq / 1000) / r * 100 }')
+            log "$function, $mode vs $BASE, round $round: $mode_us vs $ref_us µs CPU per request ($ratio %; ledger thread $ledger_us µs, $ledger_share % of $BASE), ${R_REQ[$metered]} vs ${R_REQ[$ref]} requests"
             RATIOS[$function.$mode]+="$ratio "
             BASE_US[$function.$mode]+="$ref_us "
             MODE_US[$function.$mode]+="$mode_us "
+            LEDGER_SHARE[$function.$mode]+="$ledger_share "
         done
     done
 done
@@ -157,15 +171,17 @@ done
 echo
 echo "glia serve, metered and $BASE side by side on one core: medians of $ROUNDS rounds of ${DURATION} s ($(date -u +%F))"
 echo
-echo "| function | metering | CPU µs per request | $BASE | vs $BASE | rounds (vs $BASE) |"
-echo "| --- | --- | ---: | ---: | ---: | --- |"
+echo "| function | metering | CPU µs per request | $BASE | vs $BASE | ledger thread | rounds (vs $BASE) |"
+echo "| --- | --- | ---: | ---: | ---: | ---: | --- |"
 for function in $FUNCTIONS; do
     for mode in $MODES; do
         m_ratio=$(median <<<"${RATIOS[$function.$mode]}")
         m_base=$(median <<<"${BASE_US[$function.$mode]}")
         m_mode=$(median <<<"${MODE_US[$function.$mode]}")
+        m_ledger=$(median <<<"${LEDGER_SHARE[$function.$mode]}")
         all=$(tr ' ' '\n' <<<"${RATIOS[$function.$mode]}" | grep . | awk '{ printf "%s%+.1f", (NR > 1 ? " · " : ""), $1 }')
-        awk -v f="$function" -v m="$mode" -v r="$m_ratio" -v b="$m_base" -v u="$m_mode" -v all="$all" \
-            'BEGIN { printf "| %s | %s | %.1f | %.1f | %+.2f %% | %s |\n", f, m, u, b, r, all }'
+        awk -v f="$function" -v m="$mode" -v r="$m_ratio" -v b="$m_base" -v u="$m_mode" \
+            -v l="$m_ledger" -v all="$all" \
+            'BEGIN { printf "| %s | %s | %.1f | %.1f | %+.2f %% | %+.2f %% | %s |\n", f, m, u, b, r, l, all }'
     done
 done
