@@ -20,7 +20,9 @@
 # the reference's CPU per request; the rest is spent on the call's path. A mode
 # of `off` compared with `off` shows the method's own noise. Rounds swap
 # which server starts first and which port it listens on; an even number
-# of rounds gives each order as many.
+# of rounds gives each order as many. Each round's log line says how much
+# time the hypervisor stole from the machine meanwhile: on a shared host,
+# rounds far off the others usually had some.
 #
 # Usage (from anywhere in the repository):
 #
@@ -116,11 +118,18 @@ load() {
     taskset -c "$CLIENT_CPU" wrk -t1 -c16 -d"$2s" "${args[@]}" "${URLS[$1]}"
 }
 
+# Milliseconds the hypervisor has run something else while this machine's
+# cores wanted to run (the `steal` column of /proc/stat), all cores.
+steal_ms() {
+    awk -v hz="$(getconf CLK_TCK)" '$1 == "cpu" { print int($9 * 1000 / hz) }' /proc/stat
+}
+
 # Loads both servers at once for SECONDS; sets R_REQ, R_NS and R_LEDGER_NS
 # (requests, CPU nanoseconds, and those of the ledger writer's thread, per
-# slot).
+# slot) and R_STEAL_MS (time stolen from the machine meanwhile).
 both() {
-    local before0 before1 ledger0 ledger1 out0=$WORK/wrk0 out1=$WORK/wrk1 first
+    local before0 before1 ledger0 ledger1 out0=$WORK/wrk0 out1=$WORK/wrk1 first steal
+    steal=$(steal_ms)
     before0=$(cpu_ns "${PIDS[0]}") before1=$(cpu_ns "${PIDS[1]}")
     ledger0=$(cpu_ns "${PIDS[0]}" glia-ledger) ledger1=$(cpu_ns "${PIDS[1]}" glia-ledger)
     load 0 "$1" >"$out0" &
@@ -130,6 +139,7 @@ both() {
     R_NS=($(($(cpu_ns "${PIDS[0]}") - before0)) $(($(cpu_ns "${PIDS[1]}") - before1)))
     R_LEDGER_NS=($(($(cpu_ns "${PIDS[0]}" glia-ledger) - ledger0))
         $(($(cpu_ns "${PIDS[1]}" glia-ledger) - ledger1)))
+    R_STEAL_MS=$(($(steal_ms) - steal))
     if grep -q 'Non-2xx' "$out0" "$out1"; then
         cat "$out0" "$out1" >&2
         echo "error: a server answered errors" >&2
@@ -159,7 +169,7 @@ for function in $FUNCTIONS; do
                 -v mn="${R_NS[$metered]}" -v mq="${R_REQ[$metered]}" -v ml="${R_LEDGER_NS[$metered]}" \
                 'BEGIN { r = rn / rq / 1000; m = mn / mq / 1000; l = ml / mq / 1000
                          printf "%.1f %.1f %.2f %.2f %.2f\n", r, m, (m / r - 1) * 100, l, (l - rl / rq / 1000) / r * 100 }')
-            log "$function, $mode vs $BASE, round $round: $mode_us vs $ref_us µs CPU per request ($ratio %; ledger thread $ledger_us µs, $ledger_share % of $BASE), ${R_REQ[$metered]} vs ${R_REQ[$ref]} requests"
+            log "$function, $mode vs $BASE, round $round: $mode_us vs $ref_us µs CPU per request ($ratio %; ledger thread $ledger_us µs, $ledger_share % of $BASE), ${R_REQ[$metered]} vs ${R_REQ[$ref]} requests, ${R_STEAL_MS} ms stolen"
             RATIOS[$function.$mode]+="$ratio "
             BASE_US[$function.$mode]+="$ref_us "
             MODE_US[$function.$mode]+="$mode_us "
