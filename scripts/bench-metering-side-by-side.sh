@@ -70,17 +70,16 @@ source scripts/lib/bench.sh
 build_glia_and_noop
 BASE_GLIA=${BASE_GLIA:-$GLIA}
 
-# CPU nanoseconds of all of a process's threads so far, or (with a second
-# argument) of its threads of that name only.
+# CPU nanoseconds so far of all of a process's threads, and of its ledger
+# writer's thread (`glia-ledger`), read in one pass: "TOTAL LEDGER".
 cpu_ns() {
-    local total=0 ns _ task name
+    local total=0 ledger=0 ns _ task name
     for task in /proc/"$1"/task/*; do
-        if [[ -n ${2:-} ]]; then
-            read -r name 2>/dev/null <"$task/comm" && [[ $name == "$2" ]] || continue
-        fi
-        read -r ns _ 2>/dev/null <"$task/schedstat" && total=$((total + ns))
+        read -r ns _ 2>/dev/null <"$task/schedstat" || continue
+        total=$((total + ns))
+        read -r name 2>/dev/null <"$task/comm" && [[ $name == glia-ledger ]] && ledger=$((ledger + ns))
     done
-    echo "$total"
+    echo "$total $ledger"
 }
 
 # The two servers of a round: pid, wrk's URL and arguments, by slot.
@@ -128,17 +127,22 @@ steal_ms() {
 # (requests, CPU nanoseconds, and those of the ledger writer's thread, per
 # slot) and R_STEAL_MS (time stolen from the machine meanwhile).
 both() {
-    local before0 before1 ledger0 ledger1 out0=$WORK/wrk0 out1=$WORK/wrk1 first steal
+    local out0=$WORK/wrk0 out1=$WORK/wrk1 first steal slot total ledger
+    local -a before_ns before_ledger
     steal=$(steal_ms)
-    before0=$(cpu_ns "${PIDS[0]}") before1=$(cpu_ns "${PIDS[1]}")
-    ledger0=$(cpu_ns "${PIDS[0]}" glia-ledger) ledger1=$(cpu_ns "${PIDS[1]}" glia-ledger)
+    for slot in 0 1; do
+        read -r "before_ns[$slot]" "before_ledger[$slot]" < <(cpu_ns "${PIDS[$slot]}")
+    done
     load 0 "$1" >"$out0" &
     first=$!
     load 1 "$1" >"$out1"
     wait "$first"
-    R_NS=($(($(cpu_ns "${PIDS[0]}") - before0)) $(($(cpu_ns "${PIDS[1]}") - before1)))
-    R_LEDGER_NS=($(($(cpu_ns "${PIDS[0]}" glia-ledger) - ledger0))
-        $(($(cpu_ns "${PIDS[1]}" glia-ledger) - ledger1)))
+    R_NS=() R_LEDGER_NS=()
+    for slot in 0 1; do
+        read -r total ledger < <(cpu_ns "${PIDS[$slot]}")
+        R_NS[slot]=$((total - before_ns[slot]))
+        R_LEDGER_NS[slot]=$((ledger - before_ledger[slot]))
+    done
     R_STEAL_MS=$(($(steal_ms) - steal))
     if grep -q 'Non-2xx' "$out0" "$out1"; then
         cat "$out0" "$out1" >&2
