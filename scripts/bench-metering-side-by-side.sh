@@ -36,13 +36,16 @@
 #   ROUNDS      rounds per function and mode (default 8)
 #   DURATION    seconds measured per round (default 15)
 #   WARMUP      seconds of load before each measurement (default 2)
-#   MODES       space-separated, from: off batched strict (default all three)
+#   MODES       space-separated, from: off batched strict batched:MS
+#               (`batched` flushed every MS ms) (default: off batched strict)
 #   FUNCTIONS   space-separated, from: noop model (default both)
 #   BASE        the reference server's mode (default off)
 #   GLIA        the glia binary (default target/release/glia, built here)
 #   BASE_GLIA   the reference server's binary (default GLIA)
 #   SERVER_CPU, CLIENT_CPU, PORT   cores, and the first of two loopback
 #               ports (0, 1, 18292)
+#   LEDGER_CPU  a core for the servers' ledger writer threads (default:
+#               they stay on SERVER_CPU with the rest of their server)
 #
 # Needs: cargo with the wasm32-wasip2 target, taskset, curl, and wrk
 # (installed with apt-get when missing).
@@ -105,6 +108,13 @@ start() {
     serve_in_mode "$2" "$3" "$dir"
     PIDS[$1]=$SERVER_PID
     SERVER_PID=
+    if [[ -n ${LEDGER_CPU:-} ]]; then
+        local task name
+        for task in /proc/"${PIDS[$1]}"/task/*; do
+            read -r name <"$task/comm" && [[ $name == glia-ledger ]] &&
+                taskset -p -c "$LEDGER_CPU" "${task##*/}" >/dev/null
+        done
+    fi
     target_of "$5" "$dir/data"
     URLS[$1]=$TARGET_URL
     ARGS[$1]=$(printf '%q ' "${TARGET_ARGS[@]}")

@@ -81,11 +81,13 @@ build_glia_and_noop() {
         --release --target-dir target/wasm
 }
 
-# The `[billing]` settings of a metering mode: off, batched or strict.
+# The `[billing]` settings of a metering mode: off, batched, strict, or
+# batched:MS (`batched`, flushed every MS milliseconds).
 billing_of() {
     case $1 in
         off) echo 'enabled = false' ;;
         batched) echo 'durability = "batched"' ;;
+        batched:*) printf 'durability = "batched"\nflush_interval_ms = %s\n' "${1#batched:}" ;;
         strict) echo 'durability = "strict"' ;;
         *) echo "error: unknown mode $1" >&2; exit 2 ;;
     esac
