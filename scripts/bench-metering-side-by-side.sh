@@ -73,14 +73,21 @@ source scripts/lib/bench.sh
 build_glia_and_noop
 BASE_GLIA=${BASE_GLIA:-$GLIA}
 
+# Whether the thread whose /proc directory is $1 (/proc/PID/task/TID) is
+# a ledger writer (`glia-ledger`).
+is_ledger() {
+    local name
+    read -r name 2>/dev/null <"$1/comm" && [[ $name == glia-ledger ]]
+}
+
 # CPU nanoseconds so far of all of a process's threads, and of its ledger
-# writer's thread (`glia-ledger`), read in one pass: "TOTAL LEDGER".
+# writer's thread, read in one pass: "TOTAL LEDGER".
 cpu_ns() {
-    local total=0 ledger=0 ns _ task name
+    local total=0 ledger=0 ns _ task
     for task in /proc/"$1"/task/*; do
         read -r ns _ 2>/dev/null <"$task/schedstat" || continue
         total=$((total + ns))
-        read -r name 2>/dev/null <"$task/comm" && [[ $name == glia-ledger ]] && ledger=$((ledger + ns))
+        if is_ledger "$task"; then ledger=$((ledger + ns)); fi
     done
     echo "$total $ledger"
 }
@@ -109,10 +116,9 @@ start() {
     PIDS[$1]=$SERVER_PID
     SERVER_PID=
     if [[ -n ${LEDGER_CPU:-} ]]; then
-        local task name
+        local task
         for task in /proc/"${PIDS[$1]}"/task/*; do
-            read -r name <"$task/comm" && [[ $name == glia-ledger ]] &&
-                taskset -p -c "$LEDGER_CPU" "${task##*/}" >/dev/null
+            if is_ledger "$task"; then taskset -p -c "$LEDGER_CPU" "${task##*/}" >/dev/null; fi
         done
     fi
     target_of "$5" "$dir/data"
