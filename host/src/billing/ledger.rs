@@ -588,8 +588,51 @@ fn bind_encoded(
     insert.raw_bind_parameter(first + 3, &encoded[..])
 }
 
+/// A batch's transaction. Its `BEGIN`, `COMMIT` and `ROLLBACK` are cached
+/// statements: rusqlite's own transactions parse them anew each time, a
+/// tenth of the writer's CPU time when commits carry few rows.
+struct Batch<'c> {
+    conn: &'c Connection,
+}
+
+impl<'c> Batch<'c> {
+    fn begin(conn: &'c Connection) -> rusqlite::Result<Self> {
+        conn.prepare_cached("BEGIN")?.execute([])?;
+        Ok(Self { conn })
+    }
+
+    /// Commits; a commit that fails is rolled back.
+    fn commit(self) -> rusqlite::Result<()> {
+        self.conn.prepare_cached("COMMIT")?.execute([])?;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for Batch<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        // Not committed: undo what the batch wrote.
+        if !self.conn.is_autocommit() {
+            let rolled_back = self
+                .conn
+                .prepare_cached("ROLLBACK")
+                .and_then(|mut rollback| rollback.execute([]));
+            if let Err(e) = rolled_back {
+                tracing::error!(error = %e, "rolling back a ledger batch failed");
+            }
+        }
+    }
+}
+
 /// Adds a batch's totals to the stored ones.
-fn add_totals(tx: &rusqlite::Transaction<'_>, totals: &[MinuteTotals<'_>]) -> rusqlite::Result<()> {
+fn add_totals(tx: &Connection, totals: &[MinuteTotals<'_>]) -> rusqlite::Result<()> {
     let mut add = tx.prepare_cached(ADD_TOTALS)?;
     for t in totals {
         let key: [&dyn ToSql; 4] = [&t.tenant, &t.minute_ms, &t.function, &t.outcome.as_str()];
@@ -604,8 +647,8 @@ fn add_totals(tx: &rusqlite::Transaction<'_>, totals: &[MinuteTotals<'_>]) -> ru
 /// for them first. A key that is taken after all (an id twice in the
 /// batch, a row of another process) fails the transaction with a
 /// constraint error.
-fn append_new(conn: &mut Connection, records: &[InvocationRecord]) -> rusqlite::Result<()> {
-    let tx = conn.transaction()?;
+fn append_new(conn: &Connection, records: &[InvocationRecord]) -> rusqlite::Result<()> {
+    let tx = Batch::begin(conn)?;
     {
         let mut many = tx.prepare_cached(&INSERT_NEW_ROWS)?;
         let mut one = tx.prepare_cached(&INSERT_NEW_ROW)?;
@@ -636,11 +679,11 @@ fn append_new(conn: &mut Connection, records: &[InvocationRecord]) -> rusqlite::
 /// largest upper half now in `invocations_by_id` or `invocations_wide`, at
 /// least `older_newest`.
 fn append_checked(
-    conn: &mut Connection,
+    conn: &Connection,
     records: &[InvocationRecord],
     mut older_newest: u64,
 ) -> Result<u64, LedgerError> {
-    let tx = conn.transaction()?;
+    let tx = Batch::begin(conn)?;
     {
         let mut insert = tx.prepare_cached(&INSERT_ENCODED)?;
         let mut by_id = tx.prepare_cached(&Key::Text.sql().insert)?;
@@ -691,14 +734,14 @@ fn append_checked(
 
 impl Ledger for SqliteLedger {
     fn append(&self, records: &[InvocationRecord]) -> Result<(), LedgerError> {
-        let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let older_newest = self.older_newest.load(Ordering::Relaxed);
         let floor = older_newest.max(self.newest.load(Ordering::Relaxed));
         let highs = || records.iter().map(|r| r.id.halves().0);
         // Ids made by this process after every stored row's, as they are
         // but for a retried batch: none can be stored yet.
         let new = highs().all(|high| high > floor)
-            && match append_new(&mut conn, records) {
+            && match append_new(&conn, records) {
                 Ok(()) => true,
                 Err(e)
                     if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) =>
@@ -708,7 +751,7 @@ impl Ledger for SqliteLedger {
                 Err(e) => return Err(e.into()),
             };
         if !new {
-            let older_newest = append_checked(&mut conn, records, older_newest)?;
+            let older_newest = append_checked(&conn, records, older_newest)?;
             self.older_newest.fetch_max(older_newest, Ordering::Relaxed);
         }
         self.newest

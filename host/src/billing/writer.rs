@@ -8,9 +8,11 @@
 //! In `strict` mode a caller waits for the commit that carries its record
 //! (many callers share one commit, so a durable write's cost is spread over
 //! everything that arrived meanwhile). In `batched` mode nobody waits and
-//! the writer is woken at most once per `flush_interval`: records are
+//! the writer wakes at most once per `flush_interval`: records are
 //! committed together at least that often, and a crash loses at most that
-//! window.
+//! window. While calls keep coming, the next interval starts as soon as a
+//! batch is taken, so the writer wakes on its own timer and callers never
+//! have to wake it; only the first call after a quiet interval does.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -200,35 +202,47 @@ fn run(
     // The batch being committed; swapped with the queue's, so both keep
     // their capacity and a push rarely grows a vector.
     let mut records = Vec::new();
+    // Batched: when the interval now filling up ends. The next one starts
+    // as a batch is taken, so while calls keep coming the writer wakes
+    // once an interval, and no caller has to wake it.
+    let mut interval_end: Option<Instant> = None;
     loop {
         let (acks, stop) = {
             let mut q = shared.lock();
-            // Wait for work.
-            while q.records.is_empty() && q.acks.is_empty() && !q.closed {
+            loop {
+                if let Some(end) = interval_end {
+                    // Let the interval fill up (a flush or close ends it).
+                    q.idle = false;
+                    while !q.flush && !q.closed {
+                        let left = end.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            break;
+                        }
+                        q = shared
+                            .wake
+                            .wait_timeout(q, left)
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0;
+                    }
+                }
+                if !q.records.is_empty() || !q.acks.is_empty() || q.closed {
+                    break;
+                }
+                // Nothing came: wait for work. In batched mode, the first
+                // record starts an interval.
                 q.idle = true;
                 q = shared.wake.wait(q).unwrap_or_else(|p| p.into_inner());
-            }
-            // Batched: let the interval fill up (a flush or close ends it).
-            if durability == Durability::Batched {
-                let deadline = Instant::now() + flush_interval;
-                while !q.flush && !q.closed {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        break;
-                    }
-                    q.idle = false;
-                    q = shared
-                        .wake
-                        .wait_timeout(q, left)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0;
-                }
+                interval_end = (durability == Durability::Batched && !q.flush)
+                    .then(|| Instant::now() + flush_interval);
             }
             q.idle = false;
             q.flush = false;
             std::mem::swap(&mut records, &mut q.records);
             (std::mem::take(&mut q.acks), q.closed)
         };
+        if durability == Durability::Batched {
+            interval_end = Some(Instant::now() + flush_interval);
+        }
         let result = if records.is_empty() {
             Ok(())
         } else {
