@@ -49,8 +49,9 @@ source scripts/lib/bench.sh
 command -v python3 >/dev/null || { echo "error: python3 not found" >&2; exit 1; }
 build_glia_and_noop
 
-# Calls URL (with AUTH as its `Authorization` header) on one connection, pausing GAP seconds
-# after each, for SECONDS, from CLIENT_CPU; prints the calls made:
+# Calls URL (with AUTH as its `Authorization` header) on one connection,
+# pausing GAP seconds after each, for SECONDS, from CLIENT_CPU; prints the
+# calls made:
 #   client URL AUTH GAP SECONDS
 client() {
     taskset -c "$CLIENT_CPU" python3 - "$@" <<'PY'
@@ -71,16 +72,11 @@ print(calls)
 PY
 }
 
-# The writer thread's CPU nanoseconds so far.
+# The CPU nanoseconds so far of process $1's ledger writer thread.
 ledger_ns() {
-    local task name ns _
-    for task in /proc/"$1"/task/*; do
-        read -r name 2>/dev/null <"$task/comm" || continue
-        if [[ $name == glia-ledger ]]; then
-            read -r ns _ <"$task/schedstat"
-            echo "$ns"
-        fi
-    done
+    local _ ledger
+    read -r _ ledger < <(cpu_ns "$1")
+    echo "$ledger"
 }
 
 commits() {

@@ -73,25 +73,6 @@ source scripts/lib/bench.sh
 build_glia_and_noop
 BASE_GLIA=${BASE_GLIA:-$GLIA}
 
-# Whether the thread whose /proc directory is $1 (/proc/PID/task/TID) is
-# a ledger writer (`glia-ledger`).
-is_ledger() {
-    local name
-    read -r name 2>/dev/null <"$1/comm" && [[ $name == glia-ledger ]]
-}
-
-# CPU nanoseconds so far of all of a process's threads, and of its ledger
-# writer's thread, read in one pass: "TOTAL LEDGER".
-cpu_ns() {
-    local total=0 ledger=0 ns _ task
-    for task in /proc/"$1"/task/*; do
-        read -r ns _ 2>/dev/null <"$task/schedstat" || continue
-        total=$((total + ns))
-        if is_ledger "$task"; then ledger=$((ledger + ns)); fi
-    done
-    echo "$total $ledger"
-}
-
 # The two servers of a round: pid, wrk's URL and arguments, by slot.
 PIDS=()
 URLS=()

@@ -105,6 +105,25 @@ serve_in_mode() {
     wait_for_server "$3/glia.log"
 }
 
+# Whether the thread whose /proc directory is $1 (/proc/PID/task/TID) is
+# a ledger writer (`glia-ledger`).
+is_ledger() {
+    local name
+    read -r name 2>/dev/null <"$1/comm" && [[ $name == glia-ledger ]]
+}
+
+# CPU nanoseconds so far of all of the threads of process $1, and of its ledger
+# writer's thread, read in one pass: "TOTAL LEDGER".
+cpu_ns() {
+    local total=0 ledger=0 ns _ task
+    for task in /proc/"$1"/task/*; do
+        read -r ns _ 2>/dev/null <"$task/schedstat" || continue
+        total=$((total + ns))
+        if is_ledger "$task"; then ledger=$((ledger + ns)); fi
+    done
+    echo "$total $ledger"
+}
+
 # The median of the numbers given, separated by spaces or lines, on
 # standard input.
 median() { tr -s ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }

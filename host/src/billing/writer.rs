@@ -213,17 +213,12 @@ fn run(
                 if let Some(end) = interval_end {
                     // Let the interval fill up (a flush or close ends it).
                     q.idle = false;
-                    while !q.flush && !q.closed {
-                        let left = end.saturating_duration_since(Instant::now());
-                        if left.is_zero() {
-                            break;
-                        }
-                        q = shared
-                            .wake
-                            .wait_timeout(q, left)
-                            .unwrap_or_else(|p| p.into_inner())
-                            .0;
-                    }
+                    let left = end.saturating_duration_since(Instant::now());
+                    q = shared
+                        .wake
+                        .wait_timeout_while(q, left, |q| !q.flush && !q.closed)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
                 }
                 if !q.records.is_empty() || !q.acks.is_empty() || q.closed {
                     break;

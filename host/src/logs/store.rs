@@ -319,18 +319,13 @@ fn run(mut conn: Connection, shared: &Shared, retention: Duration) {
     loop {
         let (batch, stop) = {
             let mut q = shared.lock();
-            while q.logs.is_empty() && !q.closed {
-                q.idle = true;
-                let left = REAP_INTERVAL.saturating_sub(last_reap.elapsed());
-                if left.is_zero() {
-                    break;
-                }
-                q = shared
-                    .wake
-                    .wait_timeout(q, left)
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0;
-            }
+            q.idle = true;
+            let left = REAP_INTERVAL.saturating_sub(last_reap.elapsed());
+            let mut q = shared
+                .wake
+                .wait_timeout_while(q, left, |q| q.logs.is_empty() && !q.closed)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
             q.idle = false;
             q.writing = true;
             (std::mem::take(&mut q.logs), q.closed)
