@@ -24,7 +24,9 @@ use http_body_util::BodyExt;
 use super::error::full;
 use super::{ApiError, AppState, NN_DEVICE_HEADER};
 use crate::auth::{Auth, TenantMeter};
-use crate::billing::{InvocationId, InvocationRecord, LedgerWriter, Outcome, Usage, price};
+use crate::billing::{
+    InvocationId, InvocationRecord, LedgerError, LedgerWriter, Outcome, Usage, price,
+};
 use crate::config::{Durability, PricePlan};
 use crate::nn::{NnUsage, NnUsageReport};
 use crate::runtime::{BoxError, GuestFinished, GuestReport, InvokeError, ResponseBody};
@@ -93,13 +95,12 @@ impl Meter {
 /// notes its outcome on its span (calls that reached no function are not
 /// counted).
 pub(super) fn observe(state: &AppState, meter: &Meter, outcome: Outcome) {
-    count(&state.telemetry.metrics, meter, outcome);
+    if let Some(target) = &meter.target {
+        count(&state.telemetry.metrics, meter, target, outcome);
+    }
 }
 
-fn count(metrics: &Metrics, meter: &Meter, outcome: Outcome) {
-    let Some(target) = &meter.target else {
-        return;
-    };
+fn count(metrics: &Metrics, meter: &Meter, target: &Target, outcome: Outcome) {
     crate::telemetry::trace::record(&meter.span, "glia.outcome", outcome.as_str());
     metrics.call(&CallObservation {
         function: &crate::registry::qualify(&target.tenant, &target.function),
@@ -152,14 +153,19 @@ impl<'a> Pricing<'a> {
     fn record(
         &self,
         meter: &Meter,
-        target: &Target,
+        target: Target,
         report: &GuestReport,
         status: u16,
         outcome: Outcome,
         bytes_out: u64,
     ) -> InvocationRecord {
         use crate::nn::Device;
-        let nn = meter.nn.as_ref().map(|n| n.report()).unwrap_or_default();
+        // The guest has finished: nothing adds to its report any more.
+        let nn = meter
+            .nn
+            .as_ref()
+            .map(|n| n.take_report())
+            .unwrap_or_default();
         let busy = micros(report.busy);
         let usage = Usage {
             wall_us: micros(meter.started.elapsed()),
@@ -189,11 +195,11 @@ impl<'a> Pricing<'a> {
                 .meter(&target.tenant)
                 .add_spent(month, cost.total_micros),
         }
-        count(self.metrics, meter, outcome);
+        count(self.metrics, meter, &target, outcome);
         InvocationRecord {
             id: meter.id,
-            tenant: target.tenant.clone(),
-            function: target.function.clone(),
+            tenant: target.tenant,
+            function: target.function,
             version: target.version,
             started_at_ms: meter.started_at_ms,
             status,
@@ -266,6 +272,9 @@ fn billing_headers(response: &mut Response<ResponseBody>, record: &InvocationRec
 
 /// Sets the `wasi:nn` headers from what the call did.
 pub(super) fn nn_headers(response: &mut Response<ResponseBody>, nn: &NnUsageReport) {
+    if nn.is_empty() {
+        return;
+    }
     let headers = response.headers_mut();
     if let Some(timing) = nn.server_timing()
         && let Ok(value) = HeaderValue::from_str(&timing)
@@ -296,18 +305,21 @@ fn ledger_span(parent: &tracing::Span, billing: &LedgerWriter) -> tracing::Span 
     )
 }
 
-/// Writes `record`; under `strict`, waits for its commit (in a
-/// `glia.ledger.write` span).
-async fn commit(billing: &LedgerWriter, record: InvocationRecord) -> Result<(), ApiError> {
-    let written = match billing.durability() {
-        // Nothing to wait for: the record joins the next batch. No span: it
-        // would time a push onto a queue.
-        Durability::Batched => billing.hand_over(record),
-        Durability::Strict => {
-            let span = ledger_span(&tracing::Span::current(), billing);
-            billing.record(record).instrument(span).await
-        }
-    };
+/// Writes a priced call's row and waits for its commit (`strict`), in a
+/// `glia.ledger.write` span. A `batched` call hands its record over in
+/// place instead (`LedgerWriter::hand_over`): it has nothing to wait for,
+/// and a future would hold a copy of the record (and a span would time a
+/// push onto a queue).
+async fn commit_strict(
+    billing: &LedgerWriter,
+    record: InvocationRecord,
+) -> Result<(), LedgerError> {
+    let span = ledger_span(&tracing::Span::current(), billing);
+    billing.record(record).instrument(span).await
+}
+
+/// The error a caller gets when its call's row could not be stored.
+fn withheld_unless(written: Result<(), LedgerError>) -> Result<(), ApiError> {
     written.map_err(|e| {
         tracing::error!(error = %e, "ledger write failed; response withheld");
         ApiError::new(
@@ -328,7 +340,7 @@ pub(super) async fn finish_error(
     mut meter: Meter,
     error: ApiError,
 ) -> Response<ResponseBody> {
-    let Some(target) = meter.target.clone() else {
+    let Some(target) = meter.target.take() else {
         return error.into_response(Some(&meter.id.to_string()));
     };
     let report = match meter.finished.take() {
@@ -339,9 +351,13 @@ pub(super) async fn finish_error(
     let status = error.status.as_u16();
     let mut response = error.into_response(Some(&meter.id.to_string()));
     let bytes_out = response.body().size_hint().exact().unwrap_or(0);
-    let record = Pricing::of(state).record(&meter, &target, &report, status, outcome, bytes_out);
+    let record = Pricing::of(state).record(&meter, target, &report, status, outcome, bytes_out);
     billing_headers(&mut response, &record);
-    if let Err(e) = commit(billing, record).await {
+    let stored = match billing.durability() {
+        Durability::Batched => billing.hand_over(record),
+        Durability::Strict => commit_strict(billing, record).await,
+    };
+    if let Err(e) = withheld_unless(stored) {
         return e.into_response(Some(&meter.id.to_string()));
     }
     response
@@ -354,7 +370,7 @@ pub(super) async fn finish_ok(
     mut meter: Meter,
     response: Response<ResponseBody>,
 ) -> Response<ResponseBody> {
-    let Some(target) = meter.target.clone() else {
+    let Some(target) = meter.target.take() else {
         return response;
     };
     let limit = usize::try_from(state.config.billing.buffer_response_kb.saturating_mul(1024))
@@ -405,6 +421,7 @@ pub(super) async fn finish_ok(
                 );
                 meter.outcome = Some(outcome_of(&error));
                 meter.finished = Some(GuestFinished::Done(report));
+                meter.target = Some(target);
                 return finish_error(state, billing, meter, ApiError::from(error)).await;
             }
         }
@@ -417,7 +434,7 @@ pub(super) async fn finish_ok(
     let bytes = first.unwrap_or_else(|| buffered.freeze());
     let record = Pricing::of(state).record(
         &meter,
-        &target,
+        target,
         &report,
         parts.status.as_u16(),
         outcome,
@@ -439,7 +456,11 @@ pub(super) async fn finish_ok(
         nn_headers(&mut response, &record.nn);
     }
     billing_headers(&mut response, &record);
-    if let Err(e) = commit(billing, record).await {
+    let stored = match billing.durability() {
+        Durability::Batched => billing.hand_over(record),
+        Durability::Strict => commit_strict(billing, record).await,
+    };
+    if let Err(e) = withheld_unless(stored) {
         return e.into_response(Some(&meter.id.to_string()));
     }
     response
@@ -503,7 +524,7 @@ impl Finalizer {
         };
         let record = self.pricing.pricing().record(
             &self.meter,
-            &self.target,
+            self.target,
             &report,
             self.status,
             outcome,

@@ -57,6 +57,12 @@ pub struct NnUsageReport {
 }
 
 impl NnUsageReport {
+    /// Whether the invocation used `wasi:nn` at all (loaded or ran a model,
+    /// or fell back from one device to another).
+    pub fn is_empty(&self) -> bool {
+        self.compute.is_empty() && self.loads.is_empty() && self.fallbacks.is_empty()
+    }
+
     /// Total inference time on `device`.
     pub fn compute_on(&self, device: Device) -> Duration {
         Duration::from_micros(
@@ -188,6 +194,12 @@ impl NnUsage {
 
     pub fn report(&self) -> NnUsageReport {
         self.with(|r| r.clone())
+    }
+
+    /// The report, leaving this collector empty (for the code that prices
+    /// a finished call: it needs the report once, and need not copy it).
+    pub fn take_report(&self) -> NnUsageReport {
+        self.with(std::mem::take)
     }
 }
 
