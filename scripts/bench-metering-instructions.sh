@@ -39,7 +39,7 @@
 #   FLUSH_MS    `batched` flush interval under callgrind (default 10000)
 #   MODES       space-separated, from: off batched strict (default all three)
 #   CACHE_SIM   1: simulate the caches too (slower)
-#   FUNCTIONS   space-separated, from: noop model (default both)
+#   FUNCTIONS   space-separated, from: noop model embed (default: noop model)
 #   GLIA        the glia binary (default target/release/glia, built here)
 #   PORT        loopback port (18291)
 #

@@ -38,7 +38,7 @@
 #   WARMUP      seconds of load before each measurement (default 2)
 #   MODES       space-separated, from: off batched strict batched:MS
 #               (`batched` flushed every MS ms) (default: off batched strict)
-#   FUNCTIONS   space-separated, from: noop model (default both)
+#   FUNCTIONS   space-separated, from: noop model embed (default: noop model)
 #   BASE        the reference server's mode (default off)
 #   GLIA        the glia binary (default target/release/glia, built here)
 #   BASE_GLIA   the reference server's binary (default GLIA)

@@ -26,7 +26,7 @@
 #   DURATION    seconds measured per run (default 10)
 #   WARMUP      seconds of load before each measurement (default 2)
 #   MODES       space-separated, from: off batched strict (default all three)
-#   FUNCTIONS   space-separated, from: noop model (default both)
+#   FUNCTIONS   space-separated, from: noop model embed (default: noop model)
 #   GLIA        the glia binary (default target/release/glia, built here)
 #   SERVER_CPU, CLIENT_CPU, PORT   cores and loopback port (0, 1, 18290)
 #

@@ -48,6 +48,7 @@ wait_for_server() {
 # $2: sets TARGET_URL and TARGET_ARGS (wrk's arguments) for $1:
 #   noop   $COMPONENT (hostile.wasm) deployed as `noop`, `GET /fn/noop/ok`
 #   model  the built-in `classify-digits`, a `POST` of one 8x8 digit
+#   embed  the built-in `embed-text`, a `POST` of one sentence (MiniLM)
 target_of() {
     case $1 in
         noop)
@@ -63,6 +64,14 @@ wrk.body = '{"pixels":[0,0,5,13,9,1,0,0,0,0,13,15,10,15,5,0,0,3,15,2,0,11,8,0,0,
 LUA
             TARGET_URL="http://$ADDR/fn/classify-digits"
             TARGET_ARGS=(-s "$WORK/digit.lua")
+            ;;
+        embed)
+            cat >"$WORK/sentence.lua" <<'LUA'
+wrk.method = "POST"
+wrk.body = '{"text":"The river was calm this morning, so we walked along it to the old bridge."}'
+LUA
+            TARGET_URL="http://$ADDR/fn/embed-text"
+            TARGET_ARGS=(-s "$WORK/sentence.lua")
             ;;
         *) echo "error: unknown function $1" >&2; exit 2 ;;
     esac
