@@ -58,23 +58,22 @@ target_of() {
             TARGET_ARGS=(-H "Authorization: Bearer $(cat "$2/admin.key")")
             ;;
         model)
-            cat >"$WORK/digit.lua" <<'LUA'
-wrk.method = "POST"
-wrk.body = '{"pixels":[0,0,5,13,9,1,0,0,0,0,13,15,10,15,5,0,0,3,15,2,0,11,8,0,0,4,12,0,0,8,8,0,0,5,8,0,0,9,8,0,0,4,11,0,1,12,7,0,0,2,14,5,10,12,0,0,0,0,6,13,10,0,0,0]}'
-LUA
-            TARGET_URL="http://$ADDR/fn/classify-digits"
-            TARGET_ARGS=(-s "$WORK/digit.lua")
+            post_target /fn/classify-digits '{"pixels":[0,0,5,13,9,1,0,0,0,0,13,15,10,15,5,0,0,3,15,2,0,11,8,0,0,4,12,0,0,8,8,0,0,5,8,0,0,9,8,0,0,4,11,0,1,12,7,0,0,2,14,5,10,12,0,0,0,0,6,13,10,0,0,0]}'
             ;;
         embed)
-            cat >"$WORK/sentence.lua" <<'LUA'
-wrk.method = "POST"
-wrk.body = '{"text":"The river was calm this morning, so we walked along it to the old bridge."}'
-LUA
-            TARGET_URL="http://$ADDR/fn/embed-text"
-            TARGET_ARGS=(-s "$WORK/sentence.lua")
+            post_target /fn/embed-text '{"text":"The river was calm this morning, so we walked along it to the old bridge."}'
             ;;
         *) echo "error: unknown function $1" >&2; exit 2 ;;
     esac
+}
+
+# A `POST` of BODY (without single quotes) to PATH on $ADDR, through a wrk
+# script: sets TARGET_URL and TARGET_ARGS. post_target PATH BODY
+post_target() {
+    local script=$WORK/${1##*/}.lua
+    printf "wrk.method = \"POST\"\nwrk.body = '%s'\n" "$2" >"$script"
+    TARGET_URL="http://$ADDR$1"
+    TARGET_ARGS=(-s "$script")
 }
 
 # Builds glia (release; unless $GLIA names a binary already) and the no-op
