@@ -58,7 +58,6 @@ CACHE_SIM=${CACHE_SIM:-0}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
-COMPONENT=target/wasm/wasm32-wasip2/release/hostile.wasm
 ADDR=127.0.0.1:$PORT
 
 # shellcheck source=lib/bench.sh

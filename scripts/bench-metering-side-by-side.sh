@@ -65,8 +65,6 @@ PORT=${PORT:-18292}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
-COMPONENT=target/wasm/wasm32-wasip2/release/hostile.wasm
-
 # shellcheck source=lib/bench.sh
 source scripts/lib/bench.sh
 

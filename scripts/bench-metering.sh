@@ -47,7 +47,6 @@ PORT=${PORT:-18290}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
-COMPONENT=target/wasm/wasm32-wasip2/release/hostile.wasm
 ADDR=127.0.0.1:$PORT
 
 # shellcheck source=lib/bench.sh

@@ -51,7 +51,6 @@ cd "$ROOT"
 
 GLIA=target/release/glia
 NATIVE=target/release/examples/native_hello
-COMPONENT=target/wasm/wasm32-wasip2/release/hostile.wasm
 TOOLS=target/bench-tools
 WASMTIME=$TOOLS/bin/wasmtime
 

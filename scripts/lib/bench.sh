@@ -1,10 +1,12 @@
 # Shared by the benchmark scripts (sourced, from the repository root): a
-# scratch directory in $WORK, one server at a time in $SERVER_PID (stopped
-# on exit), and the tools they need (wrk is installed with apt-get when
-# missing).
+# scratch directory in $WORK, the no-op component's path in $COMPONENT,
+# one server at a time in $SERVER_PID (stopped on exit), and the tools
+# they need (wrk is installed with apt-get when missing).
 
 WORK=$(mktemp -d)
 SERVER_PID=
+# The no-op component the benchmarks deploy (built by build_glia_and_noop).
+COMPONENT=target/wasm/wasm32-wasip2/release/hostile.wasm
 
 log() { printf '==> %s\n' "$*" >&2; }
 
