@@ -204,8 +204,11 @@ fn run(
     let mut records = Vec::new();
     // Batched: when the interval now filling up ends. The next one starts
     // as a batch is taken, so while calls keep coming the writer wakes
-    // once an interval, and no caller has to wake it.
-    let mut interval_end: Option<Instant> = None;
+    // once an interval, and no caller has to wake it. The first interval
+    // starts with the thread: records handed over before it first looks
+    // wait for it too, instead of racing it into a commit of their own.
+    let mut interval_end =
+        (durability == Durability::Batched).then(|| Instant::now() + flush_interval);
     loop {
         let (acks, stop) = {
             let mut q = shared.lock();
@@ -393,6 +396,39 @@ mod tests {
             assert!(started.elapsed() < Duration::from_secs(2), "never written");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    #[test]
+    fn records_queued_before_the_writer_first_looks_wait_for_the_interval() {
+        let (_dir, ledger) = ledger();
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                records: (0..3).map(record).collect(),
+                ..Queue::default()
+            }),
+            wake: Condvar::new(),
+        });
+        let stats = Arc::new(WriterStats::default());
+        let thread = std::thread::spawn({
+            let (ledger, shared, stats) = (ledger.clone(), shared.clone(), stats.clone());
+            move || {
+                run(
+                    &*ledger,
+                    &shared,
+                    Durability::Batched,
+                    Duration::from_secs(60),
+                    &stats,
+                )
+            }
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(stats.commits.load(Ordering::Relaxed), 0, "waits");
+        assert!(ledger.get(&id(0).to_string()).expect("reads").is_none());
+        shared.lock().closed = true;
+        shared.wake.notify_one();
+        thread.join().expect("writer");
+        assert_eq!(stats.commits.load(Ordering::Relaxed), 1);
+        assert_eq!(ledger.records(0, 100).expect("reads").len(), 3);
     }
 
     #[tokio::test]
