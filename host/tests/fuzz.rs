@@ -368,6 +368,144 @@ fn mutated_models_load_or_are_refused_by_onnx_runtime() {
     mutated_models_on(OnnxBackendChoice::Ort);
 }
 
+/// Where a model may say its tensor data lives: the data directory's files,
+/// traversals, absolute paths, and anything else.
+fn location() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => prop::sample::select(vec![
+            "glia-data/admin.key", "glia-data/glia.db", "glia-data/logs.db", "admin.key",
+            "../admin.key", "../../../../etc/passwd", "/etc/passwd", "/proc/self/environ",
+            "./glia-data/../glia-data/ledger.db", "glia-data\\admin.key", "", ".", "/",
+            "weights.bin", "%2e%2e/admin.key", "file:///etc/passwd",
+        ]).prop_map(str::to_string),
+        1 => "\\PC{0,40}",
+        1 => "[./a-z_-]{1,40}",
+    ]
+}
+
+/// A model referring to external data at `location`, in one of the places a
+/// tensor can be: a new graph's initializer, a constant node's attribute, a
+/// subgraph, a sparse initializer, a model-local function; or added to the
+/// real `digits` model (a second `graph` field merges into the first).
+fn external_model(digits: Bytes) -> impl Strategy<Value = (String, Vec<u8>)> {
+    use glia_host::nn::onnx::build::{add_model, bytes, float_tensor};
+    (location(), 0..1_000_000u64, 1..64u64, 0..6u8).prop_map(
+        move |(location, offset, len, place)| {
+            let tensor = float_tensor("w", len, Some((&location, offset)));
+            let graph_with = |field: u64, value: &[u8]| bytes(7, &bytes(field, value));
+            let model = match place {
+                0 => add_model(len, Some((&location, offset))),
+                1 => graph_with(1, &bytes(5, &bytes(5, &tensor))),
+                2 => graph_with(1, &bytes(5, &bytes(6, &bytes(5, &tensor)))),
+                3 => graph_with(15, &bytes(1, &tensor)),
+                4 => bytes(25, &bytes(7, &bytes(5, &bytes(5, &tensor)))),
+                _ => [&digits[..], &graph_with(5, &tensor)].concat(),
+            };
+            (location, model)
+        },
+    )
+}
+
+/// Models whose tensors point at files through `PUT /v1/models/{name}` on
+/// `backend`: every one refused as invalid, naming no path.
+fn external_models_on(backend: OnnxBackendChoice) {
+    let fixture = Fixture::on(backend);
+    runner(300)
+        .run(&external_model(digits()), |(location, model)| {
+            let answer = fixture.send(
+                Request::put("/v1/models/fuzz")
+                    .body(Full::new(Bytes::from(model)))
+                    .unwrap(),
+            );
+            check_answer("external model upload", &answer, Origin::Platform)?;
+            let text = String::from_utf8_lossy(&answer.2);
+            prop_assert_eq!(answer.0, 400, "{}", text);
+            prop_assert!(text.contains("urn:glia:problem:invalid-model"), "{}", text);
+            if location.len() > 3 {
+                prop_assert!(!text.contains(&location), "names the path: {}", text);
+            }
+            Ok(())
+        })
+        .unwrap();
+}
+
+#[test]
+fn models_pointing_at_files_are_refused_by_tract() {
+    external_models_on(OnnxBackendChoice::Tract);
+}
+
+#[test]
+fn models_pointing_at_files_are_refused_by_onnx_runtime() {
+    external_models_on(OnnxBackendChoice::Ort);
+}
+
+/// Names are never paths: whatever a client puts where a name goes, what
+/// the platform stores lands in its own directories under a digest.
+#[test]
+fn names_never_become_paths() {
+    let fixture = Fixture::new();
+    let model = digits();
+    let names = prop_oneof![
+        2 => segment(),
+        1 => "[./%a-z0-9\\\\-]{1,20}",
+        1 => prop::sample::select(vec!["..%2f..%2fadmin.key", "a%2fb", "%2e%2e", "a%00b", "con", "x.onnx"])
+            .prop_map(str::to_string),
+    ];
+    runner(200)
+        .run(&names, |name| {
+            for path in [
+                format!("/v1/models/{name}"),
+                format!("/v1/functions/{name}"),
+            ] {
+                let Ok(request) = Request::put(path.as_str()).body(Full::new(model.clone())) else {
+                    continue;
+                };
+                let answer = fixture.send(request);
+                check_answer(&path, &answer, Origin::Platform)?;
+                if answer.0 < 300 {
+                    prop_assert!(
+                        name.bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
+                        "{path} was accepted"
+                    );
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+    // Everything the platform wrote is where it writes: its databases, the
+    // blob directories, named by digest.
+    let mut unexpected = Vec::new();
+    let mut stack = vec![fixture._dir.path().to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let relative = path
+                .strip_prefix(fixture._dir.path())
+                .unwrap()
+                .to_string_lossy()
+                .to_string();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let file = path.file_name().unwrap().to_string_lossy().to_string();
+            let digest = |f: &str| f.len() == 64 && f.bytes().all(|b| b.is_ascii_hexdigit());
+            let expected = file.starts_with("glia.db")
+                || file.starts_with("ledger.db")
+                || file.starts_with("logs.db")
+                || (relative.starts_with("models/sha256/") && digest(&file))
+                || (relative.starts_with("sources/sha256/")
+                    && digest(file.trim_end_matches(".wasm")))
+                || (relative.starts_with("artifacts/") && digest(file.trim_end_matches(".cwasm")));
+            if !expected {
+                unexpected.push(relative);
+            }
+        }
+    }
+    assert!(unexpected.is_empty(), "{unexpected:?}");
+}
+
 // ----------------------------------------------------------- API requests
 
 /// Path segments: route words, names (valid and not), traversal, escapes,

@@ -573,3 +573,86 @@ async fn server_timing_reports_the_load_only_when_the_call_caused_it() {
         server.stop().await;
     }
 }
+
+/// A model whose weights point at a file outside it (ONNX external data)
+/// would read that file into a tensor, and the function would get the
+/// file's bytes back: the admin key, every tenant's databases. Such a model
+/// is refused on every path a model enters, on every backend, with the
+/// same message whether or not the file exists, naming no path; a model
+/// with the same weights inside it loads and runs on both paths.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_pointing_at_files_are_refused_on_every_path() {
+    use glia_host::nn::onnx::build::add_model;
+    // A file relative to the working directory, as the default data
+    // directory is: 16 known floats (ONNX Runtime reads external data of
+    // tensors this large without complaint when the check is not there).
+    let dir = tempfile::tempdir_in(".").expect("tempdir");
+    let relative = dir
+        .path()
+        .strip_prefix(std::env::current_dir().expect("cwd"))
+        .expect("under the working directory")
+        .to_path_buf();
+    let secret: Vec<u8> = (1..=16u8)
+        .flat_map(|v| f32::from(v).to_le_bytes())
+        .collect();
+    std::fs::write(dir.path().join("admin.key"), &secret).expect("write");
+    let existing = relative.join("admin.key");
+    let missing = relative.join("missing.db");
+    let input = json!([{ "name": "x", "type": "fp32", "dims": [16], "fill": 0.0 }]);
+
+    for backend in BACKENDS {
+        let server = probe_server(backend, |_| {}).await;
+        let b = backend.name();
+        let mut messages = Vec::new();
+        for (location, offset) in [
+            (existing.as_path(), 0),
+            (existing.as_path(), 8),
+            (missing.as_path(), 0),
+        ] {
+            let location = location.to_str().expect("utf-8");
+            let model = add_model(16, Some((location, offset)));
+
+            let r = server.upload_model("leak", &model, "").await;
+            let body = crate::problem(r, 400, "invalid-model").await;
+            let detail = body["detail"].as_str().expect("detail").to_string();
+            assert!(detail.contains("external tensor data"), "[{b}] {detail}");
+
+            let request = json!({ "load": { "bytes_b64": base64(&model) }, "inputs": input });
+            let p = probe(&server, backend, &request).await;
+            let message = failed(&p, backend, "a raw load of it", "load", "invalid-encoding");
+            for said in [&detail, &message] {
+                assert!(!said.contains(location), "[{b}] names no path: {said}");
+                assert!(!said.contains("admin.key"), "[{b}] names no file: {said}");
+            }
+            messages.push((detail, message));
+        }
+        assert!(
+            messages.windows(2).all(|w| w[0] == w[1]),
+            "[{b}] whether the file exists does not show: {messages:?}"
+        );
+        let r = server.get("/v1/models/leak").await;
+        crate::problem(r, 404, "model-not-found").await;
+
+        // The same graph with its weights inside: uploaded, granted and
+        // raw-loaded, it runs (so the refusals above are about the data).
+        let inline = add_model(16, None);
+        let r = server.upload_model("inline", &inline, "").await;
+        assert_eq!(
+            r.status(),
+            201,
+            "[{b}] {}",
+            r.text().await.unwrap_or_default()
+        );
+        let request = json!({ "load": { "bytes_b64": base64(&inline) }, "inputs": input });
+        let p = probe(&server, backend, &request).await;
+        assert_eq!(p.body["ok"], true, "[{b}] {}", p.body);
+        assert_eq!(
+            p.body["outputs"][0]["dims"],
+            json!([16]),
+            "[{b}] {}",
+            p.body
+        );
+        still_serving(&server, backend).await;
+        server.stop().await;
+    }
+}

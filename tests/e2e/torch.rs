@@ -245,6 +245,41 @@ mod with_torch {
     }
 
     #[tokio::test]
+    async fn pytorch_models_that_reach_for_files_are_refused_on_every_path() {
+        use glia_e2e::{READS_FILE_PT, WRITES_FILE_PT};
+        let server = TestServer::start().await;
+        server.deploy_ok("probe", NN_PROBE, "").await;
+        for (model, op) in [(READS_FILE_PT, "from_file"), (WRITES_FILE_PT, "save")] {
+            let p = problem(
+                server
+                    .upload_model("hostile", model, "encoding=pytorch")
+                    .await,
+                400,
+                "invalid-model",
+            )
+            .await;
+            let detail = p["detail"].as_str().unwrap_or_default();
+            assert!(
+                detail.contains(op) && detail.contains("outside the model"),
+                "{p}"
+            );
+            let (body, _) = probe(
+                &server,
+                &json!({
+                    "load": { "bytes_b64": base64(model), "encoding": "pytorch" },
+                    "inputs": [{ "name": "x", "type": "fp32", "dims": [16], "fill": 0.0 }],
+                }),
+            )
+            .await;
+            assert_eq!(body["ok"], false, "{body}");
+            assert_eq!(body["stage"], "load", "{body}");
+            assert_eq!(body["code"], "invalid-encoding", "{body}");
+        }
+        assert!(!server.data_dir.join("written").exists());
+        server.stop().await;
+    }
+
+    #[tokio::test]
     async fn raw_pytorch_loads_carry_every_tensor_type() {
         let server = TestServer::start().await;
         server.deploy_ok("probe", NN_PROBE, "").await;

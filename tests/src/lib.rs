@@ -40,6 +40,11 @@ pub const DIGITS_PT: &[u8] = include_bytes!("../fixtures/torch/digits.pt");
 pub const CNN_PT: &[u8] = include_bytes!("../fixtures/torch/cnn.pt");
 pub const DTYPES_PT: &[u8] = include_bytes!("../fixtures/torch/dtypes.pt");
 pub const TORCH_REFERENCE: &str = include_str!("../fixtures/torch/reference.json");
+/// Hostile TorchScript models made by the same script: one reads the file
+/// `glia-data/admin.key` into its output (`torch.from_file`), one writes
+/// `glia-data/written` (`aten::save`).
+pub const READS_FILE_PT: &[u8] = include_bytes!("../fixtures/torch/reads-file.pt");
+pub const WRITES_FILE_PT: &[u8] = include_bytes!("../fixtures/torch/writes-file.pt");
 
 /// Fixture crates the build compiled.
 pub const FIXTURES: &str = env!("GLIA_FIXTURES");

@@ -9,10 +9,12 @@
 //! copied once in and once out.
 
 pub mod models;
+pub mod onnx;
 pub mod ort;
 pub mod pool;
 #[cfg(feature = "torch")]
 pub mod torch;
+pub mod torchscript;
 pub mod tract;
 pub mod usage;
 pub mod wasi;

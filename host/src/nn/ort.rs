@@ -256,6 +256,13 @@ impl OrtBackend {
                 "not a loadable ONNX model: the model is empty".into(),
             ));
         }
+        super::onnx::check_self_contained(bytes)?;
+        self.session_model(bytes)
+    }
+
+    /// Loads a model on ONNX Runtime as it is: only for bytes that passed
+    /// [`check_self_contained`](super::onnx::check_self_contained).
+    fn session_model(&self, bytes: &[u8]) -> Result<OrtModel, NnError> {
         let session = build_session(bytes, self.intra_threads)?;
         let inputs = session
             .inputs
@@ -853,6 +860,48 @@ mod tests {
             let err = b.load(bytes).err();
             assert!(matches!(err, Some(NnError::InvalidEncoding(_))), "{err:?}");
         }
+    }
+
+    #[test]
+    fn models_reading_files_through_external_data_are_refused() {
+        // A file the model points at, with two known floats in it.
+        // Relative to the working directory, as the attack had it (ONNX
+        // Runtime refuses absolute locations itself).
+        let dir = tempfile::tempdir_in(".").expect("tempdir");
+        let secret = dir
+            .path()
+            .strip_prefix(std::env::current_dir().expect("cwd"))
+            .unwrap_or(dir.path())
+            .join("secret");
+        let values: Vec<f32> = (0..16u8).map(f32::from).collect();
+        let floats: Vec<u8> = values.iter().flat_map(|f| f.to_le_bytes()).collect();
+        std::fs::write(&secret, &floats).expect("write");
+        let location = secret.to_str().expect("utf-8");
+        let model = crate::nn::onnx::build::add_model(16, Some((location, 0)));
+
+        // What ONNX Runtime itself does with it: reads the file (a tensor
+        // this large is not touched by the optimizer that would refuse it).
+        let leaked = backend()
+            .session_model(&model)
+            .expect("ONNX Runtime loads it");
+        let out = leaked
+            .run(&[Tensor::from_f32(vec![16], &[0.0; 16])])
+            .expect("runs");
+        assert_eq!(out[0].to_f32().expect("f32"), values, "the file's bytes");
+
+        // What the backend does: refuses it, naming no path.
+        let err = backend().load(&model).map(|_| ()).expect_err("refused");
+        assert!(matches!(err, NnError::InvalidEncoding(_)), "{err:?}");
+        assert!(err.to_string().contains("external tensor data"), "{err}");
+        assert!(!err.to_string().contains(location), "{err}");
+        // The same model with its weights inside loads and runs.
+        let inline = backend()
+            .load(&crate::nn::onnx::build::add_model(2, None))
+            .expect("self-contained");
+        let out = inline
+            .run(&[Tensor::from_f32(vec![2], &[3.0, 4.0])])
+            .expect("runs");
+        assert_eq!(out[0].to_f32().expect("f32"), vec![3.0, 4.0]);
     }
 
     #[test]

@@ -113,6 +113,7 @@ impl Backend for TorchBackend {
     }
 
     fn load_on(&self, bytes: &[u8], device: Device) -> Result<Arc<dyn LoadedModel>, NnError> {
+        super::torchscript::check_archive(bytes)?;
         let on = self.torch_device(device)?;
         contained(
             "libtorch",
@@ -526,6 +527,42 @@ mod tests {
             tensor(DType::U8, vec![1, 0]),
         ];
         assert_eq!(outputs, want);
+    }
+
+    #[test]
+    fn models_that_reach_for_files_are_refused() {
+        // What libtorch itself does with them: reads and writes files.
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, (1..=16u8).collect::<Vec<_>>()).unwrap();
+        let path = |p: &std::path::Path| IValue::String(p.to_str().unwrap().to_string());
+        let x = || IValue::Tensor(tch::Tensor::zeros([16], (Kind::Float, tch::Device::Cpu)));
+        let reads = CModule::load_data(&mut &*fixture("reads-file.pt")).unwrap();
+        let IValue::Tensor(out) = reads.forward_is(&[x(), path(&secret)]).unwrap() else {
+            unreachable!("a tensor");
+        };
+        assert_eq!(
+            Vec::<f32>::try_from(out).unwrap(),
+            (1..=16).map(|v| v as f32).collect::<Vec<_>>()
+        );
+        let written = dir.path().join("written");
+        let writes = CModule::load_data(&mut &*fixture("writes-file.pt")).unwrap();
+        writes.forward_is(&[x(), path(&written)]).unwrap();
+        assert!(written.exists(), "libtorch wrote the file");
+
+        // What the backend does: refuses both, on every device.
+        for (name, op) in [("reads-file.pt", "from_file"), ("writes-file.pt", "save")] {
+            for device in [Device::Cpu, Device::Gpu] {
+                let err = backend()
+                    .load_on(&fixture(name), device)
+                    .map(|_| ())
+                    .unwrap_err();
+                assert!(
+                    matches!(&err, NnError::InvalidEncoding(m) if m.contains(op)),
+                    "{name}: {err:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -42,11 +42,12 @@ impl Backend for TractBackend {
 
 impl TractBackend {
     fn load_model(&self, bytes: &[u8]) -> Result<Arc<dyn LoadedModel>, NnError> {
+        super::onnx::check_self_contained(bytes)?;
         let model = tract_onnx::onnx()
             .with_ignore_output_shapes(true)
             .with_ignore_value_info(true)
             .model_for_read(&mut &*bytes)
-            .map_err(|e| NnError::InvalidEncoding(format!("not a loadable ONNX model: {e}")))?;
+            .map_err(|e| NnError::InvalidEncoding(format!("not a loadable ONNX model: {e:#}")))?;
         let inputs = specs(&model, model.input_outlets())?;
         let outputs = specs(&model, model.output_outlets())?;
         let loaded = TractModel {
@@ -293,6 +294,39 @@ mod tests {
         };
         assert!(matches!(err, NnError::InvalidEncoding(_)), "{err}");
         assert!(err.to_string().contains("tract failed on it"), "{err}");
+    }
+
+    #[test]
+    fn models_reading_files_through_external_data_are_refused() {
+        // Relative to the working directory, as the attack had it (ONNX
+        // Runtime refuses absolute locations itself).
+        let dir = tempfile::tempdir_in(".").expect("tempdir");
+        let secret = dir
+            .path()
+            .strip_prefix(std::env::current_dir().expect("cwd"))
+            .unwrap_or(dir.path())
+            .join("secret");
+        let floats: Vec<u8> = [1.5f32, -2.0]
+            .iter()
+            .flat_map(|f| f.to_le_bytes())
+            .collect();
+        std::fs::write(&secret, &floats).expect("write");
+        let location = secret.to_str().expect("utf-8");
+        let model = crate::nn::onnx::build::add_model(2, Some((location, 0)));
+
+        // tract 0.23 refuses external data without a model directory
+        // itself; the check refuses it first, on every backend alike.
+        let err = TractBackend.load(&model).map(|_| ()).expect_err("refused");
+        assert!(matches!(err, NnError::InvalidEncoding(_)), "{err:?}");
+        assert!(err.to_string().contains("external tensor data"), "{err}");
+        assert!(!err.to_string().contains(location), "{err}");
+        let inline = TractBackend
+            .load(&crate::nn::onnx::build::add_model(2, None))
+            .expect("self-contained");
+        let out = inline
+            .run(&[Tensor::from_f32(vec![2], &[3.0, 4.0])])
+            .expect("runs");
+        assert_eq!(out[0].to_f32().expect("f32"), vec![3.0, 4.0]);
     }
 
     #[test]
