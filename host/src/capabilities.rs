@@ -15,7 +15,7 @@
 //! checks against them happen inside the host call that uses them (the
 //! wasi-http hook in `runtime`), never in the guest.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -55,6 +55,11 @@ pub enum InvalidGrant {
     Host(String),
     #[error("`{0}` is listed twice")]
     HostDuplicate(String),
+    #[error(
+        "`{entry}` is a {kind} address, which functions may not reach (the operator can allow \
+         ranges in [outbound] allowed_ranges)"
+    )]
+    InternalAddress { entry: String, kind: &'static str },
 }
 
 /// Shortens an input for an error message.
@@ -319,6 +324,128 @@ pub fn allows(allowed: &[HostPattern], uri: &http::Uri) -> bool {
     allowed
         .iter()
         .any(|pattern| pattern.covers(authority.host(), port, default_port))
+}
+
+/// Where outgoing connections may go, whatever a function's
+/// `allowed_hosts` says: never to the host itself or to the networks around
+/// it (loopback, private, shared, link-local, multicast, unspecified and
+/// reserved addresses, and IPv6 addresses that embed such an IPv4 address),
+/// unless the operator lists their ranges in `[outbound] allowed_ranges`.
+/// Otherwise a tenant could call the platform's own API from inside, reach
+/// a cloud's metadata service (`169.254.169.254`), or probe the operator's
+/// internal network.
+///
+/// It is checked twice: when a setting names an address literally (or a
+/// `localhost` name), and at connect time on every address a name resolves
+/// to, so a name that resolves somewhere internal (DNS rebinding) is
+/// refused too.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AddressPolicy {
+    allowed: Vec<ipnet::IpNet>,
+}
+
+impl AddressPolicy {
+    /// Internal addresses in `allowed` are reachable; the rest stay refused.
+    pub fn new(allowed: Vec<ipnet::IpNet>) -> Self {
+        Self { allowed }
+    }
+
+    /// Whether an outgoing connection may go to `ip`.
+    pub fn permits(&self, ip: IpAddr) -> bool {
+        internal(ip).is_none() || self.allowed.iter().any(|range| range.contains(&ip))
+    }
+
+    /// Refuses an `allowed_hosts` entry naming an address (or a `localhost`
+    /// name) the policy does not permit: the grant could never be used, and
+    /// asking for it is a mistake worth saying.
+    pub fn check_pattern(&self, pattern: &HostPattern) -> Result<(), InvalidGrant> {
+        let host = match &pattern.hosts {
+            Hosts::Exact(host) | Hosts::Subdomains(host) => host.trim_start_matches('.'),
+        };
+        let refused = |kind: &'static str| {
+            Err(InvalidGrant::InternalAddress {
+                entry: shown(&pattern.text),
+                kind,
+            })
+        };
+        if host == "localhost" || host.ends_with(".localhost") {
+            let loopback = [
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ];
+            if !loopback.iter().all(|ip| self.permits(*ip)) {
+                return refused("loopback");
+            }
+            return Ok(());
+        }
+        let literal = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        if let Ok(ip) = literal.parse::<IpAddr>()
+            && let Some(kind) = internal(ip)
+            && !self.permits(ip)
+        {
+            return refused(kind);
+        }
+        Ok(())
+    }
+}
+
+/// What kind of internal address `ip` is, or `None` for a public one.
+pub fn internal(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) => internal_v4(v4),
+        IpAddr::V6(v6) => internal_v6(v6),
+    }
+}
+
+fn internal_v4(ip: Ipv4Addr) -> Option<&'static str> {
+    let [a, b, c, _] = ip.octets();
+    Some(match (a, b, c) {
+        (0, _, _) => "unspecified",
+        (127, _, _) => "loopback",
+        (10, _, _) | (192, 168, _) => "private",
+        (172, 16..=31, _) => "private",
+        (100, 64..=127, _) => "shared",
+        (169, 254, _) => "link-local",
+        (192, 0, 0) | (198, 18..=19, _) => "reserved",
+        (224..=239, _, _) => "multicast",
+        (240..=255, _, _) => "reserved",
+        _ => return None,
+    })
+}
+
+fn internal_v6(ip: Ipv6Addr) -> Option<&'static str> {
+    if ip.is_unspecified() {
+        return Some("unspecified");
+    }
+    if ip.is_loopback() {
+        return Some("loopback");
+    }
+    // IPv4-mapped (::ffff:a.b.c.d), IPv4-compatible (::a.b.c.d), NAT64
+    // (64:ff9b::/96) and 6to4 (2002::/16) addresses reach an IPv4 address.
+    let s = ip.segments();
+    let embedded = match s {
+        [0, 0, 0, 0, 0, 0xffff, hi, lo] | [0, 0, 0, 0, 0, 0, hi, lo] => Some((hi, lo)),
+        [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => Some((hi, lo)),
+        [0x2002, hi, lo, ..] => Some((hi, lo)),
+        _ => None,
+    };
+    if let Some((hi, lo)) = embedded {
+        let [a, b] = hi.to_be_bytes();
+        let [c, d] = lo.to_be_bytes();
+        return internal_v4(Ipv4Addr::new(a, b, c, d));
+    }
+    Some(match s {
+        [0xfc00..=0xfdff, ..] => "private",
+        [0xfe80..=0xfebf, ..] => "link-local",
+        [0xfec0..=0xfeff, ..] => "reserved",
+        [0xff00..=0xffff, ..] => "multicast",
+        // The discard prefix, 100::/64.
+        [0x0100, 0, 0, 0, ..] => "reserved",
+        _ => return None,
+    })
 }
 
 /// What one invocation is granted, taken from its function's settings.

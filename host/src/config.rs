@@ -99,6 +99,24 @@ pub struct Config {
     /// The settings every function gets unless it sets its own.
     pub functions: Settings,
     pub telemetry: TelemetryConfig,
+    pub outbound: OutboundConfig,
+}
+
+/// `[outbound]`: where functions' outgoing requests may connect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboundConfig {
+    /// Internal address ranges (loopback, private, link-local, ...) that
+    /// outgoing requests may reach nonetheless, in CIDR notation
+    /// (`10.1.0.0/16`); empty: none.
+    pub allowed_ranges: Vec<ipnet::IpNet>,
+}
+
+impl OutboundConfig {
+    /// The policy every outgoing connection is checked against.
+    pub fn policy(&self) -> crate::capabilities::AddressPolicy {
+        crate::capabilities::AddressPolicy::new(self.allowed_ranges.clone())
+    }
 }
 
 /// `[auth]`: API keys.
@@ -501,6 +519,12 @@ impl Config {
         self.functions
             .validate(&self.runtime)
             .map_err(|reason| invalid("functions", reason))?;
+        let policy = self.outbound.policy();
+        for pattern in &self.functions.allowed_hosts {
+            policy
+                .check_pattern(pattern)
+                .map_err(|e| invalid("functions.allowed_hosts", e.to_string()))?;
+        }
         Ok(())
     }
 
@@ -526,7 +550,7 @@ impl Config {
              \x20 auth              {auth}\n\
              \x20 tenant quotas     {rps} requests/s, {tconc} concurrent, {funcs} functions, {models} models, {stored} MiB stored, spend cap {cap}\n\
              \x20 telemetry         {telemetry}\n\
-             \x20 guest capabilities no preopened dirs, no sockets; by default {envs} env vars, outgoing HTTP to {hosts} hosts",
+             \x20 guest capabilities no preopened dirs, no sockets; by default {envs} env vars, outgoing HTTP to {hosts} hosts, internal addresses {internal}",
             auth = if self.auth.enabled {
                 "API keys required (Authorization: Bearer KEY)"
             } else {
@@ -552,6 +576,17 @@ impl Config {
             hto = s.header_read_timeout_ms,
             envs = f.env.len(),
             hosts = f.allowed_hosts.len(),
+            internal = if self.outbound.allowed_ranges.is_empty() {
+                "refused".to_string()
+            } else {
+                let ranges: Vec<String> = self
+                    .outbound
+                    .allowed_ranges
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                format!("refused but {}", ranges.join(", "))
+            },
             inst = r.max_instances,
             mem = r.max_memory_mb,
             stack = r.max_wasm_stack_kb,

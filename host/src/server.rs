@@ -69,12 +69,17 @@ impl Platform {
     pub async fn open(config: Config) -> Result<Self, StartError> {
         config.validate()?;
         let data_dir = config.server.data_dir.clone();
-        std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir {
+        let private = |path: std::path::PathBuf| {
+            crate::datadir::private_file(&path)
+                .map(|()| path.clone())
+                .map_err(|source| StartError::DataDir { path, source })
+        };
+        crate::datadir::prepare(&data_dir).map_err(|source| StartError::DataDir {
             path: data_dir.clone(),
             source,
         })?;
-        let runtime = Arc::new(Runtime::new(&config.runtime)?);
-        let meta = Arc::new(SqliteStore::open(&data_dir.join("glia.db"))?);
+        let runtime = Arc::new(Runtime::new(&config.runtime, config.outbound.policy())?);
+        let meta = Arc::new(SqliteStore::open(&private(data_dir.join("glia.db"))?)?);
         let meta_for_auth: Arc<dyn crate::auth::AuthStore> = meta.clone();
         let blobs = Arc::new(FsBlobStore::open(&data_dir, runtime.compatibility_hash())?);
         let models = Arc::new(ModelRegistry::open(
@@ -97,11 +102,13 @@ impl Platform {
             runtime.clone(),
             config.functions.clone(),
             config.runtime.clone(),
+            config.outbound.policy(),
         )?);
         let billing = if config.billing.enabled {
             let strict = config.billing.durability == crate::config::Durability::Strict;
-            let ledger = crate::billing::SqliteLedger::open(&data_dir.join("ledger.db"), strict)
-                .map_err(|e| StartError::Billing(e.to_string()))?;
+            let ledger =
+                crate::billing::SqliteLedger::open(&private(data_dir.join("ledger.db"))?, strict)
+                    .map_err(|e| StartError::Billing(e.to_string()))?;
             Some(Arc::new(
                 crate::billing::LedgerWriter::start(
                     Arc::new(ledger),
@@ -130,7 +137,7 @@ impl Platform {
         let logs = if config.telemetry.logs.enabled {
             Some(
                 crate::logs::LogStore::open(
-                    &data_dir.join("logs.db"),
+                    &private(data_dir.join("logs.db"))?,
                     usize::try_from(config.telemetry.logs.max_bytes_per_call).unwrap_or(usize::MAX),
                     config.telemetry.logs.retention_hours,
                 )

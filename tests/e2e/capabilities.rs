@@ -83,6 +83,16 @@ impl Drop for Upstream {
     }
 }
 
+/// A server whose operator lets functions reach this machine's loopback
+/// addresses, where the tests' upstream servers listen.
+async fn loopback_allowed() -> TestServer {
+    TestServer::start_with(|c| {
+        c.outbound.allowed_ranges =
+            vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
+    })
+    .await
+}
+
 async fn text(server: &TestServer, path: &str) -> String {
     let r = server.get(path).await;
     assert_eq!(r.status(), 200, "{path}");
@@ -143,7 +153,7 @@ async fn environment_is_empty_unless_set() {
 
 #[tokio::test]
 async fn no_files_and_no_sockets_even_with_grants() {
-    let server = TestServer::start().await;
+    let server = loopback_allowed().await;
     let listener = Upstream::start(false).await;
     let port = listener.port;
     // Granting env and outbound HTTP grants nothing else.
@@ -174,7 +184,7 @@ async fn no_files_and_no_sockets_even_with_grants() {
 /// A caller's W3C trace context rides on the requests its call makes.
 #[tokio::test]
 async fn outgoing_requests_carry_the_callers_trace_context() {
-    let server = TestServer::start().await;
+    let server = loopback_allowed().await;
     let upstream = Upstream::start(false).await;
     server
         .deploy_ok(
@@ -210,7 +220,7 @@ async fn outgoing_requests_carry_the_callers_trace_context() {
 
 #[tokio::test]
 async fn outbound_http_goes_only_to_allowed_hosts() {
-    let server = TestServer::start().await;
+    let server = loopback_allowed().await;
     let upstream = Upstream::start(false).await;
     let other = Upstream::start(false).await;
     let url = |port: u16| format!("/fn/hostile/outbound?url=http://127.0.0.1:{port}/hi");
@@ -271,7 +281,7 @@ async fn outbound_http_goes_only_to_allowed_hosts() {
 
 #[tokio::test]
 async fn outbound_waits_no_longer_than_the_deadline() {
-    let server = TestServer::start().await;
+    let server = loopback_allowed().await;
     let silent = Upstream::start(true).await;
     server
         .deploy_ok(
@@ -344,4 +354,116 @@ async fn malformed_grants_are_invalid_settings() {
     assert_eq!(f["settings"]["env"], json!([]));
     assert_eq!(f["settings"]["allowed_hosts"], json!([]));
     server.stop().await;
+}
+
+/// Functions cannot be granted the host's own addresses or the networks
+/// around it: not the platform's API on its loopback port, not a cloud's
+/// metadata service, not private ranges; unless the operator allows a
+/// range. A name that resolves to such an address is refused when the
+/// function connects, before any connection is made.
+#[tokio::test]
+async fn internal_addresses_are_refused_unless_the_operator_allows_them() {
+    let server = TestServer::start().await;
+    let api_port = server.addr.port();
+    server.deploy_ok("hostile", HOSTILE, "").await;
+    for host in [
+        format!("127.0.0.1:{api_port}"),
+        "localhost".to_string(),
+        format!("localhost:{api_port}"),
+        "*.localhost".to_string(),
+        "[::1]".to_string(),
+        "[::ffff:127.0.0.1]:80".to_string(),
+        "169.254.169.254".to_string(),
+        "10.0.0.1".to_string(),
+        "172.16.5.4:8080".to_string(),
+        "192.168.1.1".to_string(),
+        "100.64.0.1".to_string(),
+        "0.0.0.0".to_string(),
+        "[fe80::1]".to_string(),
+        "[fd00::1]".to_string(),
+        "224.0.0.1".to_string(),
+    ] {
+        let r = patch(&server, "hostile", json!({ "allowed_hosts": [host] })).await;
+        let p = problem(r, 400, "invalid-settings").await;
+        let detail = p["detail"].as_str().unwrap_or_default();
+        assert!(
+            detail.contains("address, which functions may not reach"),
+            "{host}: {detail}"
+        );
+        let r = server
+            .deploy("hostile", HOSTILE, &format!("allowed_hosts={host}"))
+            .await;
+        problem(r, 400, "invalid-settings").await;
+    }
+    let f = json(server.get("/v1/functions/hostile").await, 200).await;
+    assert_eq!(
+        f["settings"]["allowed_hosts"],
+        json!([]),
+        "nothing was granted"
+    );
+    // Public addresses and names are grants like any other.
+    let r = patch(
+        &server,
+        "hostile",
+        json!({ "allowed_hosts": ["93.184.215.14", "api.example.com", "[2606:4700::1]:8443"] }),
+    )
+    .await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+
+    // A name that resolves to a loopback address (this machine's own name,
+    // from its hosts file) is accepted as a name, and refused at connect
+    // time: the guest gets destination-IP-prohibited and no connection is
+    // made.
+    let upstream = Upstream::start(false).await;
+    let hostname = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    let hostname = hostname.trim().to_ascii_lowercase();
+    let internal = std::net::ToSocketAddrs::to_socket_addrs(&(hostname.as_str(), upstream.port))
+        .map(|mut addrs| addrs.any(|a| a.ip().is_loopback()))
+        .unwrap_or(false);
+    if internal && !hostname.is_empty() {
+        let r = patch(
+            &server,
+            "hostile",
+            json!({ "allowed_hosts": [format!("{hostname}:{}", upstream.port)] }),
+        )
+        .await;
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+        let url = format!(
+            "/fn/hostile/outbound?url=http://{hostname}:{}/",
+            upstream.port
+        );
+        assert_eq!(
+            text(&server, &url).await,
+            "error ErrorCode::DestinationIpProhibited"
+        );
+        assert_eq!(upstream.connections(), 0, "refused before connecting");
+    } else {
+        eprintln!(
+            "skipped the connect-time part: this machine's name `{hostname}` does not resolve \
+             to a loopback address (runtime::outbound's unit tests cover it with `localhost`)"
+        );
+    }
+    server.stop().await;
+
+    // The operator may open a range; then exactly that range is reachable.
+    let server = TestServer::start_with(|c| {
+        c.outbound.allowed_ranges = vec!["10.1.0.0/16".parse().unwrap()];
+    })
+    .await;
+    server
+        .deploy_ok("hostile", HOSTILE, "allowed_hosts=10.1.2.3:8080")
+        .await;
+    let r = patch(&server, "hostile", json!({ "allowed_hosts": ["10.2.0.1"] })).await;
+    problem(r, 400, "invalid-settings").await;
+    server.stop().await;
+
+    // And a default that grants what the policy refuses stops the start.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = glia_e2e::test_config(dir.path());
+    config.functions.allowed_hosts = vec!["127.0.0.1:8080".parse().unwrap()];
+    let err = glia_host::Platform::open(config)
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("functions.allowed_hosts"), "{err}");
 }

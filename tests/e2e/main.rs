@@ -23,6 +23,7 @@ mod nn;
 mod nn_probe;
 mod observability;
 mod scheduler;
+mod security;
 mod tenants;
 mod torch;
 mod validation;

@@ -188,7 +188,7 @@ where
     }
     let bytes = read_body(req, MAX_SETTINGS_BYTES).await?;
     super::limits::check_json_depth(&bytes)?;
-    let patch: SettingsPatch = serde_json::from_slice(&bytes).map_err(|e| {
+    let patch: SettingsPatch = super::json::from_slice(&bytes).map_err(|e| {
         ApiError::from(crate::registry::RegistryError::Settings(format!(
             "settings must be a JSON object with keys among {}: {e}",
             crate::registry::SETTING_NAMES.join(", ")

@@ -9,6 +9,7 @@
 mod error;
 mod functions;
 mod invoke;
+mod json;
 mod ledger;
 pub mod limits;
 mod logs;

@@ -135,7 +135,8 @@ where
     B::Error: Into<BoxError>,
 {
     let bytes = read_body(req, MAX_BODY_BYTES).await?;
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
+    super::limits::check_json_depth(&bytes)?;
+    super::json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
 }
 
 /// `GET /v1/tenants`: every tenant for the platform admin, else one's own.

@@ -274,7 +274,37 @@ impl Auth {
             auth.put_admin_key(&key)?;
             bootstrap.generated_admin_key = Some((key, path));
         }
+        auth.forget_stale_admin_key_file(&data_dir.join(ADMIN_KEY_FILE))?;
         Ok((auth, bootstrap))
+    }
+
+    /// Removes an `admin.key` that no longer holds the admin key (it was
+    /// replaced through `GLIA_ADMIN_KEY`): a revoked key left on disk
+    /// misleads the command line and whoever finds it.
+    fn forget_stale_admin_key_file(&self, path: &Path) -> Result<(), AuthError> {
+        let held = match std::fs::read_to_string(path) {
+            Ok(held) => held,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => {
+                return Err(AuthError::Internal(format!(
+                    "reading {}: {e}",
+                    path.display()
+                )));
+            }
+        };
+        let current = self
+            .keys
+            .get(&keys::hash(held.trim()))
+            .is_some_and(|e| e.principal.key_id.as_deref() == Some(ADMIN_KEY_ID));
+        if !current {
+            std::fs::remove_file(path)
+                .map_err(|e| AuthError::Internal(format!("removing {}: {e}", path.display())))?;
+            tracing::warn!(
+                file = %path.display(),
+                "removed the admin key file: it held a key that is no longer the admin key"
+            );
+        }
+        Ok(())
     }
 
     fn put_admin_key(&self, key: &str) -> Result<(), AuthError> {
@@ -586,6 +616,20 @@ mod tests {
         let (auth, boot) = open(dir.path(), None);
         assert!(boot.generated_admin_key.is_none(), "printed once");
         assert!(auth.authenticate(Some(header.as_bytes())).is_ok());
+        assert!(path.exists(), "the file keeps the key it still holds");
+
+        // Rotated through GLIA_ADMIN_KEY: the old key stops working, and
+        // the file that held it goes.
+        drop(auth);
+        let rotated = "r".repeat(40);
+        let (auth, _) = open(dir.path(), Some(&rotated));
+        assert!(auth.authenticate(Some(header.as_bytes())).is_err());
+        assert!(!path.exists(), "the revoked key is not left on disk");
+        // The same key again, once more: nothing to remove, nothing fails.
+        drop(auth);
+        std::fs::write(&path, format!("{rotated}\n")).expect("write");
+        let (_auth, _) = open(dir.path(), Some(&rotated));
+        assert!(path.exists(), "a file holding the current key stays");
     }
 
     #[test]

@@ -86,6 +86,9 @@ pub struct Registry {
     runtime: Arc<Runtime>,
     defaults: Settings,
     limits: RuntimeConfig,
+    /// Where outgoing requests may connect; `allowed_hosts` are checked
+    /// against it.
+    outbound: crate::capabilities::AddressPolicy,
     index: DashMap<String, Arc<FunctionRecord>>,
     stats: RegistryStats,
 }
@@ -98,6 +101,7 @@ impl Registry {
         runtime: Arc<Runtime>,
         defaults: Settings,
         limits: RuntimeConfig,
+        outbound: crate::capabilities::AddressPolicy,
     ) -> Result<Self, RegistryError> {
         let index = DashMap::new();
         for record in meta.load_all()? {
@@ -109,6 +113,7 @@ impl Registry {
             runtime,
             defaults,
             limits,
+            outbound,
             index,
             stats: RegistryStats::default(),
         })
@@ -211,10 +216,15 @@ impl Registry {
     ) -> Result<SettingsOverrides, RegistryError> {
         let mut overrides = base;
         overrides.apply(patch);
-        overrides
-            .resolve(&self.defaults)
+        let settings = overrides.resolve(&self.defaults);
+        settings
             .validate(&self.limits)
             .map_err(RegistryError::Settings)?;
+        for pattern in &settings.allowed_hosts {
+            self.outbound
+                .check_pattern(pattern)
+                .map_err(|e| RegistryError::Settings(format!("allowed_hosts: {e}")))?;
+        }
         Ok(overrides)
     }
 

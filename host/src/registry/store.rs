@@ -32,6 +32,8 @@ pub enum StoreError {
     },
     #[error("metadata store: lock poisoned")]
     Poisoned,
+    #[error("blob store: {0}")]
+    Corrupt(String),
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
@@ -562,7 +564,8 @@ impl FsBlobStore {
         let models = root.join("models").join("sha256");
         let artifacts = root.join("artifacts").join(engine_hash);
         for dir in [&sources, &models, &artifacts] {
-            std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+            crate::datadir::create_dir(dir)
+                .map_err(io_err(format!("creating {}", dir.display())))?;
         }
         Ok(Self {
             sources,
@@ -571,12 +574,34 @@ impl FsBlobStore {
         })
     }
 
-    fn source_file(&self, digest: &str) -> PathBuf {
-        self.sources.join(format!("{digest}.wasm"))
+    fn source_file(&self, digest: &str) -> Result<PathBuf, StoreError> {
+        Ok(self.sources.join(format!("{}.wasm", file_name(digest)?)))
     }
 
-    fn artifact_file(&self, digest: &str) -> PathBuf {
-        self.artifacts.join(format!("{digest}.cwasm"))
+    fn model_file(&self, digest: &str) -> Result<PathBuf, StoreError> {
+        Ok(self.models.join(file_name(digest)?))
+    }
+
+    fn artifact_file(&self, digest: &str) -> Result<PathBuf, StoreError> {
+        Ok(self.artifacts.join(format!("{}.cwasm", file_name(digest)?)))
+    }
+}
+
+/// A digest as a file name: 64 lowercase hexadecimal digits, and nothing
+/// that could step out of the store's directories, whatever a metadata
+/// store hands back.
+fn file_name(digest: &str) -> Result<&str, StoreError> {
+    if digest.len() == 64
+        && digest
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        Ok(digest)
+    } else {
+        Err(StoreError::Corrupt(format!(
+            "`{}` is not a SHA-256 digest",
+            digest.escape_debug()
+        )))
     }
 }
 
@@ -585,7 +610,10 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     use std::io::Write;
     let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::now_v7().simple()));
     let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
+        let mut file = crate::datadir::file_options()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         std::fs::rename(&tmp, path)
@@ -598,7 +626,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
 
 impl BlobStore for FsBlobStore {
     fn put_source(&self, digest: &str, bytes: &[u8]) -> Result<(), StoreError> {
-        let path = self.source_file(digest);
+        let path = self.source_file(digest)?;
         if path.exists() {
             return Ok(());
         }
@@ -606,12 +634,12 @@ impl BlobStore for FsBlobStore {
     }
 
     fn read_source(&self, digest: &str) -> Result<Vec<u8>, StoreError> {
-        let path = self.source_file(digest);
+        let path = self.source_file(digest)?;
         std::fs::read(&path).map_err(io_err(format!("reading {}", path.display())))
     }
 
     fn put_model(&self, digest: &str, bytes: &[u8]) -> Result<(), StoreError> {
-        let path = self.models.join(digest);
+        let path = self.model_file(digest)?;
         if path.exists() {
             return Ok(());
         }
@@ -619,17 +647,17 @@ impl BlobStore for FsBlobStore {
     }
 
     fn read_model(&self, digest: &str) -> Result<Vec<u8>, StoreError> {
-        let path = self.models.join(digest);
+        let path = self.model_file(digest)?;
         std::fs::read(&path).map_err(io_err(format!("reading {}", path.display())))
     }
 
     fn artifact_path(&self, digest: &str) -> Option<PathBuf> {
-        let path = self.artifact_file(digest);
+        let path = self.artifact_file(digest).ok()?;
         path.is_file().then_some(path)
     }
 
     fn put_artifact(&self, digest: &str, bytes: &[u8]) -> Result<PathBuf, StoreError> {
-        let path = self.artifact_file(digest);
+        let path = self.artifact_file(digest)?;
         write_atomic(&path, bytes)?;
         Ok(path)
     }
@@ -638,6 +666,33 @@ impl BlobStore for FsBlobStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blobs_are_named_by_digests_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blobs = FsBlobStore::open(dir.path(), "engine").expect("open");
+        let digest = "ab".repeat(32);
+        blobs.put_model(&digest, b"model").expect("a digest");
+        assert_eq!(blobs.read_model(&digest).expect("read"), b"model");
+        for bad in [
+            "../../glia.db",
+            "",
+            "AB",
+            &"ab".repeat(33),
+            &format!("{}/x", "a".repeat(62)),
+        ] {
+            assert!(
+                matches!(blobs.read_model(bad), Err(StoreError::Corrupt(_))),
+                "{bad}"
+            );
+            assert!(
+                matches!(blobs.read_source(bad), Err(StoreError::Corrupt(_))),
+                "{bad}"
+            );
+            assert!(blobs.put_model(bad, b"x").is_err(), "{bad}");
+            assert!(blobs.artifact_path(bad).is_none(), "{bad}");
+        }
+    }
 
     #[test]
     fn versions_count_up_and_survive_reopen() {

@@ -30,6 +30,7 @@ use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 
+use crate::capabilities::AddressPolicy;
 use crate::config::RuntimeConfig;
 use crate::nn::wasi::NnState;
 use crate::telemetry::trace::TraceHeaders;
@@ -153,6 +154,8 @@ pub struct InvokeLimits {
 /// The engine, the linker and the epoch ticker.
 pub struct Runtime {
     engine: Engine,
+    /// Where guests' outgoing requests may connect.
+    addresses: Arc<AddressPolicy>,
     linker: Linker<HostState>,
     compatibility_hash: String,
     ticker_stop: Arc<AtomicBool>,
@@ -161,8 +164,9 @@ pub struct Runtime {
 
 impl Runtime {
     /// Builds the engine with a pooling allocator sized from `cfg`, links the
-    /// platform interfaces, and starts the epoch ticker.
-    pub fn new(cfg: &RuntimeConfig) -> Result<Self, RuntimeError> {
+    /// platform interfaces, and starts the epoch ticker. Guests' outgoing
+    /// requests connect only where `addresses` permits.
+    pub fn new(cfg: &RuntimeConfig, addresses: AddressPolicy) -> Result<Self, RuntimeError> {
         let pagemap = PoolingAllocationConfig::is_pagemap_scan_available();
         let engine =
             Engine::new(&engine_config(cfg, pagemap)).map_err(|source| RuntimeError::Engine {
@@ -215,6 +219,7 @@ impl Runtime {
 
         Ok(Self {
             engine,
+            addresses: Arc::new(addresses),
             linker,
             compatibility_hash,
             ticker_stop,
@@ -275,7 +280,13 @@ impl Runtime {
     {
         let bytes_in = Arc::new(AtomicU64::new(0));
         let memory_limit = usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX);
-        let state = HostState::new(memory_limit, nn, limits.deadline, io);
+        let state = HostState::new(
+            memory_limit,
+            nn,
+            limits.deadline,
+            io,
+            self.addresses.clone(),
+        );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         let deadline = limits.deadline;

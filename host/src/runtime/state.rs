@@ -9,7 +9,7 @@ use std::time::Instant;
 use wasmtime::component::ResourceTable;
 
 use super::outbound::Outbound;
-use crate::capabilities::Grants;
+use crate::capabilities::{AddressPolicy, Grants};
 use crate::logs::Capture;
 use crate::nn::wasi::{NnState, NnView};
 use crate::telemetry::trace::TraceHeaders;
@@ -46,9 +46,15 @@ impl HostState {
     /// name lookups refused, and every address denied should they be
     /// allowed), stdout and stderr captured (or discarded), a linear-memory
     /// limit, and exactly what `io.grants` gives: its environment variables,
-    /// outgoing HTTP to its allowed hosts until `deadline`, and the models
-    /// in `nn`.
-    pub fn new(memory_limit_bytes: usize, nn: NnState, deadline: Instant, io: GuestIo) -> Self {
+    /// outgoing HTTP to its allowed hosts (at addresses `addresses`
+    /// permits) until `deadline`, and the models in `nn`.
+    pub fn new(
+        memory_limit_bytes: usize,
+        nn: NnState,
+        deadline: Instant,
+        io: GuestIo,
+        addresses: Arc<AddressPolicy>,
+    ) -> Self {
         let grants = io.grants;
         let mut wasi = WasiCtx::builder();
         wasi.allow_tcp(false)
@@ -67,7 +73,7 @@ impl HostState {
             nn,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            hooks: Outbound::new(grants.allowed_hosts, deadline, io.trace),
+            hooks: Outbound::new(grants.allowed_hosts, addresses, deadline, io.trace),
             limits: GuestLimits::new(memory_limit_bytes),
         }
     }
