@@ -214,3 +214,90 @@ async fn a_rotated_admin_key_leaves_no_revoked_key_behind() {
     assert_eq!(r.status(), 200);
     server.stop().await;
 }
+
+/// A tenant uploading bytes another tenant already deployed learned that
+/// someone had (`"compiled": false, "compile_ms": 0`), and a model with the
+/// same bytes as another's showed the other's runs and last use. Each
+/// tenant now sees its own: its first upload of the bytes reads as a
+/// compile (and takes as long), the shared graph's numbers are its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tenant_learns_nothing_of_anothers_identical_uploads() {
+    let server = TestServer::start().await;
+    let a_id = server.create_tenant("a").await;
+    let b_id = server.create_tenant("b").await;
+    let a = glia_e2e::client_with_key(Some(
+        &server
+            .create_key(&a_id, &["deploy", "invoke", "read"])
+            .await,
+    ));
+    let b = glia_e2e::client_with_key(Some(
+        &server
+            .create_key(&b_id, &["deploy", "invoke", "read"])
+            .await,
+    ));
+    let put = |client: &glia_e2e::reqwest::Client, path: &str, bytes: &[u8]| {
+        client.put(server.url(path)).body(bytes.to_vec()).send()
+    };
+
+    let first = json(put(&a, "/v1/functions/f", HOSTILE).await.unwrap(), 201).await;
+    assert_eq!(first["compiled"], true);
+    let compile_ms = first["compile_ms"].as_u64().unwrap();
+    let started = std::time::Instant::now();
+    let second = json(put(&b, "/v1/functions/g", HOSTILE).await.unwrap(), 201).await;
+    let took = started.elapsed();
+    assert_eq!(second["digest"], first["digest"]);
+    assert_eq!(second["compiled"], true, "{second}");
+    assert_eq!(second["compile_ms"], compile_ms, "{second}");
+    assert!(
+        took.as_millis() as u64 >= compile_ms,
+        "took {took:?}, the compile {compile_ms} ms"
+    );
+    // Its own bytes again, under another name: no compile, as before.
+    let again = json(put(&b, "/v1/functions/h", HOSTILE).await.unwrap(), 201).await;
+    assert_eq!(again["compiled"], false, "{again}");
+
+    // One model, two owners: B's view shows nothing of A's calls.
+    let digits = glia_e2e::DIGITS_ONNX;
+    assert_eq!(
+        put(&b, "/v1/models/digits", digits).await.unwrap().status(),
+        201
+    );
+    assert_eq!(
+        put(&a, "/v1/models/digits", digits).await.unwrap().status(),
+        201
+    );
+    let nn_probe = include_bytes!(concat!(env!("OUT_DIR"), "/fixtures/nn-probe.wasm"));
+    assert_eq!(
+        put(&a, "/v1/functions/probe?models=digits", nn_probe)
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    let pixels = json!([{ "name": "pixels", "type": "fp32", "dims": [1, 64], "fill": 1.0 }]);
+    for _ in 0..3 {
+        let r = a
+            .post(server.url("/fn/probe/"))
+            .json(&json!({ "load": { "name": "digits" }, "inputs": pixels }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(json(r, 200).await["ok"], true);
+    }
+    let seen_by = |client: &glia_e2e::reqwest::Client| {
+        let request = client.get(server.url("/v1/models/digits")).send();
+        async move { json(request.await.unwrap(), 200).await }
+    };
+    let a_view = seen_by(&a).await;
+    let b_view = seen_by(&b).await;
+    assert_eq!(a_view["resident"][0]["stats"]["runs"], 3, "{a_view}");
+    assert_eq!(b_view["resident"][0]["stats"]["runs"], 0, "{b_view}");
+    assert_eq!(b_view["resident"][0]["in_use"], false, "{b_view}");
+    let a_idle = a_view["resident"][0]["idle_ms"].as_u64().unwrap();
+    let b_idle = b_view["resident"][0]["idle_ms"].as_u64().unwrap();
+    assert!(
+        b_idle >= a_idle,
+        "B's idle time is its own: {b_idle} vs A's {a_idle}"
+    );
+    server.stop().await;
+}

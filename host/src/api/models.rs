@@ -153,7 +153,7 @@ pub(super) fn get(state: &AppState, tenant: &str, name: &str) -> ApiResult {
                 .unwrap_or_else(|| state.models.backend_name()),
             resident: record
                 .latest()
-                .map(|v| state.models.residency(&v.digest))
+                .map(|v| state.models.residency(&v.digest, tenant, v.created_at_ms))
                 .unwrap_or_default(),
             used_by: users(state, tenant, name),
             signature: loaded.as_deref().map(signature),

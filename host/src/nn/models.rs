@@ -125,13 +125,68 @@ struct Slot {
     last_used: AtomicU64,
     /// What it counts against the budget.
     size: u64,
+    /// Each tenant's handle on the shared graph, by tenant id: tenants that
+    /// uploaded the same bytes share the graph, but not what it tells about
+    /// its use (runs, last use, whether a call holds it).
+    views: DashMap<String, Arc<TenantView>>,
+}
+
+/// One tenant's use of a shared graph.
+struct TenantView {
+    /// The shared graph, timed for this tenant's runs alone.
+    model: Arc<dyn LoadedModel>,
+    /// Milliseconds since the registry opened.
+    last_used: AtomicU64,
 }
 
 impl Slot {
-    /// Loaded, and nobody but the registry holds it.
-    fn idle(&self) -> bool {
-        self.model.get().is_some_and(|m| Arc::strong_count(m) == 1)
+    fn new(now: u64, size: u64) -> Self {
+        Self {
+            model: OnceCell::new(),
+            last_used: AtomicU64::new(now),
+            size,
+            views: DashMap::new(),
+        }
     }
+
+    /// Loaded, and nobody but the registry holds it: no caller holds a
+    /// tenant's view, nor the graph itself (each view holds it once).
+    fn idle(&self) -> bool {
+        self.model.get().is_some_and(|m| {
+            self.views
+                .iter()
+                .all(|v| Arc::strong_count(&v.value().model) == 1)
+                && Arc::strong_count(m) == 1 + self.views.len()
+        })
+    }
+
+    /// `tenant`'s view of the loaded graph, marked as used at `now`.
+    fn view(&self, tenant: &str, now: u64) -> Option<Arc<dyn LoadedModel>> {
+        let shared = self.model.get()?;
+        let view = match self.views.get(tenant) {
+            Some(view) => view.clone(),
+            None => self
+                .views
+                .entry(tenant.to_string())
+                .or_insert_with(|| {
+                    Arc::new(TenantView {
+                        model: Arc::new(Timed::new(shared.clone())),
+                        last_used: AtomicU64::new(now),
+                    })
+                })
+                .clone(),
+        };
+        view.last_used.store(now, Ordering::Relaxed);
+        Some(view.model.clone())
+    }
+}
+
+/// Where a load runs: the backend, the device, and the device asked for
+/// when the fallback policy moved it.
+struct Placement {
+    backend: Arc<dyn Backend>,
+    device: Device,
+    fell_back_from: Option<Device>,
 }
 
 /// A loaded model handed to a caller.
@@ -244,11 +299,7 @@ impl ModelRegistry {
             return Ok(slot);
         }
         self.make_room(key.device, size)?;
-        let slot = Arc::new(Slot {
-            model: OnceCell::new(),
-            last_used: AtomicU64::new(now),
-            size,
-        });
+        let slot = Arc::new(Slot::new(now, size));
         self.loaded.insert(key, slot.clone());
         Ok(slot)
     }
@@ -417,20 +468,32 @@ impl ModelRegistry {
             .find_map(|e| e.value().model.get().cloned())
     }
 
-    /// Where a digest is loaded.
-    pub fn residency(&self, digest: &str) -> Vec<Residency> {
+    /// Where a digest is loaded, as `tenant` used it: its own runs, its
+    /// own last use (or, before its first, since `since_ms`, Unix
+    /// milliseconds), and whether one of its own calls holds it. Another
+    /// tenant's use of the same bytes shows in none of them.
+    pub fn residency(&self, digest: &str, tenant: &str, since_ms: i64) -> Vec<Residency> {
         let now = self.now();
         let mut all: Vec<Residency> = self
             .loaded
             .iter()
             .filter(|e| e.key().digest == digest && e.value().model.initialized())
-            .map(|e| Residency {
-                backend: e.key().backend,
-                device: e.key().device,
-                size_bytes: e.value().size,
-                in_use: !e.value().idle(),
-                idle_ms: now.saturating_sub(e.value().last_used.load(Ordering::Relaxed)),
-                stats: e.value().model.get().and_then(|m| m.stats()),
+            .map(|e| {
+                let view = e.value().views.get(tenant).map(|v| v.clone());
+                let idle_ms = match &view {
+                    Some(v) => now.saturating_sub(v.last_used.load(Ordering::Relaxed)),
+                    None => u64::try_from(now_ms().saturating_sub(since_ms)).unwrap_or(0),
+                };
+                Residency {
+                    backend: e.key().backend,
+                    device: e.key().device,
+                    size_bytes: e.value().size,
+                    in_use: view
+                        .as_ref()
+                        .is_some_and(|v| Arc::strong_count(&v.model) > 1),
+                    idle_ms,
+                    stats: Some(view.and_then(|v| v.model.stats()).unwrap_or_default()),
+                }
             })
             .collect();
         all.sort_by_key(|r| r.device);
@@ -468,6 +531,7 @@ impl ModelRegistry {
         match self.slot(Self::key(&digest, &*backend, Device::Cpu), size_bytes) {
             Ok(slot) => {
                 let _ = slot.model.set(loaded.clone());
+                slot.view(tenant, self.now());
             }
             Err(e) => tracing::info!(model = name, reason = %e, "uploaded model not kept loaded"),
         }
@@ -566,53 +630,51 @@ impl ModelRegistry {
             .latest()
             .ok_or_else(|| ModelError::NotFound(name.to_string()))?;
         let digest = version.digest.clone();
-        let backend = self.backend(&version.encoding)?.clone();
-        let (device, fell_back_from) = self.place(&*backend, device)?;
+        let placement = self.place(self.backend(&version.encoding)?.clone(), device)?;
         let blobs = self.blobs.clone();
         let source = digest.clone();
-        self.ready(
-            backend,
-            &digest,
-            version.size_bytes,
-            device,
-            fell_back_from,
-            move || blobs.read_model(&source).map_err(ModelError::from),
-        )
+        self.ready(tenant, placement, &digest, version.size_bytes, move || {
+            blobs.read_model(&source).map_err(ModelError::from)
+        })
         .await
     }
 
-    /// A model given as bytes (a guest's raw `load`), loaded for `device`;
-    /// identical bytes share one loaded graph, under the same budget.
+    /// A model given as bytes (a guest's raw `load`) by one of `tenant`'s
+    /// functions, loaded for `device`; identical bytes share one loaded
+    /// graph, under the same budget.
     pub async fn acquire_bytes(
         &self,
+        tenant: &str,
         encoding: &str,
         bytes: Vec<u8>,
         device: Device,
     ) -> Result<Ready, ModelError> {
-        let backend = self.backend(encoding)?.clone();
-        let (device, fell_back_from) = self.place(&*backend, device)?;
+        let placement = self.place(self.backend(encoding)?.clone(), device)?;
         let size = bytes.len() as u64;
         let (digest, bytes) =
             tokio::task::spawn_blocking(move || (hex::encode(Sha256::digest(&bytes)), bytes))
                 .await
                 .map_err(|e| ModelError::Internal(format!("hash task: {e}")))?;
-        self.ready(backend, &digest, size, device, fell_back_from, move || {
-            Ok(bytes)
-        })
-        .await
+        self.ready(tenant, placement, &digest, size, move || Ok(bytes))
+            .await
     }
 
-    /// Where a request for `device` runs, under the fallback policy.
-    fn place(
-        &self,
-        backend: &dyn Backend,
-        device: Device,
-    ) -> Result<(Device, Option<Device>), ModelError> {
+    /// Where a request for `device` runs on `backend`, under the fallback
+    /// policy.
+    fn place(&self, backend: Arc<dyn Backend>, device: Device) -> Result<Placement, ModelError> {
         if backend.supports(device) {
-            return Ok((device, None));
+            return Ok(Placement {
+                backend,
+                device,
+                fell_back_from: None,
+            });
         }
         match self.policy.fallback {
-            FallbackPolicy::Cpu => Ok((Device::Cpu, Some(device))),
+            FallbackPolicy::Cpu => Ok(Placement {
+                backend,
+                device: Device::Cpu,
+                fell_back_from: Some(device),
+            }),
             FallbackPolicy::Error => Err(ModelError::DeviceUnavailable(format!(
                 "no {device} is available to the {} backend, and models.fallback is \"error\"",
                 backend.name()
@@ -620,15 +682,21 @@ impl ModelRegistry {
         }
     }
 
+    /// `tenant`'s view of the graph of `digest` (`size` bytes, read by
+    /// `bytes` if it must be loaded) where `placement` says.
     async fn ready(
         &self,
-        backend: Arc<dyn Backend>,
+        tenant: &str,
+        placement: Placement,
         digest: &str,
         size: u64,
-        device: Device,
-        fell_back_from: Option<Device>,
         bytes: impl FnOnce() -> Result<Vec<u8>, ModelError> + Send + 'static,
     ) -> Result<Ready, ModelError> {
+        let Placement {
+            backend,
+            device,
+            fell_back_from,
+        } = placement;
         let key = Self::key(digest, &*backend, device);
         let slot = self.slot(key.clone(), size)?;
         // A load that fails, or whose caller gives up (deadline), gives its
@@ -655,8 +723,11 @@ impl ModelRegistry {
                 loaded
             })
             .await
-            .cloned();
-        match result {
+            .map(|_| ());
+        match result.and_then(|()| {
+            slot.view(tenant, self.now())
+                .ok_or_else(|| ModelError::Internal("a loaded slot without its model".into()))
+        }) {
             Ok(model) => Ok(Ready {
                 model,
                 backend: key.backend,
@@ -746,7 +817,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // Room for one of the two models per device.
         let models = registry(dir.path(), 12_000, 12_000);
-        let load = |bytes: &[u8], device| models.acquire_bytes("onnx", bytes.to_vec(), device);
+        let load = |bytes: &[u8], device| models.acquire_bytes("t", "onnx", bytes.to_vec(), device);
 
         let digits_gpu = load(DIGITS, Device::Gpu).await.unwrap();
         assert_eq!(digits_gpu.device, Device::Gpu);
@@ -786,7 +857,7 @@ mod tests {
         let models = registry(dir.path(), 1 << 20, 1 << 20);
         assert_eq!(models.encodings(), vec!["onnx"]);
         let err = models
-            .acquire_bytes("pytorch", DIGITS.to_vec(), Device::Cpu)
+            .acquire_bytes("t", "pytorch", DIGITS.to_vec(), Device::Cpu)
             .await
             .map(|_| ())
             .unwrap_err();
@@ -795,7 +866,7 @@ mod tests {
             "{err}"
         );
         let err = models
-            .acquire_bytes("ggml", DIGITS.to_vec(), Device::Cpu)
+            .acquire_bytes("t", "ggml", DIGITS.to_vec(), Device::Cpu)
             .await
             .map(|_| ())
             .unwrap_err();

@@ -360,10 +360,11 @@ impl graph::Host for NnView<'_> {
             );
         }
         let device = device_of(target);
+        let tenant = self.state.tenant.clone();
         self.finish_load(
             "(bytes)",
             device,
-            models.acquire_bytes(encoding, bytes, device),
+            models.acquire_bytes(&tenant, encoding, bytes, device),
         )
         .await
     }

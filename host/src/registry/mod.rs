@@ -12,13 +12,18 @@ mod validate;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dashmap::DashMap;
 use sha2::{Digest, Sha256};
 
 use crate::config::RuntimeConfig;
+
+/// Metadata key prefix under which a digest's compile time is kept, so a
+/// tenant whose upload reuses another's artifact is told (and waits) what a
+/// compile took.
+const COMPILE_MS_PREFIX: &str = "compile_ms:";
 use crate::runtime::{LoadError, Runtime};
 
 pub use settings::{SETTING_NAMES, Settings, SettingsOverrides, SettingsPatch};
@@ -181,6 +186,13 @@ impl Registry {
             })
     }
 
+    /// Whether any of `tenant`'s function versions has `digest`.
+    fn holds_digest(&self, tenant: &str, digest: &str) -> bool {
+        self.index.iter().any(|e| {
+            *e.value().tenant == *tenant && e.value().versions.iter().any(|v| v.digest == digest)
+        })
+    }
+
     /// Resolves a tenant's `name` and an optional pinned version to a call
     /// target.
     pub fn resolve(
@@ -245,14 +257,28 @@ impl Registry {
             .unwrap_or_default();
         let overrides = self.checked_overrides(base, &patch)?;
 
-        let (digest, compiled, compile_ms) = {
+        let started = Instant::now();
+        let (digest, mut compiled, mut compile_ms) = {
             let blobs = self.blobs.clone();
             let runtime = self.runtime.clone();
             let bytes = bytes.clone();
             blocking(move || prepare(&runtime, blobs.as_ref(), &bytes)).await??
         };
+        let key = format!("{COMPILE_MS_PREFIX}{digest}");
         if compiled {
             self.stats.compiles.fetch_add(1, Ordering::Relaxed);
+            let meta = self.meta.clone();
+            let ms = compile_ms.to_string();
+            blocking(move || meta.set_meta(&key, &ms)).await??;
+        } else if !self.holds_digest(tenant, &digest) {
+            // Another tenant's upload compiled these bytes. Say nothing of
+            // it: this tenant's first upload of them reads as a compile,
+            // and takes as long as the compile did.
+            let meta = self.meta.clone();
+            let recorded = blocking(move || meta.get_meta(&key)).await??;
+            compile_ms = recorded.and_then(|ms| ms.parse().ok()).unwrap_or(0);
+            compiled = true;
+            tokio::time::sleep_until((started + Duration::from_millis(compile_ms)).into()).await;
         }
 
         // Re-uploading the latest version's bytes changes nothing but settings.
