@@ -36,6 +36,8 @@ pub const DEFAULT_MAX_INVOKE_BODY_MB: u64 = 64;
 /// Default time a client gets to send a request's head (and, on a new
 /// connection, its first request).
 pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 30_000;
+/// Default bound on upload bytes held in memory at once.
+pub const DEFAULT_MAX_BUFFERED_UPLOAD_MB: u64 = 2048;
 /// Default number of guest instances that may exist at once.
 pub const DEFAULT_MAX_INSTANCES: u32 = 1000;
 /// Default size of one linear-memory slot in the pooling allocator.
@@ -169,6 +171,9 @@ pub struct ServerConfig {
     /// Time a client gets to send a request's head, and a new connection
     /// its first request; then the connection is closed.
     pub header_read_timeout_ms: u64,
+    /// Bytes of uploads held in memory at once, all uploads together (503
+    /// beyond it).
+    pub max_buffered_upload_mb: u64,
 }
 
 impl Default for ServerConfig {
@@ -186,6 +191,7 @@ impl Default for ServerConfig {
             max_query_kb: DEFAULT_MAX_QUERY_KB,
             max_invoke_body_mb: DEFAULT_MAX_INVOKE_BODY_MB,
             header_read_timeout_ms: DEFAULT_HEADER_READ_TIMEOUT_MS,
+            max_buffered_upload_mb: DEFAULT_MAX_BUFFERED_UPLOAD_MB,
         }
     }
 }
@@ -200,6 +206,13 @@ pub struct RuntimeConfig {
     pub max_memory_mb: u64,
     pub max_wasm_stack_kb: u64,
     pub epoch_tick_ms: u64,
+    /// Threads guests run on, apart from the server's (0: one per core).
+    pub guest_threads: u32,
+    /// Linear memory all guests together may commit (0: half of the
+    /// machine's memory).
+    pub guest_memory_budget_mb: u64,
+    /// Components compiled at once (0: one per two cores, at least one).
+    pub max_compilations: u32,
 }
 
 impl Default for RuntimeConfig {
@@ -209,6 +222,19 @@ impl Default for RuntimeConfig {
             max_memory_mb: DEFAULT_MAX_MEMORY_MB,
             max_wasm_stack_kb: DEFAULT_MAX_WASM_STACK_KB,
             epoch_tick_ms: DEFAULT_EPOCH_TICK_MS,
+            guest_threads: 0,
+            guest_memory_budget_mb: 0,
+            max_compilations: 0,
+        }
+    }
+}
+
+impl RuntimeConfig {
+    /// Components compiled at once.
+    pub fn compilations(&self) -> usize {
+        match self.max_compilations {
+            0 => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+            n => usize::try_from(n).unwrap_or(1),
         }
     }
 }
@@ -639,6 +665,14 @@ impl ServerConfig {
         if self.max_model_mb == 0 || self.max_model_mb > 16 * 1024 {
             return Err(invalid("server.max_model_mb", "must be 1..=16384"));
         }
+        if self.max_buffered_upload_mb < self.max_upload_mb.max(self.max_model_mb)
+            || self.max_buffered_upload_mb > 1024 * 1024
+        {
+            return Err(invalid(
+                "server.max_buffered_upload_mb",
+                "must be at least max_upload_mb and max_model_mb (one upload of each size must fit), at most 1048576",
+            ));
+        }
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("server.data_dir", "must not be empty"));
         }
@@ -718,6 +752,26 @@ impl RuntimeConfig {
         }
         if !(1..=1000).contains(&self.epoch_tick_ms) {
             return Err(invalid("runtime.epoch_tick_ms", "must be 1..=1000"));
+        }
+        if self.guest_threads > 1024 {
+            return Err(invalid("runtime.guest_threads", "must be 0..=1024"));
+        }
+        if self.guest_memory_budget_mb > 16 * 1024 * 1024 {
+            return Err(invalid(
+                "runtime.guest_memory_budget_mb",
+                "must be 0..=16777216",
+            ));
+        }
+        if self.guest_memory_budget_mb != 0
+            && self.guest_memory_budget_mb < self.max_memory_mb.min(64)
+        {
+            return Err(invalid(
+                "runtime.guest_memory_budget_mb",
+                "must be 0 (half of the machine's memory) or at least 64",
+            ));
+        }
+        if self.max_compilations > 1024 {
+            return Err(invalid("runtime.max_compilations", "must be 0..=1024"));
         }
         Ok(())
     }

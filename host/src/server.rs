@@ -148,6 +148,7 @@ impl Platform {
         };
         let telemetry = Arc::new(crate::telemetry::Telemetry::new(logs));
         let install_builtins = config.server.install_builtins;
+        let config_uploads = config.server.max_buffered_upload_mb;
         let scheduler = Arc::new(Scheduler::new(registry.clone(), config.scheduler.clone()));
         let state = Arc::new(AppState {
             config,
@@ -158,6 +159,9 @@ impl Platform {
             billing,
             auth: Arc::new(auth),
             telemetry,
+            uploads: crate::api::limits::UploadBudget::new(
+                config_uploads.saturating_mul(1024 * 1024),
+            ),
         });
         if install_builtins {
             install_builtins_once(&state).await?;

@@ -301,3 +301,466 @@ async fn one_tenant_learns_nothing_of_anothers_identical_uploads() {
     );
     server.stop().await;
 }
+
+/// Percentile `p` (0..=100) of `samples`, in milliseconds.
+fn percentile(samples: &mut [f64], p: usize) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    let ix = (samples.len() * p / 100).min(samples.len() - 1);
+    samples[ix]
+}
+
+/// Times `n` sequential GETs of `url` with `client`, in milliseconds;
+/// asserts each answered `status`.
+async fn timed_gets(
+    client: &glia_e2e::reqwest::Client,
+    url: &str,
+    n: usize,
+    status: u16,
+) -> Vec<f64> {
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = std::time::Instant::now();
+        let r = client.get(url).send().await.unwrap();
+        let got = r.status().as_u16();
+        let _ = r.bytes().await;
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(got, status, "{url}");
+    }
+    times
+}
+
+/// One tenant floods the platform with guests that spin until their
+/// timeout; `/healthz`, another tenant's calls and its queue timeout stay
+/// as they were. (Before, with guests and the server sharing threads and
+/// guests served in arrival order, `/healthz` took seconds and the other
+/// tenant's calls waited behind the flood.) The flood beyond the tenant's
+/// concurrency quota is refused as its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_spinning_guests_leaves_healthz_and_other_tenants_fast() {
+    let server = TestServer::start_with(|c| {
+        c.runtime.max_instances = 256;
+        c.scheduler.max_in_flight = 256;
+    })
+    .await;
+    let a_id = server.create_tenant("quiet").await;
+    let b_id = server.create_tenant("flood").await;
+    let a = glia_e2e::client_with_key(Some(&server.create_key(&a_id, &["deploy", "invoke"]).await));
+    let b = glia_e2e::client_with_key(Some(&server.create_key(&b_id, &["deploy", "invoke"]).await));
+    let deploy = |client: &glia_e2e::reqwest::Client, name: &str, query: &str| {
+        client
+            .put(server.url(&format!("/v1/functions/{name}?{query}")))
+            .body(HOSTILE.to_vec())
+            .send()
+    };
+    assert_eq!(deploy(&a, "quick", "").await.unwrap().status(), 201);
+    assert_eq!(
+        deploy(
+            &a,
+            "single",
+            "max_concurrency=1&queue_timeout_ms=300&timeout_ms=5000"
+        )
+        .await
+        .unwrap()
+        .status(),
+        201
+    );
+    for f in ["spin-1", "spin-2", "spin-3"] {
+        let r = deploy(&b, f, "timeout_ms=6000&max_concurrency=64")
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    let quick = server.url("/fn/quick/ok");
+    let health = server.url("/healthz");
+    timed_gets(&a, &quick, 5, 200).await;
+    let mut idle = timed_gets(&a, &quick, 30, 200).await;
+    let idle_p50 = percentile(&mut idle, 50);
+
+    // The flood: 150 spinning calls, 50 past the tenant's default quota of
+    // 100 calls in flight.
+    let mut flood = Vec::new();
+    for i in 0..150 {
+        let url = server.url(&format!("/fn/spin-{}/loop", 1 + i % 3));
+        let b = b.clone();
+        flood.push(tokio::spawn(async move {
+            b.get(url)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let mut during = timed_gets(&a, &quick, 30, 200).await;
+    let mut healthz = timed_gets(&server.client, &health, 40, 200).await;
+
+    // A queue timeout of 300 ms is honoured to within tens of milliseconds.
+    let holder = {
+        let (a, url) = (a.clone(), server.url("/fn/single/sleep?ms=2000"));
+        tokio::spawn(async move { a.get(url).send().await.unwrap().status().as_u16() })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    let r = a.get(server.url("/fn/single/ok")).send().await.unwrap();
+    let waited = started.elapsed();
+    problem(r, 429, "concurrency-limit").await;
+    assert!(
+        waited >= std::time::Duration::from_millis(290)
+            && waited < std::time::Duration::from_millis(450),
+        "a 300 ms queue timeout answered after {waited:?}"
+    );
+    assert_eq!(holder.await.unwrap(), 200);
+
+    let during_p50 = percentile(&mut during, 50);
+    let healthz_p99 = percentile(&mut healthz, 99);
+    eprintln!(
+        "no-op p50 idle {idle_p50:.1} ms, under the flood {during_p50:.1} ms; /healthz p99 under the flood {healthz_p99:.1} ms"
+    );
+    // Twice the idle latency plus an epoch (10 ms), with room for a debug
+    // build sharing two cores with the rest of the suite.
+    assert!(
+        during_p50 <= 2.0 * idle_p50 + 10.0 + 60.0,
+        "no-op p50 {during_p50:.1} ms under the flood, {idle_p50:.1} ms idle"
+    );
+    assert!(
+        healthz_p99 < 150.0,
+        "/healthz p99 {healthz_p99:.1} ms under the flood"
+    );
+
+    let mut statuses = Vec::new();
+    for call in flood {
+        statuses.push(call.await.unwrap());
+    }
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    let timed_out = statuses.iter().filter(|s| **s == 504).count();
+    assert_eq!(
+        refused, 50,
+        "the flood past the quota is the tenant's own 429s: {statuses:?}"
+    );
+    assert_eq!(timed_out, 100, "{statuses:?}");
+    server.stop().await;
+}
+
+/// Sixteen concurrent calls, each holding 100 MiB while it waits (as a
+/// model function holds its input during inference), of a function
+/// allowed 128 MiB, within a 256 MiB platform budget. (Before, every call
+/// took its memory at once: sixteen times 100 MiB.)
+///
+/// - A function whose footprint is not known yet: the calls start, and the
+///   ones whose growth would pass the budget are stopped and answer `503
+///   platform-memory` with `Retry-After`.
+/// - Once its last call showed what it takes, calls wait in the queue for
+///   room instead, and only the ones still waiting at their queue timeout
+///   answer `503`.
+///
+/// Either way committed memory never passes the budget, everything is
+/// given back, and the platform keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_memory_hungry_calls_stay_within_the_platform_budget() {
+    const MIB: u64 = 1024 * 1024;
+    let server = TestServer::start_with(|c| c.runtime.guest_memory_budget_mb = 256).await;
+    server
+        .deploy_ok(
+            "hog",
+            HOSTILE,
+            "memory_mb=128&queue_timeout_ms=1000&timeout_ms=20000",
+        )
+        .await;
+    let flood = || {
+        let calls: Vec<_> = (0..16)
+            .map(|_| {
+                let (client, url) = (
+                    server.client.clone(),
+                    server.url("/fn/hog/hold?mb=100&ms=400"),
+                );
+                tokio::spawn(async move {
+                    let r = client.get(url).send().await.unwrap();
+                    let retry = r.headers().get("retry-after").is_some();
+                    (r.status().as_u16(), retry, r.text().await.unwrap())
+                })
+            })
+            .collect();
+        async move {
+            let mut answers = Vec::new();
+            for call in calls {
+                answers.push(call.await.unwrap());
+            }
+            answers
+        }
+    };
+    let check = |answers: &[(u16, bool, String)]| {
+        let (mut held, mut refused) = (0, 0);
+        for (status, retry, body) in answers {
+            match status {
+                200 => {
+                    assert_eq!(body, "held 100");
+                    held += 1;
+                }
+                503 => {
+                    assert!(body.contains("platform-memory"), "{body}");
+                    assert!(retry, "503 without Retry-After: {body}");
+                    refused += 1;
+                }
+                other => panic!("{other} {body}"),
+            }
+        }
+        (held, refused)
+    };
+    let budget = server.state.runtime.memory();
+    let stats = budget.stats();
+    let read = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+
+    // Unknown footprint: stopped as they grow past the budget.
+    let (held, refused) = check(&flood().await);
+    assert!(held >= 2 && refused > 0, "{held} held, {refused} refused");
+    assert!(read(&stats.refused_growths) > 0);
+    assert!(
+        read(&stats.peak_bytes) <= 256 * MIB,
+        "peak {} MiB",
+        read(&stats.peak_bytes) / MIB
+    );
+    assert!(read(&stats.peak_bytes) > 200 * MIB, "the budget was used");
+    assert_eq!(budget.committed(), 0, "everything given back");
+
+    // Known footprint (the last call's, about 100 MiB): two at a time, the
+    // rest wait their turn; at 400 ms a turn, some are still waiting when
+    // their second in the queue is over.
+    let (held, refused) = check(&flood().await);
+    assert!(held >= 4 && refused > 0, "{held} held, {refused} refused");
+    assert!(read(&stats.refused_calls) > 0);
+    assert!(
+        read(&stats.waits) >= 10,
+        "{} calls waited for memory",
+        read(&stats.waits)
+    );
+    assert!(
+        read(&stats.peak_bytes) <= 256 * MIB,
+        "peak {} MiB",
+        read(&stats.peak_bytes) / MIB
+    );
+    assert_eq!(budget.committed(), 0, "everything given back");
+
+    let metrics = server.get("/metrics").await.text().await.unwrap();
+    for family in [
+        "glia_guest_memory_budget_bytes 268435456",
+        "glia_guest_memory_committed_bytes 0",
+        "glia_guest_memory_refusals_total{stage=\"growth\"}",
+        "glia_guest_memory_refusals_total{stage=\"admission\"}",
+    ] {
+        assert!(metrics.contains(family), "{family} in /metrics");
+    }
+    // A small call fits again at once.
+    assert_eq!(server.get("/fn/hog/ok").await.status(), 200);
+    server.stop().await;
+}
+
+/// The same flood, measured as the kernel sees it: the process's peak
+/// resident memory grows by no more than the budget (run in a child
+/// process, so that no other test's memory counts).
+#[test]
+fn the_budget_bounds_the_process_resident_memory() {
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "security::resident_memory_child",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(RESIDENT_CHILD, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("1 passed"),
+        "child failed:\n{stdout}\n{stderr}"
+    );
+}
+
+const RESIDENT_CHILD: &str = "GLIA_RESIDENT_MEMORY_CHILD";
+
+/// The process's peak resident memory, in MiB (`VmHWM`).
+fn peak_resident_mib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib / 1024
+}
+
+#[test]
+#[ignore = "run by the_budget_bounds_the_process_resident_memory in a child process"]
+fn resident_memory_child() {
+    if std::env::var_os(RESIDENT_CHILD).is_none() {
+        eprintln!(
+            "skipped: runs only as the child of the_budget_bounds_the_process_resident_memory"
+        );
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let server = TestServer::start_with(|c| c.runtime.guest_memory_budget_mb = 256).await;
+        server
+            .deploy_ok(
+                "hog",
+                HOSTILE,
+                "memory_mb=128&queue_timeout_ms=100&timeout_ms=20000",
+            )
+            .await;
+        assert_eq!(server.get("/fn/hog/ok").await.status(), 200);
+        let before = peak_resident_mib();
+        let calls: Vec<_> = (0..16)
+            .map(|_| {
+                let (client, url) = (
+                    server.client.clone(),
+                    server.url("/fn/hog/hold?mb=100&ms=300"),
+                );
+                tokio::spawn(async move { client.get(url).send().await.unwrap().status().as_u16() })
+            })
+            .collect();
+        for call in calls {
+            let status = call.await.unwrap();
+            assert!(status == 200 || status == 503, "{status}");
+        }
+        for _ in 0..4 {
+            let status = server.get("/fn/hog/oom").await.status().as_u16();
+            assert_eq!(status, 500, "its own memory limit");
+        }
+        let after = peak_resident_mib();
+        eprintln!(
+            "peak resident memory {before} MiB before, {after} MiB after sixteen /hold calls and four /oom"
+        );
+        // The budget, and room for the platform's own buffers.
+        assert!(after - before < 256 + 128, "{before} -> {after} MiB");
+        server.stop().await;
+    });
+}
+
+/// Compiling and reading uploads are what uploads cost the platform, and
+/// both are bounded for the platform as a whole: three components uploaded
+/// at once compile one after the other (`runtime.max_compilations = 1`),
+/// and an upload that would take the bytes held past
+/// `server.max_buffered_upload_mb` gets `503` with `Retry-After` at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compilations_and_buffered_uploads_are_bounded() {
+    use futures::StreamExt as _;
+    const MIB: usize = 1024 * 1024;
+    let server = TestServer::start_with(|c| {
+        c.runtime.max_compilations = 1;
+        c.server.max_upload_mb = 8;
+        c.server.max_model_mb = 8;
+        c.server.max_buffered_upload_mb = 10;
+    })
+    .await;
+    let nn_probe = include_bytes!(concat!(env!("OUT_DIR"), "/fixtures/nn-probe.wasm"));
+    let deploys: Vec<_> = [
+        ("a", glia_e2e::hello()),
+        ("b", HOSTILE),
+        ("c", &nn_probe[..]),
+    ]
+    .into_iter()
+    .map(|(name, wasm)| {
+        let request = server
+            .client
+            .put(server.url(&format!("/v1/functions/{name}")))
+            .body(wasm.to_vec());
+        tokio::spawn(async move { request.send().await.unwrap().status().as_u16() })
+    })
+    .collect();
+    for deploy in deploys {
+        assert_eq!(deploy.await.unwrap(), 201);
+    }
+    let stats = server.state.registry.stats();
+    assert_eq!(stats.compiles.load(std::sync::atomic::Ordering::Relaxed), 3);
+    assert_eq!(
+        stats
+            .peak_compiling
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "compiled one at a time"
+    );
+
+    // An upload of 6 MiB, sent slowly, holds its declared size.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let body = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|chunk| (Ok::<_, std::io::Error>(chunk), rx))
+    })
+    .boxed();
+    let slow = {
+        let request = server
+            .client
+            .put(server.url("/v1/models/slow"))
+            .header("content-length", (6 * MIB).to_string())
+            .body(glia_e2e::reqwest::Body::wrap_stream(body));
+        tokio::spawn(async move { request.send().await.unwrap().status().as_u16() })
+    };
+    tx.send(vec![0; MIB]).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let metrics = server.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains(&format!("glia_upload_buffered_bytes {}", 6 * MIB)),
+        "the slow upload holds its declared size"
+    );
+    // Another 6 MiB does not fit: refused from its head, before its body
+    // is read (a client that has sent its head and waits for an early
+    // answer sees it).
+    let head = format!(
+        "PUT /v1/models/other HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\n\
+         content-length: {}\r\n\r\n",
+        glia_e2e::ADMIN_KEY,
+        6 * MIB
+    );
+    let answer = raw_exchange(server.addr, head.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after: 1"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("urn:glia:problem:upload-capacity"),
+        "{answer}"
+    );
+    // A small one still fits.
+    let r = server.upload_model("small", &[0; 1024], "").await;
+    problem(r, 400, "invalid-model").await;
+
+    for _ in 0..5 {
+        tx.send(vec![0; MIB]).await.unwrap();
+    }
+    drop(tx);
+    assert_eq!(slow.await.unwrap(), 400, "junk, read whole and refused");
+    assert_eq!(server.state.uploads.used(), 0, "given back");
+    let r = server.upload_model("other", &vec![0; 6 * MIB], "").await;
+    problem(r, 400, "invalid-model").await;
+    server.stop().await;
+}
+
+/// Writes `request` on a fresh connection to `addr` and reads what comes
+/// back until the server closes it or a second passes.
+async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let read =
+            tokio::time::timeout(std::time::Duration::from_secs(1), stream.read(&mut buf)).await;
+        match read {
+            Ok(Ok(n)) if n > 0 => answer.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+        if answer.windows(4).any(|w| w == b"\r\n\r\n") && answer.ends_with(b"}") {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}

@@ -20,9 +20,9 @@ use glia_host::config::Config;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-/// The `hostile` fixture: misbehaving routes (`/loop`, `/oom`, `/recurse`,
-/// `/trap`, `/big`, `/sleep`, `/echo`, `/ok`, and the capability probes
-/// `/ambient`, `/env`, `/outbound?url=`, `/socket?addr=`).
+/// The `hostile` fixture: misbehaving routes (`/loop`, `/oom`, `/hold`,
+/// `/recurse`, `/trap`, `/big`, `/sleep`, `/echo`, `/ok`, and the
+/// capability probes `/ambient`, `/env`, `/outbound?url=`, `/socket?addr=`).
 pub const HOSTILE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/fixtures/hostile.wasm"));
 
 /// The `digits` classifier (ONNX), trained by

@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Full};
 use serde_json::{Map, Value, json};
 
 use crate::registry::{RegistryError, UploadError};
-use crate::runtime::{InvokeError, ResponseBody};
+use crate::runtime::{InvokeError, MemoryFull, ResponseBody};
 use crate::scheduler::Rejected;
 
 /// Prefix of every problem type.
@@ -270,12 +270,31 @@ impl From<InvokeError> for ApiError {
                 e.retry_after_secs = Some(1);
                 e
             }
+            InvokeError::PlatformMemory => platform_memory(detail),
             InvokeError::Internal(m) => {
                 tracing::error!(error = %m, "invocation failure");
                 Self::internal()
             }
         }
     }
+}
+
+impl From<MemoryFull> for ApiError {
+    fn from(e: MemoryFull) -> Self {
+        platform_memory(e.to_string())
+    }
+}
+
+/// 503: the platform's guest memory budget left no room for the call.
+fn platform_memory(detail: String) -> ApiError {
+    let mut e = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "platform-memory",
+        "Platform memory exhausted",
+    )
+    .detail(detail);
+    e.retry_after_secs = Some(1);
+    e
 }
 
 impl From<Rejected> for ApiError {

@@ -128,7 +128,7 @@ where
     let patch = SettingsPatch::from_query(req.uri().query().unwrap_or(""))
         .map_err(|m| ApiError::from(crate::registry::RegistryError::Settings(m)))?;
     let limit = state.config.server.max_upload_bytes();
-    let bytes = read_body(req, limit).await?;
+    let (bytes, _held) = state.uploads.read(req, limit).await?;
     let new_function = state.registry.get(tenant, name).is_none();
     check_storage_quotas(state, tenant, new_function, false, bytes.len() as u64)?;
     let deployed = state.registry.deploy(tenant, name, bytes, patch).await?;
@@ -263,12 +263,7 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit) {
+    if super::limits::declared_length(&req).is_some_and(|n| n > limit) {
         return Err(ApiError::payload_too_large(limit));
     }
     let limited = Limited::new(

@@ -331,6 +331,20 @@ where
     meter
         .span
         .record("glia.cold_start", ready.cold_start.is_some());
+    // Room in the platform's guest memory for what the function used last
+    // time, waiting within what is left of the call's queue time.
+    let queue_deadline =
+        tokio::time::Instant::from_std(queued + Duration::from_millis(settings.queue_timeout_ms));
+    let memory = state
+        .runtime
+        .memory()
+        .reserve(&resolved.tenant, &ready.memory, queue_deadline)
+        .await
+        .map_err(|e| {
+            meter.outcome = Some(Outcome::Rejected);
+            ApiError::from(e)
+        })?;
+    meter.queue = queued.elapsed();
 
     let io = GuestIo {
         grants: Grants::of(settings),
@@ -351,6 +365,8 @@ where
         deadline: std::time::Instant::now() + timeout,
         timeout,
         memory_bytes: settings.memory_mb * MIB,
+        tenant: Arc::from(&*resolved.tenant),
+        memory,
     };
     let nn = NnState::new(
         state.models.clone(),

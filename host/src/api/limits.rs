@@ -18,7 +18,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -187,6 +187,131 @@ fn headers_too_large(detail: String) -> ApiError {
         "Request headers too large",
     )
     .detail(detail)
+}
+
+/// Bytes of uploads (components and models) held in memory at once, for
+/// the platform as a whole (`server.max_buffered_upload_mb`): every upload
+/// is read whole before it is validated, and many large ones at once would
+/// otherwise take the process's memory with them. An upload that finds no
+/// room gets `503` with `Retry-After`.
+#[derive(Debug)]
+pub struct UploadBudget {
+    limit: u64,
+    used: Arc<AtomicU64>,
+}
+
+/// What one upload holds of the [`UploadBudget`]; given back when dropped.
+#[derive(Debug)]
+pub struct UploadLease {
+    used: Arc<AtomicU64>,
+    held: u64,
+}
+
+impl Drop for UploadLease {
+    fn drop(&mut self) {
+        self.used.fetch_sub(self.held, Ordering::AcqRel);
+    }
+}
+
+impl UploadBudget {
+    pub fn new(limit: u64) -> Self {
+        Self {
+            limit,
+            used: Arc::default(),
+        }
+    }
+
+    /// Bytes held by uploads now.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// An empty lease, to grow as bytes arrive.
+    fn lease(&self) -> UploadLease {
+        UploadLease {
+            used: self.used.clone(),
+            held: 0,
+        }
+    }
+
+    /// Adds `bytes` to `lease`, if the budget has room.
+    fn grow(&self, lease: &mut UploadLease, bytes: u64) -> Result<(), ApiError> {
+        let taken = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|total| *total <= self.limit)
+            });
+        if taken.is_err() {
+            let mut e = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upload-capacity",
+                "Too many uploads in progress",
+            )
+            .detail(format!(
+                "the platform holds as many uploaded bytes as it may at once ({} MiB, \
+                 server.max_buffered_upload_mb); retry shortly",
+                self.limit / (1024 * 1024)
+            ));
+            e.retry_after_secs = Some(1);
+            return Err(e);
+        }
+        lease.held += bytes;
+        Ok(())
+    }
+
+    /// Reads an upload's whole body, refusing more than `limit` bytes with
+    /// 413 (early, from `content-length`, when the client sends one) and
+    /// what the budget has no room for with 503. The bytes count against
+    /// the budget until the lease is dropped.
+    pub async fn read<B>(
+        &self,
+        req: Request<B>,
+        limit: u64,
+    ) -> Result<(Bytes, UploadLease), ApiError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        use http_body_util::BodyExt as _;
+        let declared = declared_length(&req);
+        if declared.is_some_and(|n| n > limit) {
+            return Err(ApiError::payload_too_large(limit));
+        }
+        let mut lease = self.lease();
+        if let Some(declared) = declared {
+            self.grow(&mut lease, declared)?;
+        }
+        let mut body = std::pin::pin!(req.into_body());
+        let mut bytes =
+            bytes::BytesMut::with_capacity(usize::try_from(declared.unwrap_or(0)).unwrap_or(0));
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                ApiError::bad_request(format!("reading the request body: {}", e.into()))
+            })?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            let len = data.len() as u64;
+            let total = bytes.len() as u64 + len;
+            if total > limit {
+                return Err(ApiError::payload_too_large(limit));
+            }
+            let more = total.saturating_sub(lease.held);
+            if more > 0 {
+                self.grow(&mut lease, more)?;
+            }
+            bytes.extend_from_slice(&data);
+        }
+        Ok((bytes.freeze(), lease))
+    }
+}
+
+/// A request's `content-length`, when it declares one.
+pub(super) fn declared_length<B>(req: &Request<B>) -> Option<u64> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
 }
 
 /// Refuses a JSON document nested deeper than [`MAX_JSON_DEPTH`], before a

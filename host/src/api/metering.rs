@@ -117,9 +117,10 @@ pub(super) fn outcome_of(e: &InvokeError) -> Outcome {
         InvokeError::Timeout { .. } => Outcome::Timeout,
         InvokeError::MemoryLimit { .. } | InvokeError::Trap { .. } => Outcome::Trap,
         InvokeError::Capacity => Outcome::Rejected,
-        InvokeError::NoResponse | InvokeError::GuestError(_) | InvokeError::Internal(_) => {
-            Outcome::Error
-        }
+        InvokeError::NoResponse
+        | InvokeError::GuestError(_)
+        | InvokeError::PlatformMemory
+        | InvokeError::Internal(_) => Outcome::Error,
     }
 }
 

@@ -63,6 +63,8 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     /// Metrics and invocation logs.
     pub telemetry: Arc<crate::telemetry::Telemetry>,
+    /// Upload bytes held in memory at once.
+    pub uploads: limits::UploadBudget,
 }
 
 /// The glia HTTP service.

@@ -5,7 +5,6 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use serde::Serialize;
 
-use super::functions::read_body;
 use super::{ApiError, AppState, json_response};
 use crate::nn::models::ModelError;
 use crate::nn::{LoadedModel, TensorSpec};
@@ -192,7 +191,10 @@ where
             }
         }
     }
-    let bytes = read_body(req, state.config.server.max_model_bytes()).await?;
+    let (bytes, _held) = state
+        .uploads
+        .read(req, state.config.server.max_model_bytes())
+        .await?;
     let new_model = state.models.get(tenant, name).is_none();
     super::functions::check_storage_quotas(state, tenant, false, new_model, bytes.len() as u64)?;
     let up = state.models.upload(tenant, name, &encoding, bytes).await?;

@@ -21,8 +21,10 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_REQUESTS_PER_SECOND: u32 = 0;
 /// Default burst above the sustained rate.
 pub const DEFAULT_BURST: u32 = 0;
-/// Default concurrent invocations per tenant (0: only the platform's limit).
-pub const DEFAULT_MAX_CONCURRENCY: u32 = 0;
+/// Default concurrent invocations (running or queued) per tenant: a
+/// tenant's flood turns into its own 429s, and leaves the platform's
+/// `max_in_flight` to the others.
+pub const DEFAULT_MAX_CONCURRENCY: u32 = 100;
 /// Default deployed functions per tenant.
 pub const DEFAULT_MAX_FUNCTIONS: u32 = 1000;
 /// Default models per tenant.

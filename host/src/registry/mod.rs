@@ -82,6 +82,10 @@ pub struct RegistryStats {
     pub compiles: AtomicU64,
     /// Artifacts loaded from disk by this process.
     pub loads: AtomicU64,
+    /// Components being compiled now.
+    pub compiling: AtomicU64,
+    /// The most components ever compiled at once.
+    pub peak_compiling: AtomicU64,
 }
 
 /// Functions and their versions.
@@ -94,8 +98,11 @@ pub struct Registry {
     /// Where outgoing requests may connect; `allowed_hosts` are checked
     /// against it.
     outbound: crate::capabilities::AddressPolicy,
+    /// Turns to compile, `runtime.max_compilations` at once: compiling is
+    /// the heaviest thing an upload does, in CPU and memory.
+    compilations: Arc<tokio::sync::Semaphore>,
     index: DashMap<String, Arc<FunctionRecord>>,
-    stats: RegistryStats,
+    stats: Arc<RegistryStats>,
 }
 
 impl Registry {
@@ -117,10 +124,11 @@ impl Registry {
             blobs,
             runtime,
             defaults,
+            compilations: Arc::new(tokio::sync::Semaphore::new(limits.compilations())),
             limits,
             outbound,
             index,
-            stats: RegistryStats::default(),
+            stats: Arc::default(),
         })
     }
 
@@ -258,12 +266,7 @@ impl Registry {
         let overrides = self.checked_overrides(base, &patch)?;
 
         let started = Instant::now();
-        let (digest, mut compiled, mut compile_ms) = {
-            let blobs = self.blobs.clone();
-            let runtime = self.runtime.clone();
-            let bytes = bytes.clone();
-            blocking(move || prepare(&runtime, blobs.as_ref(), &bytes)).await??
-        };
+        let (digest, mut compiled, mut compile_ms) = self.prepare(&bytes).await?;
         let key = format!("{COMPILE_MS_PREFIX}{digest}");
         if compiled {
             self.stats.compiles.fetch_add(1, Ordering::Relaxed);
@@ -436,25 +439,63 @@ impl Registry {
 
 /// Validation, hashing and compilation of an upload; blocking.
 /// Returns the digest, whether it compiled, and the compile time.
-fn prepare(
-    runtime: &Runtime,
-    blobs: &dyn BlobStore,
-    bytes: &[u8],
-) -> Result<(String, bool, u64), RegistryError> {
-    check_component(bytes)?;
-    let digest = hex::encode(Sha256::digest(bytes));
-    if let Some(path) = blobs.artifact_path(&digest) {
-        // Already compiled by this engine; make sure it still links.
-        runtime.load(&path).map_err(link_error)?;
-        return Ok((digest, false, 0));
+impl Registry {
+    /// Validates `bytes` and makes sure this engine has them compiled and
+    /// linking: their digest, whether this call compiled them, and how long
+    /// that took. At most `runtime.max_compilations` compile at once; the
+    /// others wait their turn here.
+    async fn prepare(&self, bytes: &Bytes) -> Result<(String, bool, u64), RegistryError> {
+        let (runtime, blobs, checked) = (self.runtime.clone(), self.blobs.clone(), bytes.clone());
+        let (digest, linked) = blocking(move || {
+            check_component(&checked)?;
+            let digest = hex::encode(Sha256::digest(&checked));
+            // Already compiled by this engine: make sure it still links.
+            let linked = match blobs.artifact_path(&digest) {
+                Some(path) => runtime.load(&path).map(|_| true).map_err(link_error)?,
+                None => false,
+            };
+            Ok::<_, RegistryError>((digest, linked))
+        })
+        .await??;
+        if linked {
+            return Ok((digest, false, 0));
+        }
+        // Held by the compile itself, which goes on should the upload be
+        // abandoned: the bound holds for what really runs.
+        let turn = self
+            .compilations
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| RegistryError::Internal(format!("compilation slots: {e}")))?;
+        let stats = self.stats.clone();
+        let (runtime, blobs, bytes) = (self.runtime.clone(), self.blobs.clone(), bytes.clone());
+        let stored = digest.clone();
+        let compile_ms = blocking(move || {
+            let _turn = turn;
+            let now = stats.compiling.fetch_add(1, Ordering::AcqRel) + 1;
+            stats.peak_compiling.fetch_max(now, Ordering::AcqRel);
+            let _done = Decrement(&stats.compiling);
+            let started = Instant::now();
+            let artifact = runtime.precompile(&bytes).map_err(UploadError::Invalid)?;
+            let compile_ms = started.elapsed().as_millis() as u64;
+            blobs.put_source(&stored, &bytes)?;
+            let path = blobs.put_artifact(&stored, &artifact)?;
+            runtime.load(&path).map_err(link_error)?;
+            Ok::<_, RegistryError>(compile_ms)
+        })
+        .await??;
+        Ok((digest, true, compile_ms))
     }
-    let started = Instant::now();
-    let artifact = runtime.precompile(bytes).map_err(UploadError::Invalid)?;
-    let compile_ms = started.elapsed().as_millis() as u64;
-    blobs.put_source(&digest, bytes)?;
-    let path = blobs.put_artifact(&digest, &artifact)?;
-    runtime.load(&path).map_err(link_error)?;
-    Ok((digest, true, compile_ms))
+}
+
+/// Decrements a counter when dropped.
+struct Decrement<'a>(&'a AtomicU64);
+
+impl Drop for Decrement<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 fn link_error(e: LoadError) -> RegistryError {

@@ -9,6 +9,8 @@
 //! worker thread), and a timer stops host-side waits, which epochs cannot
 //! reach.
 
+pub mod cpu;
+pub mod memory;
 mod outbound;
 mod state;
 
@@ -34,6 +36,8 @@ use crate::capabilities::AddressPolicy;
 use crate::config::RuntimeConfig;
 use crate::nn::wasi::NnState;
 use crate::telemetry::trace::TraceHeaders;
+use cpu::{CpuGate, Fair};
+pub use memory::{MemoryBudget, MemoryFull, MemoryLease};
 pub use state::{GuestIo, HostState};
 use tracing::Instrument as _;
 
@@ -64,8 +68,13 @@ const LINEAR_MEMORY_KEEP_RESIDENT: usize = 128 * 1024;
 const LINEAR_MEMORY_KEEP_DIRTY: usize = 1024 * 1024;
 /// Bytes of each table reset with memset on release.
 const TABLE_KEEP_RESIDENT: usize = 16 * 1024;
-/// Slots decommitted together.
-const DECOMMIT_BATCH_SIZE: usize = 16;
+/// Slots decommitted together. One: a slot's memory goes back to the
+/// kernel when its call ends, so resident memory follows the guest memory
+/// budget (with `PAGEMAP_SCAN`, a call that dirtied less than
+/// `LINEAR_MEMORY_KEEP_DIRTY` decommits nothing, so batching saved nothing
+/// on the common path, while sixteen released 128 MiB slots stayed
+/// resident until the batch was full).
+const DECOMMIT_BATCH_SIZE: usize = 1;
 
 /// Failures to build the engine.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +93,8 @@ pub enum RuntimeError {
     Link(wasmtime::Error),
     #[error("starting the epoch ticker: {0}")]
     Ticker(std::io::Error),
+    #[error("starting the guest threads: {0}")]
+    Guests(std::io::Error),
 }
 
 /// Why loading a compiled artifact failed.
@@ -115,6 +126,11 @@ pub enum InvokeError {
     GuestError(ErrorCode),
     #[error("the platform is at its instance capacity")]
     Capacity,
+    #[error(
+        "the platform's guest memory budget is exhausted; the function could not grow its \
+         memory (runtime.guest_memory_budget_mb)"
+    )]
+    PlatformMemory,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -137,23 +153,37 @@ impl InvokeError {
             InvokeError::NoResponse => InvokeError::NoResponse,
             InvokeError::GuestError(code) => InvokeError::Internal(format!("{code:?}")),
             InvokeError::Capacity => InvokeError::Capacity,
+            InvokeError::PlatformMemory => InvokeError::PlatformMemory,
             InvokeError::Internal(m) => InvokeError::Internal(m.clone()),
         }
     }
 }
 
 /// Limits for one invocation.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct InvokeLimits {
     /// When the invocation must be over (response body included).
     pub deadline: Instant,
     pub timeout: Duration,
     pub memory_bytes: u64,
+    /// Whose share of the guest CPU the call runs on.
+    pub tenant: Arc<str>,
+    /// What the call holds of the platform's guest memory; its guest's
+    /// memory grows within it.
+    pub memory: MemoryLease,
 }
 
-/// The engine, the linker and the epoch ticker.
+/// The engine, the linker, the epoch ticker, and the threads guests run
+/// on with the CPU and memory they share.
 pub struct Runtime {
     engine: Engine,
+    /// The threads guests run on, apart from the server's own, so that the
+    /// control plane and `/healthz` never wait behind guest work.
+    guests: Option<tokio::runtime::Runtime>,
+    /// Guest CPU, shared between tenants.
+    cpu: Arc<CpuGate>,
+    /// Guest memory, one budget for the platform.
+    memory: Arc<MemoryBudget>,
     /// Where guests' outgoing requests may connect.
     addresses: Arc<AddressPolicy>,
     linker: Linker<HostState>,
@@ -198,6 +228,26 @@ impl Runtime {
             format!("{:016x}", h.finish())
         };
 
+        let threads = match cfg.guest_threads {
+            0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            n => usize::try_from(n).unwrap_or(1),
+        };
+        let guests = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("glia-guest")
+            .enable_all()
+            .build()
+            .map_err(RuntimeError::Guests)?;
+        let memory_budget = match cfg.guest_memory_budget_mb {
+            0 => memory::default_limit(),
+            mb => mb.saturating_mul(MIB),
+        };
+        tracing::info!(
+            guest_threads = threads,
+            guest_memory_budget_mib = memory_budget / MIB,
+            "guests run on their own threads, sharing CPU and memory between tenants"
+        );
+
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let ticker = {
             let engine = engine.weak();
@@ -219,12 +269,25 @@ impl Runtime {
 
         Ok(Self {
             engine,
+            guests: Some(guests),
+            cpu: Arc::new(CpuGate::new(threads)),
+            memory: Arc::new(MemoryBudget::new(memory_budget)),
             addresses: Arc::new(addresses),
             linker,
             compatibility_hash,
             ticker_stop,
             ticker: Some(ticker),
         })
+    }
+
+    /// Guest CPU, shared between tenants.
+    pub fn cpu(&self) -> &CpuGate {
+        &self.cpu
+    }
+
+    /// The platform's guest memory budget.
+    pub fn memory(&self) -> &Arc<MemoryBudget> {
+        &self.memory
     }
 
     /// Identifies the compiler configuration; artifacts are stored under it.
@@ -282,6 +345,7 @@ impl Runtime {
         let memory_limit = usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX);
         let state = HostState::new(
             memory_limit,
+            limits.memory.clone(),
             nn,
             limits.deadline,
             io,
@@ -331,7 +395,16 @@ impl Runtime {
         let timeout_ms = u64::try_from(limits.timeout.as_millis()).unwrap_or(u64::MAX);
         let limit_mb = limits.memory_bytes / MIB;
         let call_span = tracing::Span::current();
-        let task = tokio::spawn(async move {
+        let cpu = self.cpu.clone();
+        let tenant = limits.tenant.clone();
+        let Some(guests) = self.guests.as_ref() else {
+            return Invoked {
+                response: Err(InvokeError::Internal("the guest threads are gone".into())),
+                finished: GuestFinished::Done(GuestReport::default()),
+                bytes_in,
+            };
+        };
+        let task = guests.spawn(async move {
             let _guard = guard;
             let started = Instant::now();
             let mut busy = Duration::ZERO;
@@ -351,17 +424,15 @@ impl Runtime {
                         .instrument(guest)
                         .await
                 };
-                let timed = Busy {
-                    inner: Box::pin(run),
-                    total: &mut busy,
-                };
-                tokio::time::timeout_at(tokio_deadline, timed).await
+                let fair = Fair::new(run, &cpu, tenant, &mut busy);
+                tokio::time::timeout_at(tokio_deadline, fair).await
             };
             let run = started.elapsed();
             let limits = &store.data().limits;
             let outcome = GuestOutcome {
                 result: result.ok(),
                 hit_memory_limit: limits.hit_memory_limit,
+                hit_platform_memory: limits.hit_platform_memory,
             };
             GuestReport {
                 run,
@@ -446,29 +517,13 @@ pub struct GuestReport {
     pub error: Option<InvokeError>,
 }
 
-/// A future that adds the time spent in its polls to `total`.
-struct Busy<'a, F> {
-    inner: std::pin::Pin<Box<F>>,
-    total: &'a mut Duration,
-}
-
-impl<F: Future> Future for Busy<'_, F> {
-    type Output = F::Output;
-
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<F::Output> {
-        let this = self.get_mut();
-        let started = Instant::now();
-        let out = this.inner.as_mut().poll(cx);
-        *this.total += started.elapsed();
-        out
-    }
-}
-
 impl Drop for Runtime {
     fn drop(&mut self) {
+        // Dropping a tokio runtime blocks, which an async context forbids:
+        // its threads are let go instead, and end with the calls on them.
+        if let Some(guests) = self.guests.take() {
+            guests.shutdown_background();
+        }
         self.ticker_stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.ticker.take() {
             let _ = t.join();
@@ -481,6 +536,8 @@ struct GuestOutcome {
     /// `None` when the deadline stopped it.
     result: Option<wasmtime::Result<()>>,
     hit_memory_limit: bool,
+    /// A growth was refused because of the platform's memory budget.
+    hit_platform_memory: bool,
 }
 
 impl GuestOutcome {
@@ -492,6 +549,9 @@ impl GuestOutcome {
         let Err(error) = result else {
             return None;
         };
+        if self.hit_platform_memory && !self.hit_memory_limit {
+            return Some(InvokeError::PlatformMemory);
+        }
         Some(Self::classify(
             error,
             self.hit_memory_limit,
@@ -550,10 +610,10 @@ fn engine_config(cfg: &RuntimeConfig, pagemap: bool) -> Config {
         .max_memories_per_module(2)
         .max_tables_per_module(2)
         .max_memory_size(usize::try_from(cfg.max_memory_mb * MIB).unwrap_or(usize::MAX))
-        // Reset what a call dirtied in place rather than with madvise, and
-        // batch the remaining decommits: fewer syscalls, TLB flushes and page
-        // faults per call. With `PAGEMAP_SCAN` only the dirtied pages are
-        // reset (a no-op guest's requests/s went up by about 40 %).
+        // Reset what a call dirtied in place rather than with madvise:
+        // fewer syscalls, TLB flushes and page faults per call. With
+        // `PAGEMAP_SCAN` only the dirtied pages are reset (a no-op guest's
+        // requests/s went up by about 40 %); the rest is decommitted at once.
         .linear_memory_keep_resident(if pagemap {
             LINEAR_MEMORY_KEEP_DIRTY
         } else {

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use wasmtime::component::ResourceTable;
 
+use super::memory::MemoryLease;
 use super::outbound::Outbound;
 use crate::capabilities::{AddressPolicy, Grants};
 use crate::logs::Capture;
@@ -50,6 +51,7 @@ impl HostState {
     /// permits) until `deadline`, and the models in `nn`.
     pub fn new(
         memory_limit_bytes: usize,
+        memory: MemoryLease,
         nn: NnState,
         deadline: Instant,
         io: GuestIo,
@@ -74,7 +76,7 @@ impl HostState {
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             hooks: Outbound::new(grants.allowed_hosts, addresses, deadline, io.trace),
-            limits: GuestLimits::new(memory_limit_bytes),
+            limits: GuestLimits::new(memory_limit_bytes, memory),
         }
     }
 
@@ -114,22 +116,31 @@ impl WasiHttpView for HostState {
     }
 }
 
-/// Caps linear memory and records what the guest used.
-#[derive(Debug)]
+/// Caps linear memory (at the function's limit, and within the platform's
+/// budget) and records what the guest used.
 pub(crate) struct GuestLimits {
     memory_limit: usize,
+    /// The call's share of the platform's guest memory.
+    lease: MemoryLease,
+    /// Bytes of every linear memory of the store together.
+    committed: usize,
     /// Largest linear memory the guest reached, in bytes.
     pub(crate) peak_memory: usize,
     /// Set when a growth was refused because of the limit.
     pub(crate) hit_memory_limit: bool,
+    /// Set when a growth was refused because of the platform's budget.
+    pub(crate) hit_platform_memory: bool,
 }
 
 impl GuestLimits {
-    fn new(memory_limit: usize) -> Self {
+    fn new(memory_limit: usize, lease: MemoryLease) -> Self {
         Self {
             memory_limit,
+            lease,
+            committed: 0,
             peak_memory: 0,
             hit_memory_limit: false,
+            hit_platform_memory: false,
         }
     }
 }
@@ -137,7 +148,7 @@ impl GuestLimits {
 impl ResourceLimiter for GuestLimits {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         maximum: Option<usize>,
     ) -> Result<bool> {
@@ -145,6 +156,15 @@ impl ResourceLimiter for GuestLimits {
             self.hit_memory_limit = true;
             return Ok(false);
         }
+        let committed = self
+            .committed
+            .saturating_sub(current)
+            .saturating_add(desired);
+        if !self.lease.grow_to(committed as u64) {
+            self.hit_platform_memory = true;
+            return Ok(false);
+        }
+        self.committed = committed;
         self.peak_memory = self.peak_memory.max(desired);
         Ok(true)
     }

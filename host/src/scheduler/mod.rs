@@ -62,6 +62,9 @@ struct WarmEntry {
     /// or end.
     last_used: AtomicU64,
     in_flight: AtomicU32,
+    /// Linear memory the version's last call committed (0: none yet):
+    /// what the next call reserves of the platform's budget.
+    memory: Arc<AtomicU64>,
 }
 
 /// Per-function admission state and counters; created on first call.
@@ -131,6 +134,9 @@ pub struct Ready {
     pub pre: FunctionPre,
     /// Time spent loading, when this call found the version at zero.
     pub cold_start: Option<Duration>,
+    /// What the version's last call committed of linear memory (see
+    /// [`crate::runtime::MemoryBudget::reserve`]).
+    pub memory: Arc<AtomicU64>,
 }
 
 /// What `GET /v1/functions/{name}` shows about scheduling.
@@ -320,6 +326,7 @@ impl Scheduler {
                     pre: OnceCell::new(),
                     last_used: AtomicU64::new(elapsed_ms(self.epoch)),
                     in_flight: AtomicU32::new(0),
+                    memory: Arc::default(),
                 })
             })
             .clone();
@@ -334,6 +341,7 @@ impl Scheduler {
             return Ok(Ready {
                 pre: pre.clone(),
                 cold_start: None,
+                memory: entry.memory.clone(),
             });
         }
         let started = Instant::now();
@@ -364,7 +372,11 @@ impl Scheduler {
                 "cold start"
             );
         }
-        Ok(Ready { pre, cold_start })
+        Ok(Ready {
+            pre,
+            cold_start,
+            memory: entry.memory.clone(),
+        })
     }
 
     /// Loads the latest version of `record` if its settings keep it warm.

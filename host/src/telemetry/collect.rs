@@ -288,6 +288,94 @@ pub fn collect(state: &AppState) -> Vec<Family> {
     }
     families.extend([inference, loads]);
 
+    // Guests' shares of the platform: CPU, memory, and upload buffers.
+    let runtime = &state.runtime;
+    let memory = runtime.memory();
+    let stats = memory.stats();
+    let read = |c: &std::sync::atomic::AtomicU64| Value::Int(c.load(Ordering::Relaxed));
+    families.extend([
+        Family::new(
+            "glia_guest_cpu_slots",
+            "glia.guest.cpu.slots",
+            "{thread}",
+            Kind::Gauge,
+            "Guests that may run at once (runtime.guest_threads), shared equally between tenants.",
+        )
+        .with(vec![], Value::Int(runtime.cpu().slots() as u64)),
+        Family::new(
+            "glia_guest_cpu_waiting",
+            "glia.guest.cpu.waiting",
+            "{invocation}",
+            Kind::Gauge,
+            "Guests ready to run and waiting for their tenant's turn on a guest thread.",
+        )
+        .with(vec![], Value::Int(runtime.cpu().waiting() as u64)),
+        Family::new(
+            "glia_guest_cpu_waits_total",
+            "glia.guest.cpu.waits",
+            "{wait}",
+            Kind::Counter,
+            "Times a ready guest waited for a guest thread.",
+        )
+        .with(vec![], Value::Int(runtime.cpu().waits())),
+        Family::new(
+            "glia_guest_memory_budget_bytes",
+            "glia.guest.memory.budget",
+            "By",
+            Kind::Gauge,
+            "Linear memory all guests together may commit (runtime.guest_memory_budget_mb).",
+        )
+        .with(vec![], Value::Int(memory.limit())),
+        Family::new(
+            "glia_guest_memory_committed_bytes",
+            "glia.guest.memory.committed",
+            "By",
+            Kind::Gauge,
+            "Linear memory guests hold now (and calls reserved for themselves).",
+        )
+        .with(vec![], Value::Int(memory.committed())),
+        Family::new(
+            "glia_guest_memory_peak_bytes",
+            "glia.guest.memory.peak",
+            "By",
+            Kind::Gauge,
+            "The most linear memory guests held at once since the start.",
+        )
+        .with(vec![], read(&stats.peak_bytes)),
+        Family::new(
+            "glia_guest_memory_waits_total",
+            "glia.guest.memory.waits",
+            "{invocation}",
+            Kind::Counter,
+            "Calls that waited for room in the guest memory budget before they started.",
+        )
+        .with(vec![], read(&stats.waits)),
+        Family::new(
+            "glia_guest_memory_refusals_total",
+            "glia.guest.memory.refusals",
+            "{refusal}",
+            Kind::Counter,
+            "Calls refused (503) for want of guest memory, at admission or when a guest's growth \
+             would pass the budget or its tenant's share.",
+        )
+        .with(
+            vec![("stage", "admission".into())],
+            read(&stats.refused_calls),
+        )
+        .with(
+            vec![("stage", "growth".into())],
+            read(&stats.refused_growths),
+        ),
+        Family::new(
+            "glia_upload_buffered_bytes",
+            "glia.upload.buffered",
+            "By",
+            Kind::Gauge,
+            "Bytes of uploads held in memory now (server.max_buffered_upload_mb).",
+        )
+        .with(vec![], Value::Int(state.uploads.used())),
+    ]);
+
     // The ledger: its lag behind the calls it records.
     if let Some(billing) = &state.billing {
         let stats = billing.stats();
