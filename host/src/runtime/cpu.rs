@@ -40,10 +40,13 @@ pub struct CpuGate {
 #[derive(Default)]
 struct State {
     running: usize,
+    /// Guests waiting, all tenants together.
+    waiting: usize,
     tenants: HashMap<Arc<str>, Tenant>,
 }
 
 /// A tenant that holds slots, waits for one, or did so lately.
+#[derive(Default)]
 struct Tenant {
     /// Guest CPU used since it started competing, in nanoseconds.
     used_ns: u64,
@@ -58,9 +61,9 @@ impl Tenant {
     }
 }
 
-/// Tenants remembered between their turns; past it, the idle ones are
-/// forgotten (and start level with the others when they come back).
-const MAX_REMEMBERED: usize = 1024;
+/// Tenants remembered between their turns; past it, every idle one is
+/// forgotten (and starts level with the others when it comes back).
+const MAX_REMEMBERED: usize = 256;
 
 #[derive(Default)]
 struct Waiter {
@@ -89,7 +92,7 @@ impl CpuGate {
 
     /// Guests waiting for a slot now.
     pub fn waiting(&self) -> usize {
-        self.lock().tenants.values().map(|t| t.waiting.len()).sum()
+        self.lock().waiting
     }
 
     /// Times a guest has had to wait for a slot.
@@ -97,46 +100,45 @@ impl CpuGate {
         self.waits.load(Ordering::Relaxed)
     }
 
-    /// Whether any guest waits for a slot (a running guest should yield).
-    pub fn contended(&self) -> bool {
-        self.lock().tenants.values().any(|t| !t.waiting.is_empty())
-    }
-
     /// Takes a slot for one of `tenant`'s guests, now if one is free and
     /// nobody waits, else in the tenant's turn.
     fn acquire(&self, tenant: &Arc<str>) -> Option<Arc<Waiter>> {
         let mut state = self.lock();
-        let free =
-            state.running < self.slots && state.tenants.values().all(|t| t.waiting.is_empty());
-        // A tenant that starts (or resumes) competing is placed level with
-        // the least-served tenant competing now: no credit for idle time.
-        let floor = state
-            .tenants
-            .iter()
-            .filter(|(name, t)| t.active() && *name != tenant)
-            .map(|(_, t)| t.used_ns)
-            .min();
-        if state.tenants.len() >= MAX_REMEMBERED && !state.tenants.contains_key(tenant) {
-            state.tenants.retain(|_, t| t.active());
-        }
-        let entry = state
-            .tenants
-            .entry(tenant.clone())
-            .or_insert_with(|| Tenant {
-                used_ns: 0,
-                running: 0,
-                waiting: VecDeque::new(),
+        let free = state.running < self.slots && state.waiting == 0;
+        let active = state.tenants.get(tenant).is_some_and(Tenant::active);
+        if !active {
+            // A tenant that starts (or resumes) competing is placed level
+            // with the least-served tenant competing now: no credit for
+            // idle time. Idle tenants at or below that level have nothing
+            // left to remember and are forgotten, which keeps the table to
+            // the tenants competing and those still in debt.
+            let floor = state
+                .tenants
+                .values()
+                .filter(|t| t.active())
+                .map(|t| t.used_ns)
+                .min();
+            let over = state.tenants.len() >= MAX_REMEMBERED;
+            state.tenants.retain(|name, t| {
+                t.active() || name == tenant || (!over && floor.is_some_and(|f| t.used_ns > f))
             });
-        if !entry.active() {
+            let entry = state.tenants.entry(tenant.clone()).or_default();
             entry.used_ns = entry.used_ns.max(floor.unwrap_or(0));
         }
+        let State {
+            running,
+            waiting,
+            tenants,
+        } = &mut *state;
+        let entry = tenants.entry(tenant.clone()).or_default();
         if free {
             entry.running += 1;
-            state.running += 1;
+            *running += 1;
             return None;
         }
         let waiter = Arc::new(Waiter::default());
         entry.waiting.push_back(waiter.clone());
+        *waiting += 1;
         self.waits.fetch_add(1, Ordering::Relaxed);
         Some(waiter)
     }
@@ -169,6 +171,9 @@ impl CpuGate {
                     waiter = Some(w);
                 }
             }
+            if waiter.is_some() {
+                state.waiting += 1;
+            }
             state.running = state.running.saturating_sub(1);
             Self::grant(&mut state, self.slots)
         };
@@ -196,6 +201,7 @@ impl CpuGate {
             };
             tenant.running += 1;
             state.running += 1;
+            state.waiting = state.waiting.saturating_sub(1);
             waiter.granted.store(true, Ordering::Release);
             let waker = waiter
                 .waker
@@ -216,7 +222,10 @@ impl CpuGate {
                 true
             } else {
                 if let Some(t) = state.tenants.get_mut(tenant) {
+                    let before = t.waiting.len();
                     t.waiting.retain(|w| !Arc::ptr_eq(w, waiter));
+                    let removed = before - t.waiting.len();
+                    state.waiting = state.waiting.saturating_sub(removed);
                 }
                 false
             }
