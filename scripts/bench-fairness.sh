@@ -120,9 +120,21 @@ measure_binary() {
     read -r health_flood_50 health_flood_99 <<<"$(latency "http://$ADDR/healthz" "")"
     kill "$flood_pid" 2>/dev/null || true
     wait "$flood_pid" 2>/dev/null || true
-    stop_server
+    # SIGTERM, then SIGKILL if the server has not drained within 15 s.
+    local stopped=yes
+    kill "$SERVER_PID" 2>/dev/null || true
+    for _ in $(seq 150); do
+        kill -0 "$SERVER_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$SERVER_PID" 2>/dev/null; then
+        stopped="no (killed)"
+        kill -9 "$SERVER_PID" 2>/dev/null || true
+    fi
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=
 
-    RESULTS+=("$name $noop_idle_50 $noop_idle_99 $noop_flood_50 $noop_flood_99 $health_idle_50 $health_idle_99 $health_flood_50 $health_flood_99")
+    RESULTS+=("$name $noop_idle_50 $noop_idle_99 $noop_flood_50 $noop_flood_99 $health_idle_50 $health_idle_99 $health_flood_50 $health_flood_99 $stopped")
 }
 
 measure_binary "$GLIA" "glia"
@@ -133,10 +145,10 @@ fi
 echo
 echo "glia pinned to cores $SERVER_CPUS, wrk to core $CLIENT_CPU; one connection measured for $DURATION; flood: $FLOOD connections on /fn/spin/loop (2 s timeout)"
 echo
-echo "| build | no-op p50 idle | p99 idle | p50 flood | p99 flood | target p50 (2x idle + 10 ms) | /healthz p50 idle | p99 idle | p50 flood | p99 flood (target < 50 ms) |"
-echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+echo "| build | no-op p50 idle | p99 idle | p50 flood | p99 flood | target p50 (2x idle + 10 ms) | /healthz p50 idle | p99 idle | p50 flood | p99 flood (target < 50 ms) | SIGTERM drained in 15 s |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
 for row in "${RESULTS[@]}"; do
-    read -r name n50 n99 f50 f99 h50 h99 hf50 hf99 <<<"$row"
+    read -r name n50 n99 f50 f99 h50 h99 hf50 hf99 stopped <<<"$row"
     target=$(awk -v a="$n50" 'BEGIN { printf "%.2f", 2 * a + 10 }')
-    echo "| $name | $n50 ms | $n99 ms | $f50 ms | $f99 ms | $target ms | $h50 ms | $h99 ms | $hf50 ms | $hf99 ms |"
+    echo "| $name | $n50 ms | $n99 ms | $f50 ms | $f99 ms | $target ms | $h50 ms | $h99 ms | $hf50 ms | $hf99 ms | $stopped |"
 done

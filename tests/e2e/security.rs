@@ -391,6 +391,16 @@ async fn a_flood_of_spinning_guests_leaves_healthz_and_other_tenants_fast() {
         }));
     }
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        let r = a.get(&quick).send().await.unwrap();
+        eprintln!(
+            "DEBUG {:?} {:?} {:?}",
+            started.elapsed(),
+            r.headers().get("glia-usage"),
+            r.headers().get("glia-billed-ms")
+        );
+    }
     let mut during = timed_gets(&a, &quick, 30, 200).await;
     let mut healthz = timed_gets(&server.client, &health, 40, 200).await;
 

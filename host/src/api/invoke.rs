@@ -314,19 +314,13 @@ where
         .admit(&resolved, tenant_limit)
         .instrument(tracing::debug_span!("glia.admission"))
         .await
-        .map_err(|e| {
-            meter.outcome = Some(Outcome::Rejected);
-            ApiError::from(e)
-        })?;
+        .map_err(|e| refused(meter, Outcome::Rejected, e))?;
     meter.queue = queued.elapsed();
     let ready = state
         .scheduler
         .ready(&VersionKey::of(&resolved), Some(&mut admission))
         .await
-        .map_err(|e| {
-            meter.outcome = Some(Outcome::Error);
-            ApiError::from(e)
-        })?;
+        .map_err(|e| refused(meter, Outcome::Error, e))?;
     meter.cold_start = ready.cold_start;
     meter
         .span
@@ -340,10 +334,7 @@ where
         .memory()
         .reserve(&resolved.tenant, &ready.memory, queue_deadline)
         .await
-        .map_err(|e| {
-            meter.outcome = Some(Outcome::Rejected);
-            ApiError::from(e)
-        })?;
+        .map_err(|e| refused(meter, Outcome::Rejected, e))?;
     meter.queue = queued.elapsed();
 
     let io = GuestIo {
@@ -408,6 +399,13 @@ where
         );
     }
     Ok(response)
+}
+
+/// Records that the call ended with `outcome` before its guest ran, and
+/// turns `e` into its answer.
+fn refused(meter: &mut Meter, outcome: Outcome, e: impl Into<ApiError>) -> ApiError {
+    meter.outcome = Some(outcome);
+    e.into()
 }
 
 /// Gives the guest the path after the function name, with the original query

@@ -864,8 +864,8 @@ mod tests {
 
     #[test]
     fn models_reading_files_through_external_data_are_refused() {
-        // A file the model points at, with two known floats in it.
-        // Relative to the working directory, as the attack had it (ONNX
+        // A file the model points at, with sixteen known floats in it,
+        // relative to the working directory as the attack had it (ONNX
         // Runtime refuses absolute locations itself).
         let dir = tempfile::tempdir_in(".").expect("tempdir");
         let secret = dir

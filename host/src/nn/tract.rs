@@ -297,29 +297,15 @@ mod tests {
     }
 
     #[test]
-    fn models_reading_files_through_external_data_are_refused() {
-        // Relative to the working directory, as the attack had it (ONNX
-        // Runtime refuses absolute locations itself).
-        let dir = tempfile::tempdir_in(".").expect("tempdir");
-        let secret = dir
-            .path()
-            .strip_prefix(std::env::current_dir().expect("cwd"))
-            .unwrap_or(dir.path())
-            .join("secret");
-        let floats: Vec<u8> = [1.5f32, -2.0]
-            .iter()
-            .flat_map(|f| f.to_le_bytes())
-            .collect();
-        std::fs::write(&secret, &floats).expect("write");
-        let location = secret.to_str().expect("utf-8");
-        let model = crate::nn::onnx::build::add_model(2, Some((location, 0)));
-
+    fn models_referring_to_external_data_are_refused() {
         // tract 0.23 refuses external data without a model directory
-        // itself; the check refuses it first, on every backend alike.
+        // itself; the check refuses it first, as on every backend, whether
+        // or not the file exists, naming no path.
+        let model = crate::nn::onnx::build::add_model(2, Some(("glia-data/admin.key", 0)));
         let err = TractBackend.load(&model).map(|_| ()).expect_err("refused");
         assert!(matches!(err, NnError::InvalidEncoding(_)), "{err:?}");
         assert!(err.to_string().contains("external tensor data"), "{err}");
-        assert!(!err.to_string().contains(location), "{err}");
+        assert!(!err.to_string().contains("glia-data"), "{err}");
         let inline = TractBackend
             .load(&crate::nn::onnx::build::add_model(2, None))
             .expect("self-contained");

@@ -12,6 +12,10 @@
 //! the cores, whatever its number of calls, and a tenant that runs a short
 //! call now and then gets the next free slot.
 //!
+//! A guest of a tenant that used less than a running one does not wait for
+//! the next tick: the gate makes the running guests yield at once (it bumps
+//! the engine's epoch), so the slot changes hands within microseconds.
+//!
 //! Each tenant's CPU time is counted from when it starts to compete; a
 //! tenant that comes (back) starts level with the least-served tenant
 //! already competing, so it cannot have saved up credit while idle (the
@@ -35,6 +39,10 @@ pub struct CpuGate {
     state: Mutex<State>,
     /// Times a guest had to wait for a slot.
     waits: AtomicU64,
+    /// Makes the running guests yield now rather than at the next tick.
+    preempt: Option<Box<dyn Fn() + Send + Sync>>,
+    /// A preemption was asked for and no slot was given back since.
+    preempting: AtomicBool,
 }
 
 #[derive(Default)]
@@ -42,7 +50,29 @@ struct State {
     running: usize,
     /// Guests waiting, all tenants together.
     waiting: usize,
+    /// Slots kept free for arriving calls ([`CpuGate::arriving`]).
+    reserved: usize,
     tenants: HashMap<Arc<str>, Tenant>,
+}
+
+/// A slot kept for an arriving call; given up when dropped unused.
+pub struct Arrival {
+    gate: Option<Arc<CpuGate>>,
+}
+
+impl Drop for Arrival {
+    fn drop(&mut self) {
+        if let Some(gate) = self.gate.take() {
+            let woken = {
+                let mut state = gate.lock();
+                state.reserved = state.reserved.saturating_sub(1);
+                CpuGate::grant(&mut state, gate.slots)
+            };
+            for waker in woken {
+                waker.wake();
+            }
+        }
+    }
 }
 
 /// A tenant that holds slots, waits for one, or did so lately.
@@ -78,7 +108,19 @@ impl CpuGate {
             slots: slots.max(1),
             state: Mutex::new(State::default()),
             waits: AtomicU64::new(0),
+            preempt: None,
+            preempting: AtomicBool::new(false),
         }
+    }
+
+    /// Has `preempt` make the running guests yield at once when a guest of
+    /// a tenant with nothing running, and no more CPU used than one of
+    /// theirs, starts to wait, so it gets a slot within a moment rather
+    /// than at the next epoch tick.
+    #[must_use]
+    pub fn with_preemption(mut self, preempt: impl Fn() + Send + Sync + 'static) -> Self {
+        self.preempt = Some(Box::new(preempt));
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -101,10 +143,15 @@ impl CpuGate {
     }
 
     /// Takes a slot for one of `tenant`'s guests, now if one is free and
-    /// nobody waits, else in the tenant's turn.
-    fn acquire(&self, tenant: &Arc<str>) -> Option<Arc<Waiter>> {
+    /// nobody waits (or one was kept for this call's `arrival`), else in
+    /// the tenant's turn.
+    fn acquire(&self, tenant: &Arc<str>, arrival: Option<Arrival>) -> Option<Arc<Waiter>> {
         let mut state = self.lock();
-        let free = state.running < self.slots && state.waiting == 0;
+        let kept = arrival.is_some_and(|mut a| a.gate.take().is_some());
+        if kept {
+            state.reserved = state.reserved.saturating_sub(1);
+        }
+        let free = state.running + state.reserved < self.slots && (kept || state.waiting == 0);
         let active = state.tenants.get(tenant).is_some_and(Tenant::active);
         if !active {
             // A tenant that starts (or resumes) competing is placed level
@@ -129,6 +176,7 @@ impl CpuGate {
             running,
             waiting,
             tenants,
+            ..
         } = &mut *state;
         let entry = tenants.entry(tenant.clone()).or_default();
         if free {
@@ -140,7 +188,85 @@ impl CpuGate {
         entry.waiting.push_back(waiter.clone());
         *waiting += 1;
         self.waits.fetch_add(1, Ordering::Relaxed);
+        // A tenant with nothing running, no further than one that holds a
+        // slot: the running guests yield now.
+        let (used, idle) = (entry.used_ns, entry.running == 0);
+        let ahead = idle
+            && tenants
+                .iter()
+                .any(|(name, t)| t.running > 0 && t.used_ns >= used && name != tenant);
+        drop(state);
+        if ahead {
+            self.preempt_now();
+        }
         Some(waiter)
+    }
+
+    /// A call of `tenant` is about to start on the guest threads. When its
+    /// tenant has nothing running and has used no more than one that does,
+    /// the running guests yield now and the next free slot is kept for the
+    /// call (until its first poll takes it, or it is dropped): otherwise the
+    /// slot would go to a waiter already queued on the guest thread, and the
+    /// new call would wait behind it, however little its tenant has used.
+    pub fn arriving(self: &Arc<Self>, tenant: &str) -> Option<Arrival> {
+        let ahead = {
+            let mut state = self.lock();
+            if state.running + state.reserved < self.slots {
+                return None;
+            }
+            let mine = state.tenants.get(tenant);
+            let ahead = match mine {
+                Some(t) if t.active() => {
+                    t.running == 0
+                        && state.tenants.iter().any(|(name, other)| {
+                            other.running > 0 && other.used_ns >= t.used_ns && &**name != tenant
+                        })
+                }
+                // It will be placed level with the least-served competitor.
+                _ => state
+                    .tenants
+                    .iter()
+                    .any(|(name, other)| other.running > 0 && &**name != tenant),
+            };
+            if ahead {
+                state.reserved += 1;
+            }
+            ahead
+        };
+        if !ahead {
+            return None;
+        }
+        self.preempt_now();
+        Some(Arrival {
+            gate: Some(self.clone()),
+        })
+    }
+
+    /// Whether a running guest of `tenant` should give its slot up now: a
+    /// slot is kept for an arriving call, or a guest of another tenant that
+    /// used less than this one waits. (Epoch ticks make every guest
+    /// yield regardless; this decides for the epochs a preemption adds.)
+    pub fn should_yield(&self, tenant: &str) -> bool {
+        let state = self.lock();
+        if state.reserved > 0 {
+            return true;
+        }
+        if state.waiting == 0 {
+            return false;
+        }
+        let mine = state.tenants.get(tenant).map_or(0, |t| t.used_ns);
+        state
+            .tenants
+            .iter()
+            .any(|(name, t)| !t.waiting.is_empty() && t.used_ns < mine && &**name != tenant)
+    }
+
+    fn preempt_now(&self) {
+        if let Some(preempt) = &self.preempt
+            && !self.preempting.swap(true, Ordering::AcqRel)
+        {
+            preempt();
+        }
     }
 
     /// Gives back a slot `tenant` held for `held`, and hands it to the next
@@ -158,6 +284,7 @@ impl CpuGate {
     }
 
     fn give_back(&self, tenant: &str, held: Duration, again: bool) -> Option<Arc<Waiter>> {
+        self.preempting.store(false, Ordering::Release);
         let mut waiter = None;
         let woken = {
             let mut state = self.lock();
@@ -187,7 +314,7 @@ impl CpuGate {
     /// returns the wakers to call once the lock is released.
     fn grant(state: &mut State, slots: usize) -> Vec<Waker> {
         let mut woken = Vec::new();
-        while state.running < slots {
+        while state.running + state.reserved < slots {
             let next = state
                 .tenants
                 .iter_mut()
@@ -245,18 +372,29 @@ impl CpuGate {
 /// `busy`.
 pub(crate) struct Fair<'a, F> {
     inner: Pin<Box<F>>,
-    gate: &'a CpuGate,
+    gate: Arc<CpuGate>,
     tenant: Arc<str>,
+    /// A slot kept for the call's next poll, if any: on its arrival, and
+    /// whenever it is woken from outside while a less-served tenant runs.
+    kept: Arc<Mutex<Option<Arrival>>>,
     waiting: Option<Arc<Waiter>>,
-    /// The waker the inner future gets, which notes when it wakes itself.
+    /// The waker the inner future gets, which notes how it is woken.
     noting: Option<Arc<Noting>>,
     busy: &'a mut Duration,
 }
 
-/// A waker that notes being woken, and passes the wake on.
+/// The waker a guest gets: notes when it wakes itself (a yield), and when
+/// something else wakes it (I/O it waited for) while other tenants' guests
+/// hold every slot, asks the gate to keep it a slot and make them yield,
+/// as a scheduler preempts for a task that wakes up.
 struct Noting {
     woken: AtomicBool,
+    /// The guest is being polled: its wakes are its own.
+    polling: AtomicBool,
     waker: Waker,
+    gate: Arc<CpuGate>,
+    tenant: Arc<str>,
+    kept: Arc<Mutex<Option<Arrival>>>,
 }
 
 impl std::task::Wake for Noting {
@@ -266,6 +404,15 @@ impl std::task::Wake for Noting {
 
     fn wake_by_ref(self: &Arc<Self>) {
         self.woken.store(true, Ordering::Release);
+        if !self.polling.load(Ordering::Acquire)
+            && let Some(arrival) = self.gate.arriving(&self.tenant)
+        {
+            let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+            // One kept slot at a time; a second is given up at once.
+            if kept.is_none() {
+                *kept = Some(arrival);
+            }
+        }
         self.waker.wake_by_ref();
     }
 }
@@ -273,14 +420,16 @@ impl std::task::Wake for Noting {
 impl<'a, F> Fair<'a, F> {
     pub(crate) fn new(
         inner: F,
-        gate: &'a CpuGate,
+        gate: Arc<CpuGate>,
         tenant: Arc<str>,
+        arrival: Option<Arrival>,
         busy: &'a mut Duration,
     ) -> Self {
         Self {
             inner: Box::pin(inner),
             gate,
             tenant,
+            kept: Arc::new(Mutex::new(arrival)),
             waiting: None,
             noting: None,
             busy,
@@ -298,7 +447,11 @@ impl<'a, F> Fair<'a, F> {
             _ => {
                 let n = Arc::new(Noting {
                     woken: AtomicBool::new(false),
+                    polling: AtomicBool::new(false),
                     waker: waker.clone(),
+                    gate: self.gate.clone(),
+                    tenant: self.tenant.clone(),
+                    kept: self.kept.clone(),
                 });
                 self.noting = Some(n.clone());
                 n
@@ -312,8 +465,12 @@ impl<F: Future> Future for Fair<'_, F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.get_mut();
+        let kept = this.kept.lock().unwrap_or_else(|p| p.into_inner()).take();
         if this.waiting.is_none() {
-            this.waiting = this.gate.acquire(&this.tenant);
+            this.waiting = this.gate.acquire(&this.tenant, kept);
+        } else {
+            // Already in line: a slot kept meanwhile goes to someone else.
+            drop(kept);
         }
         if let Some(waiter) = &this.waiting {
             if !waiter.granted.load(Ordering::Acquire) {
@@ -327,9 +484,11 @@ impl<F: Future> Future for Fair<'_, F> {
         }
         let noting = this.noting(cx.waker());
         let waker = Waker::from(noting.clone());
+        noting.polling.store(true, Ordering::Release);
         let started = Instant::now();
         let out = this.inner.as_mut().poll(&mut Context::from_waker(&waker));
         let held = started.elapsed();
+        noting.polling.store(false, Ordering::Release);
         *this.busy += held;
         if out.is_pending() && noting.woken.load(Ordering::Acquire) {
             this.waiting = this.gate.yield_turn(&this.tenant, held);
@@ -380,8 +539,9 @@ mod tests {
                     Poll::Pending
                 }
             }),
-            &gate,
+            gate.clone(),
             tenant,
+            None,
             &mut busy,
         )
         .await;
@@ -462,13 +622,70 @@ mod tests {
         assert!((55..=95).contains(&one), "{one} of 150");
     }
 
+    #[test]
+    fn a_less_served_tenant_that_waits_preempts_the_running_guests() {
+        let preempted = Arc::new(AtomicU64::new(0));
+        let counter = preempted.clone();
+        let gate = CpuGate::new(1).with_preemption(move || {
+            counter.fetch_add(1, Ordering::Relaxed);
+        });
+        let (a, b, c): (Arc<str>, Arc<str>, Arc<str>) = ("a".into(), "b".into(), "c".into());
+        assert!(gate.acquire(&a, None).is_none());
+        gate.release("a", Duration::from_millis(5));
+        assert!(gate.acquire(&a, None).is_none(), "a runs again, 5 ms used");
+        // a's own next call waits behind it: no preemption.
+        let a2 = gate.acquire(&a, None).expect("waits");
+        assert_eq!(preempted.load(Ordering::Relaxed), 0);
+        // b used nothing: the running guest is made to yield, once.
+        let b1 = gate.acquire(&b, None).expect("waits");
+        assert_eq!(preempted.load(Ordering::Relaxed), 1);
+        let c1 = gate.acquire(&c, None).expect("waits");
+        assert_eq!(
+            preempted.load(Ordering::Relaxed),
+            1,
+            "one preemption at a time"
+        );
+        // The slot goes to a less-served tenant, not to a's next call.
+        gate.release("a", Duration::from_millis(1));
+        assert!(b1.granted.load(Ordering::Acquire) || c1.granted.load(Ordering::Acquire));
+        assert!(!a2.granted.load(Ordering::Acquire));
+    }
+
+    #[test]
+    fn an_arriving_call_of_a_less_served_tenant_gets_the_next_slot() {
+        let gate = Arc::new(CpuGate::new(1));
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        assert!(gate.arriving("a").is_none(), "a free slot needs no keeping");
+        assert!(gate.acquire(&a, None).is_none());
+        gate.release("a", Duration::from_millis(10));
+        assert!(gate.acquire(&a, None).is_none());
+        let a2 = gate.acquire(&a, None).expect("a's second call waits");
+        assert!(!gate.should_yield("a"), "only a's own call waits");
+        let arrival = gate.arriving("b").expect("b is ahead of a");
+        assert!(gate.should_yield("a"), "a slot is kept for b");
+        // a gives its slot back: kept for b, not handed to a's next call.
+        gate.release("a", Duration::from_millis(1));
+        assert!(!a2.granted.load(Ordering::Acquire));
+        assert!(gate.acquire(&b, Some(arrival)).is_none(), "b takes it");
+        assert!(!gate.should_yield("b"), "a used more than b");
+        gate.release("b", Duration::from_micros(50));
+        assert!(a2.granted.load(Ordering::Acquire), "then a goes on");
+        // An arrival dropped unused gives its slot on.
+        let waiting_a = gate.acquire(&a, None).expect("waits");
+        let unused = gate.arriving("c").expect("c is ahead");
+        gate.release("a", Duration::from_millis(1));
+        assert!(!waiting_a.granted.load(Ordering::Acquire));
+        drop(unused);
+        assert!(waiting_a.granted.load(Ordering::Acquire));
+    }
+
     #[tokio::test]
     async fn a_waiter_that_goes_away_gives_its_slot_on() {
         let gate = Arc::new(CpuGate::new(1));
         let a: Arc<str> = Arc::from("a");
-        assert!(gate.acquire(&a).is_none(), "free");
-        let waiting = gate.acquire(&Arc::from("b")).expect("waits");
-        let next = gate.acquire(&Arc::from("c")).expect("waits");
+        assert!(gate.acquire(&a, None).is_none(), "free");
+        let waiting = gate.acquire(&Arc::from("b"), None).expect("waits");
+        let next = gate.acquire(&Arc::from("c"), None).expect("waits");
         // b goes away before its turn, c after being granted the slot.
         gate.abandon("b", &waiting);
         gate.release("a", Duration::from_millis(1));
@@ -476,6 +693,6 @@ mod tests {
         gate.abandon("c", &next);
         assert_eq!(gate.lock().running, 0);
         assert!(gate.lock().tenants.values().all(|t| !t.active()));
-        assert!(gate.acquire(&a).is_none(), "free again");
+        assert!(gate.acquire(&a, None).is_none(), "free again");
     }
 }

@@ -182,6 +182,8 @@ pub struct Runtime {
     guests: Option<tokio::runtime::Runtime>,
     /// Guest CPU, shared between tenants.
     cpu: Arc<CpuGate>,
+    /// The epoch tick: how often a running guest yields at the latest.
+    tick: Duration,
     /// Guest memory, one budget for the platform.
     memory: Arc<MemoryBudget>,
     /// Where guests' outgoing requests may connect.
@@ -235,6 +237,10 @@ impl Runtime {
         let guests = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name("glia-guest")
+            // New calls arrive on the shared queue; a guest thread looks
+            // there after every slice rather than every 61st, so a call
+            // never waits behind many slices of calls already running.
+            .global_queue_interval(1)
             .enable_all()
             .build()
             .map_err(RuntimeError::Guests)?;
@@ -247,6 +253,17 @@ impl Runtime {
             guest_memory_budget_mib = memory_budget / MIB,
             "guests run on their own threads, sharing CPU and memory between tenants"
         );
+
+        let cpu = Arc::new(CpuGate::new(threads).with_preemption({
+            // A new epoch makes every running guest reach its deadline
+            // check (and yield) at its next loop back-edge or call.
+            let engine = engine.weak();
+            move || {
+                if let Some(engine) = engine.upgrade() {
+                    engine.increment_epoch();
+                }
+            }
+        }));
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let ticker = {
@@ -270,7 +287,8 @@ impl Runtime {
         Ok(Self {
             engine,
             guests: Some(guests),
-            cpu: Arc::new(CpuGate::new(threads)),
+            cpu,
+            tick: Duration::from_millis(cfg.epoch_tick_ms),
             memory: Arc::new(MemoryBudget::new(memory_budget)),
             addresses: Arc::new(addresses),
             linker,
@@ -354,12 +372,22 @@ impl Runtime {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         let deadline = limits.deadline;
+        // At every epoch: stop at the deadline; yield once a tick has
+        // passed since the last yield (so other tasks on the guest threads
+        // run), or sooner when the CPU gate has someone to run instead (a
+        // preemption adds an epoch for that); otherwise go on.
+        let (cpu, tenant, tick) = (self.cpu.clone(), limits.tenant.clone(), self.tick);
+        let mut last_yield = Instant::now();
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
-            Ok(if Instant::now() >= deadline {
+            let now = Instant::now();
+            Ok(if now >= deadline {
                 UpdateDeadline::Interrupt
-            } else {
+            } else if now.duration_since(last_yield) >= tick / 2 || cpu.should_yield(&tenant) {
+                last_yield = now;
                 UpdateDeadline::Yield(1)
+            } else {
+                UpdateDeadline::Continue(1)
             })
         });
 
@@ -404,6 +432,7 @@ impl Runtime {
                 bytes_in,
             };
         };
+        let arrival = self.cpu.arriving(&tenant);
         let task = guests.spawn(async move {
             let _guard = guard;
             let started = Instant::now();
@@ -424,7 +453,7 @@ impl Runtime {
                         .instrument(guest)
                         .await
                 };
-                let fair = Fair::new(run, &cpu, tenant, &mut busy);
+                let fair = Fair::new(run, cpu, tenant, arrival, &mut busy);
                 tokio::time::timeout_at(tokio_deadline, fair).await
             };
             let run = started.elapsed();
