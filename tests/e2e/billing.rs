@@ -484,3 +484,98 @@ async fn billing_can_be_turned_off() {
     problem(server.get("/v1/usage").await, 404, "not-found").await;
     server.stop().await;
 }
+
+/// A client that leaves before its response (a closed connection on
+/// HTTP/1.1, a reset stream on HTTP/2) makes the call no cheaper: the
+/// guest runs to its end, and its row is written then, as `499`, billed for
+/// all of it and counted against its tenant's spend, whatever the
+/// durability. (Before, the row was written in the request's future, which
+/// hyper drops with the connection: such calls were free.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_before_the_response_still_pays() {
+    for durability in [Durability::Strict, Durability::Batched] {
+        let server = server_with_plan(|c| {
+            c.billing.durability = durability;
+            c.billing.flush_interval_ms = 50;
+        })
+        .await;
+        server.deploy_ok("after", HOSTILE, "timeout_ms=10000").await;
+        let h1 = glia_e2e::reqwest::Client::builder()
+            .timeout(Duration::from_millis(150))
+            .default_headers(server.client_headers())
+            .build()
+            .unwrap();
+        let h2 = glia_e2e::reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .timeout(Duration::from_millis(150))
+            .default_headers(server.client_headers())
+            .build()
+            .unwrap();
+        for client in [&h1, &h2] {
+            let gone = client
+                .get(server.url("/fn/after/sleep?ms=800"))
+                .send()
+                .await;
+            assert!(gone.is_err(), "{durability:?}: the client gave up first");
+        }
+        let ledger = server.state.billing.as_ref().unwrap().ledger().clone();
+        let mut records = Vec::new();
+        for _ in 0..100 {
+            records = ledger.records(0, i64::MAX).unwrap();
+            if records.len() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(records.len(), 2, "{durability:?}: a row for each call");
+        for rec in &records {
+            let rec = serde_json::to_value(rec).unwrap();
+            assert_eq!(rec["status"], 499, "{durability:?}: {rec}");
+            assert_eq!(
+                rec["outcome"], "ok",
+                "{durability:?}: the guest ran to its end"
+            );
+            assert!(rec["usage"]["run_us"].as_u64().unwrap() >= 800_000, "{rec}");
+            assert!(rec["billed_ms"].as_u64().unwrap() >= 800, "{rec}");
+            assert_eq!(
+                rec["cost"]["total_micros"].as_u64().unwrap(),
+                expected_micros(&rec)
+            );
+        }
+        let usage = json(server.get("/v1/usage?function=after").await, 200).await;
+        assert_eq!(usage["total"]["invocations"], 2, "{usage}");
+        server.stop().await;
+    }
+}
+
+/// A streamed response whose guest goes on working after its last byte
+/// (under `strict`, the last frame waits for the row, which waits for the
+/// guest): a client that leaves before the end still leaves a row, billed
+/// for the work done after the response. (Before, leaving in that window
+/// dropped the row's write with the connection: the record was not found.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_after_a_streamed_response_is_billed_when_the_client_leaves() {
+    let server = server_with_plan(|c| {
+        c.billing.buffer_response_kb = 64;
+        c.billing.durability = Durability::Strict;
+    })
+    .await;
+    server.deploy_ok("after", HOSTILE, "timeout_ms=10000").await;
+    let mut r = server.get("/fn/after/after?mb=1&ms=700").await;
+    assert_eq!(r.status(), 200);
+    let id = header(&r, "glia-invocation-id");
+    let mut received = 0;
+    // Every byte but what the last frame holds, then gone.
+    while received < (1 << 20) - (64 << 10) {
+        received += r.chunk().await.unwrap().expect("more body").len();
+    }
+    drop(r);
+    let rec = eventual_record(&server, &id).await;
+    assert!(rec["usage"]["run_us"].as_u64().unwrap() >= 700_000, "{rec}");
+    assert!(rec["billed_ms"].as_u64().unwrap() >= 700, "{rec}");
+    assert_eq!(
+        rec["cost"]["total_micros"].as_u64().unwrap(),
+        expected_micros(&rec)
+    );
+    server.stop().await;
+}

@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// The `hostile` fixture: misbehaving routes (`/loop`, `/oom`, `/hold`,
-/// `/recurse`, `/trap`, `/big`, `/sleep`, `/echo`, `/ok`, and the
+/// `/recurse`, `/trap`, `/big`, `/after`, `/sleep`, `/echo`, `/ok`, and the
 /// capability probes `/ambient`, `/env`, `/outbound?url=`, `/socket?addr=`).
 pub const HOSTILE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/fixtures/hostile.wasm"));
 
@@ -137,8 +137,8 @@ pub fn pretrained(file: &str) -> Vec<u8> {
 /// The admin key of every test server (the default tenant's admin).
 pub const ADMIN_KEY: &str = "glia_test_admin_key_000000000000000000000000";
 
-/// An HTTP client that sends `key` (none: anonymous) with every request.
-pub fn client_with_key(key: Option<&str>) -> reqwest::Client {
+/// The headers that present `key` (none: no headers).
+pub fn key_headers(key: Option<&str>) -> reqwest::header::HeaderMap {
     let mut headers = reqwest::header::HeaderMap::new();
     if let Some(key) = key {
         headers.insert(
@@ -146,9 +146,14 @@ pub fn client_with_key(key: Option<&str>) -> reqwest::Client {
             reqwest::header::HeaderValue::from_str(&format!("Bearer {key}")).expect("header"),
         );
     }
+    headers
+}
+
+/// An HTTP client that sends `key` (none: anonymous) with every request.
+pub fn client_with_key(key: Option<&str>) -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
-        .default_headers(headers)
+        .default_headers(key_headers(key))
         .build()
         .expect("client")
 }
@@ -264,6 +269,12 @@ impl TestServer {
         if let Some(task) = self.task.take() {
             task.await.expect("serve task").expect("serve");
         }
+    }
+
+    /// The headers the server's own client sends (its admin key), for
+    /// clients built otherwise.
+    pub fn client_headers(&self) -> reqwest::header::HeaderMap {
+        key_headers(self.state.config.auth.admin_key.as_deref())
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -67,7 +67,7 @@ fn parse_target(path: &str) -> Result<Target<'_>, ApiError> {
 /// (with billing on) meters it. `tenant` is the `/t/{tenant}` of the URL,
 /// if any; `path` starts at `/fn/`. The call is one trace (`glia.invoke`).
 pub(super) async fn handle<B>(
-    state: &AppState,
+    state: &Arc<AppState>,
     billing: Option<&Arc<LedgerWriter>>,
     principal: Option<Principal>,
     tenant: Option<&str>,
@@ -80,7 +80,10 @@ where
 {
     let id = InvocationId::now();
     let span = trace::invocation_span(id.encode(&mut [0; 32]), req.method(), req.headers());
-    let meter = Meter::new(id, span.clone());
+    let mut meter = Meter::new(id, span.clone());
+    if billing.is_some() {
+        meter.settle = Some(state.clone());
+    }
     let caller = Caller {
         principal: principal.as_ref(),
         tenant,
@@ -370,13 +373,15 @@ where
     .with_metrics(state.telemetry.metrics.clone());
     let nn_usage = nn.usage();
     meter.nn = Some(nn_usage.clone());
-    let invoked = state
+    let (started, guest) = state
         .runtime
-        .invoke(&ready.pre, limits, req, nn, io, admission)
-        .await;
-    meter.bytes_in = Some(invoked.bytes_in);
-    meter.finished = Some(invoked.finished);
-    let mut response = invoked.response.map_err(|e| {
+        .start(&ready.pre, limits, req, nn, io, admission)
+        .map_err(|e| refused(meter, Outcome::Error, e))?;
+    meter.bytes_in = Some(started.bytes_in.clone());
+    // The guest is the meter's before the response is awaited: should the
+    // client leave meanwhile, the dropped meter still settles the call.
+    let guest = meter.finished.insert(guest);
+    let mut response = started.response(guest).await.map_err(|e| {
         meter.outcome = Some(metering::outcome_of(&e));
         ApiError::from(e)
     })?;

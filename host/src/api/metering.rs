@@ -70,6 +70,9 @@ pub(super) struct Meter {
     pub spend: Option<Arc<TenantMeter>>,
     /// The call's root span (`glia.invoke`).
     pub span: tracing::Span,
+    /// With billing on, the platform, to settle the call with should it be
+    /// dropped before its row is written (see [`Drop`]).
+    pub settle: Option<Arc<AppState>>,
 }
 
 impl Meter {
@@ -87,8 +90,68 @@ impl Meter {
             finished: None,
             outcome: None,
             spend: None,
+            settle: None,
         }
     }
+
+    /// What the guest used, once it has finished. Cancel-safe: a wait that
+    /// is given up leaves the guest in the meter.
+    async fn guest_report(&mut self) -> GuestReport {
+        let Some(finished) = self.finished.as_mut() else {
+            return GuestReport::default();
+        };
+        finished.finish().await;
+        self.finished
+            .take()
+            .map(GuestFinished::into_report)
+            .unwrap_or_default()
+    }
+}
+
+/// Status recorded for a call whose client went away before its response
+/// was released (nginx's "client closed request").
+pub const CLIENT_CLOSED: u16 = 499;
+
+/// A call belongs to its invocation, not to its client's connection: when
+/// hyper drops a call's future because the client went away (a closed
+/// connection, an HTTP/2 reset), the call's meter is dropped with its
+/// function still set, and its row is written from here, once the guest
+/// has finished, as `499`. The guest runs to its end (or its timeout) and
+/// is billed for all of it, and its cost counts against its tenant's cap.
+impl Drop for Meter {
+    fn drop(&mut self) {
+        if self.target.is_none() {
+            return;
+        }
+        let Some(state) = self.settle.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::error!(invocation_id = %self.id, "a call's row was lost: no runtime to write it from");
+            return;
+        };
+        let meter = std::mem::replace(self, Meter::new(self.id, tracing::Span::none()));
+        runtime.spawn(settle_abandoned(state, meter));
+    }
+}
+
+/// Writes the row of a call its client abandoned, once its guest is done.
+async fn settle_abandoned(state: Arc<AppState>, mut meter: Meter) {
+    let Some(billing) = state.billing.clone() else {
+        return;
+    };
+    let report = meter.guest_report().await;
+    let Some(target) = meter.target.take() else {
+        return;
+    };
+    let outcome = meter
+        .outcome
+        .or_else(|| report.error.as_ref().map(outcome_of))
+        .unwrap_or(Outcome::Ok);
+    let record = Pricing::of(&state).record(&meter, target, &report, CLIENT_CLOSED, outcome, 0);
+    let _entered = meter.span.enter();
+    tracing::debug!(invocation_id = %meter.id, "the client left before the response; the call is billed as it ran");
+    billing.record_detached(record);
 }
 
 /// Counts a finished call of a function in the platform's metrics and
@@ -341,17 +404,17 @@ pub(super) async fn finish_error(
     mut meter: Meter,
     error: ApiError,
 ) -> Response<ResponseBody> {
-    let Some(target) = meter.target.take() else {
+    if meter.target.is_none() {
         return error.into_response(Some(&meter.id.to_string()));
-    };
-    let report = match meter.finished.take() {
-        Some(finished) => finished.wait().await,
-        None => GuestReport::default(),
-    };
+    }
+    let report = meter.guest_report().await;
     let outcome = meter.outcome.unwrap_or(Outcome::Error);
     let status = error.status.as_u16();
     let mut response = error.into_response(Some(&meter.id.to_string()));
     let bytes_out = response.body().size_hint().exact().unwrap_or(0);
+    let Some(target) = meter.target.take() else {
+        return response;
+    };
     let record = Pricing::of(state).record(&meter, target, &report, status, outcome, bytes_out);
     billing_headers(&mut response, &record);
     let stored = match billing.durability() {
@@ -371,9 +434,9 @@ pub(super) async fn finish_ok(
     mut meter: Meter,
     response: Response<ResponseBody>,
 ) -> Response<ResponseBody> {
-    let Some(target) = meter.target.take() else {
+    if meter.target.is_none() {
         return response;
-    };
+    }
     let limit = usize::try_from(state.config.billing.buffer_response_kb.saturating_mul(1024))
         .unwrap_or(usize::MAX);
     let (parts, mut body) = response.into_parts();
@@ -400,7 +463,7 @@ pub(super) async fn finish_ok(
                         if let Some(first) = first.take() {
                             buffered.extend_from_slice(&first);
                         }
-                        return stream(state, billing, meter, target, parts, buffered, body);
+                        return stream(state, billing, meter, parts, buffered, body);
                     }
                 }
                 Err(frame) => {
@@ -412,27 +475,23 @@ pub(super) async fn finish_ok(
             Some(Err(e)) => {
                 // The guest failed mid-body: answer with why, not a
                 // truncated body.
-                let report = match meter.finished.take() {
-                    Some(finished) => finished.wait().await,
-                    None => GuestReport::default(),
-                };
+                let report = meter.guest_report().await;
                 let error = report.error.as_ref().map_or_else(
                     || InvokeError::Internal(format!("response body: {e}")),
                     InvokeError::clone_kind,
                 );
                 meter.outcome = Some(outcome_of(&error));
                 meter.finished = Some(GuestFinished::Done(report));
-                meter.target = Some(target);
                 return finish_error(state, billing, meter, ApiError::from(error)).await;
             }
         }
     }
-    let report = match meter.finished.take() {
-        Some(finished) => finished.wait().await,
-        None => GuestReport::default(),
-    };
+    let report = meter.guest_report().await;
     let outcome = report.error.as_ref().map_or(Outcome::Ok, outcome_of);
     let bytes = first.unwrap_or_else(|| buffered.freeze());
+    let Some(target) = meter.target.take() else {
+        return Response::from_parts(parts, full(bytes));
+    };
     let record = Pricing::of(state).record(
         &meter,
         target,
@@ -472,7 +531,6 @@ fn stream(
     state: &AppState,
     billing: &Arc<LedgerWriter>,
     meter: Meter,
-    target: Target,
     parts: http::response::Parts,
     prefix: BytesMut,
     rest: ResponseBody,
@@ -494,7 +552,6 @@ fn stream(
             billing: billing.clone(),
             pricing: OwnedPricing::of(state),
             meter,
-            target,
             status,
         }),
         finishing: None,
@@ -503,29 +560,30 @@ fn stream(
     Response::from_parts(parts, body.boxed_unsync())
 }
 
-/// Everything needed to write a streamed call's row.
+/// Everything needed to write a streamed call's row (the meter keeps its
+/// target until the row is written, so that a finalizer dropped midway
+/// still settles the call).
 struct Finalizer {
     billing: Arc<LedgerWriter>,
     pricing: OwnedPricing,
     meter: Meter,
-    target: Target,
     status: u16,
 }
 
 impl Finalizer {
     async fn finish(mut self, bytes_out: u64, failed: bool, wait_commit: bool) {
-        let report = match self.meter.finished.take() {
-            Some(finished) => finished.wait().await,
-            None => GuestReport::default(),
-        };
+        let report = self.meter.guest_report().await;
         let outcome = match report.error.as_ref() {
             Some(e) => outcome_of(e),
             None if failed => Outcome::Error,
             None => Outcome::Ok,
         };
+        let Some(target) = self.meter.target.take() else {
+            return;
+        };
         let record = self.pricing.pricing().record(
             &self.meter,
-            self.target,
+            target,
             &report,
             self.status,
             outcome,

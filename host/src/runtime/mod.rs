@@ -337,15 +337,18 @@ impl Runtime {
         ProxyPre::new(pre).map_err(|e| LoadError::Export(format!("{e:#}")))
     }
 
-    /// Runs one invocation of `pre` with a fresh store: hands the guest the
-    /// request and returns its response as soon as the guest sets it. The
-    /// body keeps streaming from the guest until it finishes or the deadline
-    /// passes; `guard` is held until then. What the guest used is known when
-    /// it has finished ([`Invoked::finished`]). The guest gets exactly
-    /// `io.grants` and the models in `nn`, and no other authority.
-    /// Instantiation and the handler are the `glia.instantiate` and
-    /// `glia.guest` spans, children of the current span.
-    pub async fn invoke<B, G>(
+    /// Starts one invocation of `pre` with a fresh store, on the guest
+    /// threads: hands the guest the request, and returns at once with the
+    /// guest ([`GuestFinished`], which knows what it used once it has
+    /// finished) and its response to come ([`Started::response`]). The body
+    /// keeps streaming from the guest until it finishes or the deadline
+    /// passes; `guard` is held until then. The guest belongs to the caller
+    /// from the start, so a caller that stops waiting for the response
+    /// still has the guest to wait for. The guest gets exactly `io.grants`
+    /// and the models in `nn`, and no other authority. Instantiation and
+    /// the handler are the `glia.instantiate` and `glia.guest` spans,
+    /// children of the current span.
+    pub fn start<B, G>(
         &self,
         pre: &FunctionPre,
         limits: InvokeLimits,
@@ -353,7 +356,7 @@ impl Runtime {
         nn: NnState,
         io: GuestIo,
         guard: G,
-    ) -> Invoked
+    ) -> Result<(Started, GuestFinished), InvokeError>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: std::fmt::Display,
@@ -407,16 +410,7 @@ impl Runtime {
             http.new_incoming_request(Scheme::Http, request)
                 .and_then(|req| Ok((req, http.new_response_outparam(sender)?)))
         };
-        let (req, out) = match prepared {
-            Ok(pair) => pair,
-            Err(e) => {
-                return Invoked {
-                    response: Err(InvokeError::Internal(format!("{e:#}"))),
-                    finished: GuestFinished::Done(GuestReport::default()),
-                    bytes_in,
-                };
-            }
-        };
+        let (req, out) = prepared.map_err(|e| InvokeError::Internal(format!("{e:#}")))?;
 
         let pre = pre.clone();
         let tokio_deadline = tokio::time::Instant::from_std(deadline);
@@ -426,11 +420,7 @@ impl Runtime {
         let cpu = self.cpu.clone();
         let tenant = limits.tenant.clone();
         let Some(guests) = self.guests.as_ref() else {
-            return Invoked {
-                response: Err(InvokeError::Internal("the guest threads are gone".into())),
-                finished: GuestFinished::Done(GuestReport::default()),
-                bytes_in,
-            };
+            return Err(InvokeError::Internal("the guest threads are gone".into()));
         };
         let arrival = self.cpu.arriving(&tenant);
         let task = guests.spawn(async move {
@@ -471,46 +461,60 @@ impl Runtime {
             }
         });
 
-        let (response, finished) = match tokio::time::timeout_at(tokio_deadline, receiver).await {
-            Ok(Ok(Ok(response))) => (
-                Ok(response.map(|body| body.map_err(|e| Box::new(e) as BoxError).boxed_unsync())),
-                GuestFinished::Running(task),
-            ),
-            Ok(Ok(Err(code))) => (
-                Err(InvokeError::GuestError(code)),
-                GuestFinished::Running(task),
-            ),
-            // The guest dropped its response-outparam: it finished or failed
-            // without answering; its task says which.
-            Ok(Err(_)) => {
-                let mut report = GuestFinished::Running(task).wait().await;
-                let error = report.error.take().unwrap_or(InvokeError::NoResponse);
-                report.error = Some(error.clone_kind());
-                (Err(error), GuestFinished::Done(report))
-            }
-            // The task stops itself at the same deadline.
-            Err(_elapsed) => (
-                Err(InvokeError::Timeout { timeout_ms }),
-                GuestFinished::Running(task),
-            ),
-        };
-        Invoked {
-            response,
-            finished,
+        let started = Started {
+            receiver,
+            deadline: tokio_deadline,
+            timeout_ms,
             bytes_in,
-        }
+        };
+        Ok((started, GuestFinished::Running(task)))
     }
 }
 
-/// What [`Runtime::invoke`] produced.
-pub struct Invoked {
-    /// The guest's response (its body may still be streaming), or why there
-    /// is none.
-    pub response: Result<http::Response<ResponseBody>, InvokeError>,
-    /// Resolves once the guest has finished, with what it used.
-    pub finished: GuestFinished,
+/// An invocation on its way: its response to come.
+pub struct Started {
+    receiver: tokio::sync::oneshot::Receiver<
+        Result<hyper::Response<wasmtime_wasi_http::p2::body::HyperOutgoingBody>, ErrorCode>,
+    >,
+    deadline: tokio::time::Instant,
+    timeout_ms: u64,
     /// Request body bytes the guest has read so far.
     pub bytes_in: Arc<AtomicU64>,
+}
+
+impl Started {
+    /// The guest's response as soon as it sets it (its body may still be
+    /// streaming), or why there is none. `guest` is the invocation's guest,
+    /// waited on when it ends without answering.
+    pub async fn response(
+        self,
+        guest: &mut GuestFinished,
+    ) -> Result<http::Response<ResponseBody>, InvokeError> {
+        match tokio::time::timeout_at(self.deadline, self.receiver).await {
+            Ok(Ok(Ok(response))) => {
+                Ok(response.map(|body| body.map_err(|e| Box::new(e) as BoxError).boxed_unsync()))
+            }
+            Ok(Ok(Err(code))) => Err(InvokeError::GuestError(code)),
+            // The guest dropped its response-outparam: it finished or failed
+            // without answering; its report says which.
+            Ok(Err(_)) => {
+                guest.finish().await;
+                let error = match guest {
+                    GuestFinished::Done(report) => report.error.take(),
+                    GuestFinished::Running(_) => None,
+                }
+                .unwrap_or(InvokeError::NoResponse);
+                if let GuestFinished::Done(report) = guest {
+                    report.error = Some(error.clone_kind());
+                }
+                Err(error)
+            }
+            // The guest's task stops itself at the same deadline.
+            Err(_elapsed) => Err(InvokeError::Timeout {
+                timeout_ms: self.timeout_ms,
+            }),
+        }
+    }
 }
 
 /// A guest that has finished, or is still running.
@@ -521,13 +525,28 @@ pub enum GuestFinished {
 
 impl GuestFinished {
     /// Waits for the guest to finish (at the latest, its deadline).
-    pub async fn wait(self) -> GuestReport {
-        match self {
-            GuestFinished::Done(report) => report,
-            GuestFinished::Running(task) => task.await.unwrap_or_else(|e| GuestReport {
+    pub async fn wait(mut self) -> GuestReport {
+        self.finish().await;
+        self.into_report()
+    }
+
+    /// Waits for the guest to finish, keeping its report here. A wait that
+    /// is given up (its future dropped) leaves the guest to the next one.
+    pub async fn finish(&mut self) {
+        if let GuestFinished::Running(task) = self {
+            let report = task.await.unwrap_or_else(|e| GuestReport {
                 error: Some(InvokeError::Internal(format!("guest task: {e}"))),
                 ..GuestReport::default()
-            }),
+            });
+            *self = GuestFinished::Done(report);
+        }
+    }
+
+    /// The report of a guest that has finished; an empty one if it has not.
+    pub fn into_report(self) -> GuestReport {
+        match self {
+            GuestFinished::Done(report) => report,
+            GuestFinished::Running(_) => GuestReport::default(),
         }
     }
 }
