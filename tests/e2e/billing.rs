@@ -579,3 +579,129 @@ async fn work_after_a_streamed_response_is_billed_when_the_client_leaves() {
     );
     server.stop().await;
 }
+
+/// Inference belongs to its call too: a run still going at the call's
+/// deadline is stopped (ONNX Runtime and tract stop midway; a run not yet
+/// started does not start), the call is billed for the run until it really
+/// ended and holds its slot till then, and a run's time is its own, never
+/// its wait for an inference thread. (Before, abandoned runs went on for as
+/// long as they took, billed to nobody, and another tenant's call waiting
+/// behind them for a thread was billed the wait as its inference.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inference_stops_at_its_calls_deadline_and_bills_only_its_own_run() {
+    use glia_host::nn::onnx::build::chain_model;
+    let probe = include_bytes!(concat!(env!("OUT_DIR"), "/fixtures/nn-probe.wasm"));
+    for backend in glia_e2e::BACKENDS {
+        let b = backend.name();
+        let server = glia_e2e::TestServer::start_on(backend, |c| c.billing.plan = plan()).await;
+        let heavy_id = server.create_tenant("heavy").await;
+        let light_id = server.create_tenant("light").await;
+        let heavy = glia_e2e::client_with_key(Some(
+            &server
+                .create_key(&heavy_id, &["deploy", "invoke", "read"])
+                .await,
+        ));
+        let light = glia_e2e::client_with_key(Some(
+            &server
+                .create_key(&light_id, &["deploy", "invoke", "read"])
+                .await,
+        ));
+        let put = |client: &glia_e2e::reqwest::Client, path: &str, bytes: Vec<u8>| {
+            client.put(server.url(path)).body(bytes).send()
+        };
+        // Three thousand 256 × 256 products a run: seconds on any backend.
+        let r = put(&heavy, "/v1/models/chain", chain_model(1000, 256))
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            201,
+            "[{b}] {}",
+            r.text().await.unwrap_or_default()
+        );
+        let r = put(
+            &heavy,
+            "/v1/functions/burn?models=chain&timeout_ms=150",
+            probe.to_vec(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 201, "[{b}]");
+        assert_eq!(
+            put(&light, "/v1/models/digits", DIGITS_ONNX.to_vec())
+                .await
+                .unwrap()
+                .status(),
+            201
+        );
+        let r = put(&light, "/v1/functions/digits?models=digits", probe.to_vec())
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "[{b}]");
+
+        // Twelve heavy calls, each cut at 150 ms: more than the inference
+        // threads, had their runs gone on.
+        let chain_input = json!([{ "name": "x", "type": "fp32", "dims": [256, 256], "fill": 1.0 }]);
+        let mut heavy_ids = Vec::new();
+        for _ in 0..12 {
+            let r = heavy
+                .post(server.url("/fn/burn/"))
+                .json(&json!({ "load": { "name": "chain" }, "inputs": chain_input }))
+                .send()
+                .await
+                .unwrap();
+            heavy_ids.push(header(&r, "glia-invocation-id"));
+            let status = r.status().as_u16();
+            let body = r.text().await.unwrap();
+            assert!(
+                status == 504 || body.contains("\"code\":\"timeout\""),
+                "[{b}] the deadline ends it: {status} {body}"
+            );
+        }
+        // The light tenant's first run goes to an inference thread at once.
+        let started = std::time::Instant::now();
+        let r = light
+            .post(server.url("/fn/digits/"))
+            .json(&json!({
+                "load": { "name": "digits" },
+                "inputs": [{ "name": "pixels", "type": "fp32", "dims": [1, 64], "fill": 1.0 }],
+            }))
+            .send()
+            .await
+            .unwrap();
+        let light_id_call = header(&r, "glia-invocation-id");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["ok"], true, "[{b}] {body}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "[{b}] {:?}",
+            started.elapsed()
+        );
+
+        let read = |client: &glia_e2e::reqwest::Client, id: &str| {
+            let request = client
+                .get(server.url(&format!("/v1/invocations/{id}")))
+                .send();
+            async move { json(request.await.unwrap(), 200).await }
+        };
+        let light_record = read(&light, &light_id_call).await;
+        let light_cpu = light_record["usage"]["cpu_inference_us"].as_u64().unwrap();
+        assert!(
+            light_cpu < 200_000,
+            "[{b}] its own run only: {light_cpu} µs"
+        );
+        for id in &heavy_ids {
+            let rec = read(&heavy, id).await;
+            let cpu = rec["usage"]["cpu_inference_us"].as_u64().unwrap();
+            assert!(
+                cpu > 0 && cpu < 1_500_000,
+                "[{b}] the run until it stopped: {cpu} µs"
+            );
+            assert_eq!(
+                rec["cost"]["total_micros"].as_u64().unwrap(),
+                expected_micros(&rec)
+            );
+        }
+        server.stop().await;
+    }
+}

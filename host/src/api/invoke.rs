@@ -324,6 +324,9 @@ where
         .ready(&VersionKey::of(&resolved), Some(&mut admission))
         .await
         .map_err(|e| refused(meter, Outcome::Error, e))?;
+    // Shared with the call's inference runs, which hold it until they end
+    // (past the call, when a run outlives its deadline).
+    let admission = Arc::new(admission);
     meter.cold_start = ready.cold_start;
     meter
         .span
@@ -370,7 +373,8 @@ where
         usize::try_from(state.config.models.max_raw_load_mb.saturating_mul(MIB))
             .unwrap_or(usize::MAX),
     )
-    .with_metrics(state.telemetry.metrics.clone());
+    .with_metrics(state.telemetry.metrics.clone())
+    .with_keepalive(admission.clone());
     let nn_usage = nn.usage();
     meter.nn = Some(nn_usage.clone());
     let (started, guest) = state

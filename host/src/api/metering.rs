@@ -94,13 +94,17 @@ impl Meter {
         }
     }
 
-    /// What the guest used, once it has finished. Cancel-safe: a wait that
-    /// is given up leaves the guest in the meter.
+    /// What the guest used, once it has finished and every inference run
+    /// it started has ended (a run can outlive its call's deadline).
+    /// Cancel-safe: a wait that is given up leaves the guest in the meter.
     async fn guest_report(&mut self) -> GuestReport {
         let Some(finished) = self.finished.as_mut() else {
             return GuestReport::default();
         };
         finished.finish().await;
+        if let Some(nn) = &self.nn {
+            nn.settled().await;
+        }
         self.finished
             .take()
             .map(GuestFinished::into_report)

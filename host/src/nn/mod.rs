@@ -265,6 +265,8 @@ pub enum NnError {
     NotFound(String),
     #[error("inference failed: {0}")]
     Runtime(String),
+    #[error("timed out: {0}")]
+    Timeout(String),
 }
 
 /// Something that can load models of one encoding.
@@ -295,6 +297,49 @@ pub trait Backend: Send + Sync {
     }
 }
 
+/// Asks a run to stop: its call's deadline passed. Backends that can stop
+/// a run midway do so ([`LoadedModel::run_until`]): ONNX Runtime through
+/// its run options' terminate flag, tract between two nodes of its plan.
+#[derive(Default)]
+pub struct Stop {
+    stopped: std::sync::atomic::AtomicBool,
+    /// Called once, on [`Stop::stop`].
+    hooks: std::sync::Mutex<Vec<Box<dyn Fn() + Send + Sync>>>,
+}
+
+impl Stop {
+    /// Whether the run was asked to stop.
+    pub fn stopped(&self) -> bool {
+        self.stopped.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Asks the run to stop.
+    pub fn stop(&self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::Release);
+        let hooks = std::mem::take(&mut *self.hooks.lock().unwrap_or_else(|p| p.into_inner()));
+        for hook in hooks {
+            hook();
+        }
+    }
+
+    /// Runs `hook` when the run is asked to stop (at once if it was).
+    pub fn on_stop(&self, hook: impl Fn() + Send + Sync + 'static) {
+        let mut hooks = self.hooks.lock().unwrap_or_else(|p| p.into_inner());
+        if self.stopped() {
+            drop(hooks);
+            hook();
+        } else {
+            hooks.push(Box::new(hook));
+        }
+    }
+
+    /// The error of a run that stopped.
+    pub fn error() -> NnError {
+        NnError::Timeout("inference stopped at the function's deadline".into())
+    }
+}
+
 /// A loaded model, shared by every caller.
 pub trait LoadedModel: Send + Sync {
     fn inputs(&self) -> &[TensorSpec];
@@ -302,6 +347,14 @@ pub trait LoadedModel: Send + Sync {
     /// Runs inference on one set of inputs, in model input order. Blocking;
     /// concurrent calls run in parallel.
     fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, NnError>;
+    /// Runs inference as [`run`](Self::run) does, stopping early (with
+    /// [`Stop::error`]) once `stop` is asked, where the backend can.
+    fn run_until(&self, inputs: &[Tensor], stop: &Stop) -> Result<Vec<Tensor>, NnError> {
+        if stop.stopped() {
+            return Err(Stop::error());
+        }
+        self.run(inputs)
+    }
     /// How long a run typically takes, when known.
     fn typical_run(&self) -> Option<std::time::Duration> {
         None
@@ -358,6 +411,10 @@ impl LoadedModel for Timed {
     }
 
     fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, NnError> {
+        self.run_until(inputs, &Stop::default())
+    }
+
+    fn run_until(&self, inputs: &[Tensor], stop: &Stop) -> Result<Vec<Tensor>, NnError> {
         use std::sync::atomic::Ordering;
         let now_running = self
             .running
@@ -365,7 +422,7 @@ impl LoadedModel for Timed {
             .saturating_add(1);
         self.peak_running.fetch_max(now_running, Ordering::Relaxed);
         let started = std::time::Instant::now();
-        let result = self.inner.run(inputs);
+        let result = self.inner.run_until(inputs, stop);
         self.running.fetch_sub(1, Ordering::Relaxed);
         self.runs.fetch_add(1, Ordering::Relaxed);
         let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);

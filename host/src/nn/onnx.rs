@@ -265,6 +265,48 @@ pub mod build {
         info
     }
 
+    /// A model of `n` matrix products in a row: `x` (`[dim, dim]` float32)
+    /// times `w`, times `w` again, `n` times, to `y`. Every element of `w`
+    /// is `1 / dim` (a dense matrix no optimizer can drop), so each product
+    /// replaces every element of a row by the row's mean, and `y` of ones
+    /// is ones. Heavy on purpose: `n` × `dim`³ multiply-adds a run.
+    pub fn chain_model(n: usize, dim: u64) -> Vec<u8> {
+        let mut graph = Vec::new();
+        for i in 0..n {
+            let input = if i == 0 {
+                "x".to_string()
+            } else {
+                format!("h{i}")
+            };
+            let output = if i + 1 == n {
+                "y".to_string()
+            } else {
+                format!("h{}", i + 1)
+            };
+            let mut node = bytes(1, input.as_bytes());
+            node.extend(bytes(1, b"w"));
+            node.extend(bytes(2, output.as_bytes()));
+            node.extend(bytes(4, b"MatMul"));
+            graph.extend(bytes(1, &node));
+        }
+        graph.extend(bytes(2, b"chain"));
+        let side = usize::try_from(dim).unwrap_or(0);
+        let mean = 1.0 / dim as f32;
+        let weights: Vec<u8> = (0..side * side).flat_map(|_| mean.to_le_bytes()).collect();
+        let mut w = int(1, dim);
+        w.extend(int(1, dim));
+        w.extend(int(2, 1));
+        w.extend(bytes(8, b"w"));
+        w.extend(bytes(9, &weights));
+        graph.extend(bytes(5, &w));
+        graph.extend(bytes(11, &value_info("x", &[dim, dim])));
+        graph.extend(bytes(12, &value_info("y", &[dim, dim])));
+        let mut model = int(1, 8);
+        model.extend(bytes(8, &int(2, 13)));
+        model.extend(bytes(7, &graph));
+        model
+    }
+
     /// A model whose graph adds its input `x` (`[len]` float32) to an
     /// initializer `w` and outputs `y`: with `external`, `w` is read from
     /// that file and offset, so the output is the file's bytes (as floats,

@@ -27,7 +27,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 
 use ort::session::builder::GraphOptimizationLevel;
-use ort::session::{Session, SessionInputValue};
+use ort::session::{RunOptions, Session, SessionInputValue};
 use ort::tensor::{PrimitiveTensorElementType, TensorElementType};
 use ort::value::{DynValue, ValueType};
 
@@ -487,6 +487,12 @@ impl LoadedModel for OrtModel {
     }
 
     fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, NnError> {
+        self.run_until(inputs, &super::Stop::default())
+    }
+
+    /// Runs under run options whose terminate flag `stop` raises: ONNX
+    /// Runtime then halts the graph between kernels.
+    fn run_until(&self, inputs: &[Tensor], stop: &super::Stop) -> Result<Vec<Tensor>, NnError> {
         check_inputs(&self.inputs, inputs)?;
         // Converted before taking a session, so a session is held only for
         // the inference itself.
@@ -501,10 +507,25 @@ impl LoadedModel for OrtModel {
         let Some(session) = lease.session.as_mut() else {
             return Err(NnError::Runtime("no session was checked out".into()));
         };
+        let options =
+            Arc::new(RunOptions::new().map_err(|e| NnError::Runtime(format!("run options: {e}")))?);
+        let terminate = options.clone();
+        stop.on_stop(move || {
+            let _ = terminate.terminate();
+        });
+        if stop.stopped() {
+            return Err(super::Stop::error());
+        }
         let ran = catch_unwind(AssertUnwindSafe(|| {
             let outputs = session
-                .run(values.as_slice())
-                .map_err(|e| NnError::Runtime(e.to_string()))?;
+                .run_with_options(values.as_slice(), &*options)
+                .map_err(|e| {
+                    if stop.stopped() {
+                        super::Stop::error()
+                    } else {
+                        NnError::Runtime(e.to_string())
+                    }
+                })?;
             (&outputs)
                 .into_iter()
                 .map(|(name, value)| from_ort(name, &value))
@@ -741,6 +762,44 @@ mod tests {
             "bad library refused: {}",
             OrtBackend::new(bogus.path(), 1).expect_err("again")
         );
+    }
+
+    #[test]
+    fn a_run_stops_midway_when_asked() {
+        // Each run of this chain takes a while; asked to stop after 20 ms,
+        // it ends soon after, with the timeout error, not after all of it.
+        let model = backend()
+            .load(&crate::nn::onnx::build::chain_model(4000, 128))
+            .expect("loads");
+        let x = Tensor::from_f32(vec![128, 128], &vec![1.0; 128 * 128]);
+        let started = std::time::Instant::now();
+        model.run(std::slice::from_ref(&x)).expect("runs");
+        let whole = started.elapsed();
+        let stop = Arc::new(crate::nn::Stop::default());
+        let stopper = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                stop.stop();
+            })
+        };
+        let started = std::time::Instant::now();
+        let err = model
+            .run_until(std::slice::from_ref(&x), &stop)
+            .map(|_| ())
+            .expect_err("stopped");
+        let took = started.elapsed();
+        stopper.join().expect("stopper");
+        assert!(matches!(err, NnError::Timeout(_)), "{err:?}");
+        assert!(
+            took < whole / 2,
+            "stopped after {took:?} of a {whole:?} run"
+        );
+        // Asked before it starts, it does not start.
+        assert!(matches!(
+            model.run_until(&[x], &stop),
+            Err(NnError::Timeout(_))
+        ));
     }
 
     #[test]

@@ -12,17 +12,30 @@
 //! This pool hands a run to the most recently idle thread (a stack, not a
 //! queue), so at low concurrency one warm thread runs everything, and under
 //! load as many threads run side by side as there are runs, up to a bound.
-//! Beyond the bound, runs wait in order. There is no lock around a model's
-//! run; the pool's lock covers only picking a thread.
+//! Beyond the bound, runs wait, each tenant in its own line, and a thread
+//! that frees up takes the next tenant's oldest run in turn: a tenant with
+//! a thousand runs queued delays another's by at most one run of each. A
+//! tenant may have at most [`MAX_WAITING_PER_TENANT`] runs waiting; beyond,
+//! a run is refused at once. A run's time is measured on its thread, from
+//! when it starts, so time spent waiting for a thread is nobody's run time.
+//! There is no lock around a model's run; the pool's lock covers only
+//! picking a thread.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
 /// A run; what it returns hands the result over.
 type Job = Box<dyn FnOnce() -> Deliver + Send>;
 type Deliver = Box<dyn FnOnce() + Send>;
+
+/// Where a run's result arrives, with how long it ran.
+pub type Ran<T> = oneshot::Receiver<Result<(T, Duration), PoolError>>;
+
+/// Runs one tenant may have waiting for a thread.
+pub const MAX_WAITING_PER_TENANT: usize = 64;
 
 /// Inference threads, most recently idle first.
 pub struct InferencePool {
@@ -38,9 +51,26 @@ struct Shared {
 struct State {
     /// Idle threads, the most recently idle last.
     idle: Vec<Arc<Worker>>,
-    /// Runs waiting for a thread (every thread busy, at the bound).
-    waiting: VecDeque<Job>,
+    /// Runs waiting for a thread (every thread busy, at the bound), per
+    /// tenant, tenants in turn.
+    waiting: VecDeque<(Arc<str>, VecDeque<Job>)>,
     threads: usize,
+}
+
+impl State {
+    /// The next waiting run: the oldest of the tenant whose turn it is.
+    fn next_waiting(&mut self) -> Option<Job> {
+        while let Some((tenant, mut runs)) = self.waiting.pop_front() {
+            let Some(job) = runs.pop_front() else {
+                continue;
+            };
+            if !runs.is_empty() {
+                self.waiting.push_back((tenant, runs));
+            }
+            return Some(job);
+        }
+        None
+    }
 }
 
 /// One thread's mailbox.
@@ -57,6 +87,8 @@ pub enum PoolError {
     Panicked,
     #[error("no inference thread could be started: {0}")]
     Spawn(String),
+    #[error("the tenant has {MAX_WAITING_PER_TENANT} inference runs waiting for a thread already")]
+    Busy,
 }
 
 impl InferencePool {
@@ -80,14 +112,24 @@ impl InferencePool {
         })
     }
 
-    /// Runs `work` on a pool thread; the result arrives on the receiver.
+    /// Runs `work` for `tenant` on a pool thread; its result and how long
+    /// it ran (not counting its wait for a thread) arrive on the receiver.
+    /// A run whose receiver is dropped before a thread takes it up does not
+    /// run. Refused with [`PoolError::Busy`] when the tenant has too many
+    /// runs waiting.
     pub fn spawn<T: Send + 'static>(
         &self,
+        tenant: &str,
         work: impl FnOnce() -> T + Send + 'static,
-    ) -> oneshot::Receiver<Result<T, PoolError>> {
+    ) -> Result<Ran<T>, PoolError> {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move || {
+            if tx.is_closed() {
+                return Box::new(|| {});
+            }
+            let started = Instant::now();
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
+                .map(|out| (out, started.elapsed()))
                 .map_err(|_| PoolError::Panicked);
             Box::new(move || {
                 let _ = tx.send(result);
@@ -113,9 +155,17 @@ impl InferencePool {
                 tracing::error!(error = %e, "starting an inference thread failed");
             }
         } else {
-            state.waiting.push_back(job);
+            match state.waiting.iter_mut().find(|(t, _)| &**t == tenant) {
+                Some((_, runs)) if runs.len() >= MAX_WAITING_PER_TENANT => {
+                    return Err(PoolError::Busy);
+                }
+                Some((_, runs)) => runs.push_back(job),
+                None => state
+                    .waiting
+                    .push_back((Arc::from(tenant), VecDeque::from([job]))),
+            }
         }
-        rx
+        Ok(rx)
     }
 
     /// Threads started so far.
@@ -138,7 +188,7 @@ fn work_loop(shared: &Shared, worker: &Arc<Worker>, first: Job) {
         // stack, before the result is handed over, so the caller's next run
         // finds it there, and sleeps until handed one.
         let mut state = shared.lock();
-        if let Some(next) = state.waiting.pop_front() {
+        if let Some(next) = state.next_waiting() {
             drop(state);
             deliver();
             job = next;
@@ -170,9 +220,23 @@ mod tests {
     #[tokio::test]
     async fn sequential_runs_stay_on_one_warm_thread() {
         let pool = InferencePool::new(8);
-        let first = pool.spawn(thread_id).await.unwrap().unwrap();
+        let first = pool
+            .spawn("t", thread_id)
+            .unwrap()
+            .await
+            .unwrap()
+            .unwrap()
+            .0;
         for _ in 0..20 {
-            assert_eq!(pool.spawn(thread_id).await.unwrap().unwrap(), first);
+            assert_eq!(
+                pool.spawn("t", thread_id)
+                    .unwrap()
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .0,
+                first
+            );
         }
         assert_eq!(pool.threads(), 1);
     }
@@ -185,10 +249,11 @@ mod tests {
         let blocked: Vec<_> = (0..3)
             .map(|_| {
                 let gate = gate.clone();
-                pool.spawn(move || {
+                pool.spawn("t", move || {
                     gate.wait();
                     thread_id()
                 })
+                .unwrap()
             })
             .collect();
         // Two more wait for a thread.
@@ -196,14 +261,15 @@ mod tests {
         let queued: Vec<_> = (0..2)
             .map(|i| {
                 let order = order.clone();
-                pool.spawn(move || order.lock().unwrap().push(i))
+                pool.spawn("t", move || order.lock().unwrap().push(i))
+                    .unwrap()
             })
             .collect();
         assert_eq!(pool.threads(), 3);
         gate.wait();
         let mut ids = Vec::new();
         for rx in blocked {
-            ids.push(rx.await.unwrap().unwrap());
+            ids.push(rx.await.unwrap().unwrap().0);
         }
         ids.sort_by_key(|id| format!("{id:?}"));
         ids.dedup();
@@ -223,15 +289,17 @@ mod tests {
         let gate = Arc::new(std::sync::Barrier::new(2));
         let blocker = {
             let gate = gate.clone();
-            pool.spawn(move || {
+            pool.spawn("t", move || {
                 gate.wait();
             })
+            .unwrap()
         };
         let order = Arc::new(Mutex::new(Vec::new()));
         let queued: Vec<_> = (0..4)
             .map(|i| {
                 let order = order.clone();
-                pool.spawn(move || order.lock().unwrap().push(i))
+                pool.spawn("t", move || order.lock().unwrap().push(i))
+                    .unwrap()
             })
             .collect();
         gate.wait();
@@ -243,12 +311,84 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn waiting_tenants_take_turns_and_each_may_queue_only_so_much() {
+        let pool = InferencePool::new(1);
+        let gate = Arc::new(std::sync::Barrier::new(2));
+        let blocker = {
+            let gate = gate.clone();
+            pool.spawn("a", move || {
+                gate.wait();
+            })
+            .unwrap()
+        };
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut queued = Vec::new();
+        // a queues its limit; one more is refused at once.
+        for i in 0..MAX_WAITING_PER_TENANT {
+            let order = order.clone();
+            queued.push(
+                pool.spawn("a", move || order.lock().unwrap().push(format!("a{i}")))
+                    .unwrap(),
+            );
+        }
+        assert!(matches!(pool.spawn("a", || ()), Err(PoolError::Busy)));
+        // b's one run goes after a's first, not after all of a's.
+        let b = {
+            let order = order.clone();
+            pool.spawn("b", move || order.lock().unwrap().push("b".to_string()))
+                .unwrap()
+        };
+        gate.wait();
+        blocker.await.unwrap().unwrap();
+        b.await.unwrap().unwrap();
+        for rx in queued {
+            rx.await.unwrap().unwrap();
+        }
+        let order = order.lock().unwrap().clone();
+        assert_eq!(order[..2], ["a0".to_string(), "b".to_string()]);
+        assert_eq!(order.len(), MAX_WAITING_PER_TENANT + 1);
+    }
+
+    #[tokio::test]
+    async fn a_run_given_up_before_it_starts_does_not_run_and_waiting_is_not_run_time() {
+        let pool = InferencePool::new(1);
+        let gate = Arc::new(std::sync::Barrier::new(2));
+        let blocker = {
+            let gate = gate.clone();
+            pool.spawn("a", move || {
+                gate.wait();
+                std::thread::sleep(Duration::from_millis(100));
+            })
+            .unwrap()
+        };
+        let ran = Arc::new(Mutex::new(false));
+        let flag = ran.clone();
+        let abandoned = pool
+            .spawn("b", move || *flag.lock().unwrap() = true)
+            .unwrap();
+        drop(abandoned);
+        let waited = pool.spawn("c", || ()).unwrap();
+        gate.wait();
+        let (_, blocked_for) = blocker.await.unwrap().unwrap();
+        assert!(blocked_for >= Duration::from_millis(100));
+        let ((), took) = waited.await.unwrap().unwrap();
+        assert!(
+            took < Duration::from_millis(50),
+            "its wait is not its run: {took:?}"
+        );
+        assert!(
+            !*ran.lock().unwrap(),
+            "nobody waited for it, so it never ran"
+        );
+    }
+
+    #[tokio::test]
     async fn a_panicking_run_is_an_error_and_the_thread_serves_on() {
         let pool = InferencePool::new(1);
         #[allow(clippy::panic, reason = "the panic is the test")]
-        let result = pool.spawn(|| panic!("boom")).await.unwrap();
+        let result = pool.spawn("t", || panic!("boom")).unwrap().await.unwrap();
         assert!(matches!(result, Err(PoolError::Panicked)));
-        assert_eq!(pool.spawn(|| 7).await.unwrap().unwrap(), 7);
+        assert_eq!(pool.spawn("t", || 7).unwrap().await.unwrap().unwrap().0, 7);
         assert_eq!(pool.threads(), 1);
     }
 }

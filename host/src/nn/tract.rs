@@ -246,12 +246,25 @@ impl LoadedModel for TractModel {
     }
 
     fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, NnError> {
-        contained("tract", || self.run_plan(inputs), NnError::Runtime)
+        contained("tract", || self.run_plan(inputs, None), NnError::Runtime)
+    }
+
+    /// Checks `stop` before every node of the plan.
+    fn run_until(&self, inputs: &[Tensor], stop: &super::Stop) -> Result<Vec<Tensor>, NnError> {
+        contained(
+            "tract",
+            || self.run_plan(inputs, Some(stop)),
+            NnError::Runtime,
+        )
     }
 }
 
 impl TractModel {
-    fn run_plan(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, NnError> {
+    fn run_plan(
+        &self,
+        inputs: &[Tensor],
+        stop: Option<&super::Stop>,
+    ) -> Result<Vec<Tensor>, NnError> {
         check_inputs(&self.inputs, inputs)?;
         let shapes: Vec<Vec<usize>> = inputs.iter().map(|t| t.dims.clone()).collect();
         let plan = self.plan(&shapes)?;
@@ -259,9 +272,24 @@ impl TractModel {
             .iter()
             .map(|t| to_tract(t).map(TValue::from))
             .collect::<Result<TVec<_>, _>>()?;
-        let outputs = plan
-            .run(values)
-            .map_err(|e| NnError::Runtime(e.to_string()))?;
+        let outputs = match stop {
+            None => plan.run(values),
+            Some(stop) => plan.spawn().and_then(|mut state| {
+                state.run_plan_with_eval(values, |ctx, op_state, node, inputs| {
+                    if stop.stopped() {
+                        anyhow::bail!("stopped");
+                    }
+                    tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs)
+                })
+            }),
+        };
+        let outputs = outputs.map_err(|e| {
+            if stop.is_some_and(super::Stop::stopped) {
+                super::Stop::error()
+            } else {
+                NnError::Runtime(e.to_string())
+            }
+        })?;
         outputs.iter().map(|t| from_tract(t)).collect()
     }
 }
@@ -313,6 +341,44 @@ mod tests {
             .run(&[Tensor::from_f32(vec![2], &[3.0, 4.0])])
             .expect("runs");
         assert_eq!(out[0].to_f32().expect("f32"), vec![3.0, 4.0]);
+    }
+
+    #[test]
+    fn a_run_stops_midway_when_asked() {
+        // Each run of this chain takes a while; asked to stop after 20 ms,
+        // it ends soon after, with the timeout error, not after all of it.
+        let model = TractBackend
+            .load(&crate::nn::onnx::build::chain_model(400, 128))
+            .expect("loads");
+        let x = Tensor::from_f32(vec![128, 128], &vec![1.0; 128 * 128]);
+        let started = std::time::Instant::now();
+        model.run(std::slice::from_ref(&x)).expect("runs");
+        let whole = started.elapsed();
+        let stop = Arc::new(crate::nn::Stop::default());
+        let stopper = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                stop.stop();
+            })
+        };
+        let started = std::time::Instant::now();
+        let err = model
+            .run_until(std::slice::from_ref(&x), &stop)
+            .map(|_| ())
+            .expect_err("stopped");
+        let took = started.elapsed();
+        stopper.join().expect("stopper");
+        assert!(matches!(err, NnError::Timeout(_)), "{err:?}");
+        assert!(
+            took < whole / 2,
+            "stopped after {took:?} of a {whole:?} run"
+        );
+        // Asked before it starts, it does not start.
+        assert!(matches!(
+            model.run_until(&[x], &stop),
+            Err(NnError::Timeout(_))
+        ));
     }
 
     #[test]

@@ -3,8 +3,11 @@
 //! telemetry read this; the response carries a summary in `server-timing`.
 
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
@@ -117,14 +120,52 @@ impl NnUsageReport {
 pub struct NnUsage {
     report: Mutex<NnUsageReport>,
     metrics: Option<Arc<Metrics>>,
+    /// Runs that outlived their call's deadline and are still running.
+    outliving: AtomicUsize,
+    /// Woken as each of them ends.
+    ended: Notify,
 }
 
 impl NnUsage {
     /// A collector that also counts into `metrics`.
     pub fn with_metrics(metrics: Arc<Metrics>) -> Self {
         Self {
-            report: Mutex::default(),
             metrics: Some(metrics),
+            ..Self::default()
+        }
+    }
+
+    /// A run that goes on after its call gave up on it (its deadline
+    /// passed): its time is counted when `ran` says how long it ran, and
+    /// [`settled`](Self::settled) waits for that. The call is billed for
+    /// everything its runs used, until they really end.
+    pub fn outlived(
+        self: &Arc<Self>,
+        device: Device,
+        backend: &'static str,
+        ran: impl Future<Output = Option<Duration>> + Send + 'static,
+    ) {
+        self.outliving.fetch_add(1, Ordering::AcqRel);
+        let usage = self.clone();
+        tokio::spawn(async move {
+            if let Some(took) = ran.await {
+                usage.record_compute(device, backend, took, false);
+            }
+            usage.outliving.fetch_sub(1, Ordering::AcqRel);
+            usage.ended.notify_waiters();
+        });
+    }
+
+    /// Once every run that outlived its call has ended and been counted.
+    pub async fn settled(&self) {
+        loop {
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if self.outliving.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            ended.await;
         }
     }
 

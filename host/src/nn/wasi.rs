@@ -29,7 +29,7 @@ use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
 pub use super::Tensor;
 use super::models::{ModelError, ModelRegistry, Ready};
-use super::{DType, Device, LoadedModel, NnError, NnUsage};
+use super::{DType, Device, LoadedModel, NnError, NnUsage, Stop};
 
 mod generated {
     wasmtime::component::bindgen!({
@@ -93,6 +93,10 @@ pub struct NnState {
     deadline: Option<Instant>,
     max_raw_bytes: usize,
     usage: Arc<NnUsage>,
+    /// Held by every inference run until it ends, even past the call: the
+    /// call's admission, so a run that outlives its call still holds the
+    /// call's concurrency slot.
+    keepalive: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl NnState {
@@ -112,7 +116,14 @@ impl NnState {
             deadline: Some(deadline),
             max_raw_bytes,
             usage: Arc::default(),
+            keepalive: None,
         }
+    }
+
+    /// Has every inference run hold `keepalive` until it ends.
+    pub fn with_keepalive(mut self, keepalive: Arc<dyn std::any::Any + Send + Sync>) -> Self {
+        self.keepalive = Some(keepalive);
+        self
     }
 
     /// Counts this invocation's loads and runs into `metrics` too.
@@ -171,6 +182,7 @@ fn code_of(e: &NnError) -> ErrorCode {
         NnError::TooLarge(_) => ErrorCode::TooLarge,
         NnError::NotFound(_) => ErrorCode::NotFound,
         NnError::Runtime(_) => ErrorCode::RuntimeError,
+        NnError::Timeout(_) => ErrorCode::Timeout,
     }
 }
 
@@ -501,19 +513,33 @@ impl NnView<'_> {
         let run_model = model.clone();
         // Longer runs go to the inference threads (most recently idle
         // first, so a model's runs stay on a warm thread), off the request
-        // workers.
-        let job = super::pool::InferencePool::global().spawn(move || run_model.run(&ordered));
-        let outcome = match self.state.deadline {
+        // workers. A run is asked to stop at the call's deadline (ONNX
+        // Runtime and tract stop midway; a run not yet started does not
+        // start), holds the call's admission until it ends, and is billed
+        // for its own run time, not its wait for a thread.
+        let stop = Arc::new(Stop::default());
+        let job_stop = stop.clone();
+        let keepalive = self.state.keepalive.clone();
+        let spawned = super::pool::InferencePool::global().spawn(&self.state.tenant, move || {
+            let _held = keepalive;
+            run_model.run_until(&ordered, &job_stop)
+        });
+        let mut job = match spawned {
+            Ok(job) => job,
+            Err(e) => return self.fail(ErrorCode::RuntimeError, e.to_string()),
+        };
+        let joined = match self.state.deadline {
             Some(deadline) => {
-                match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), job).await {
+                let deadline = tokio::time::Instant::from_std(deadline);
+                match tokio::time::timeout_at(deadline, &mut job).await {
                     Ok(joined) => joined,
                     Err(_) => {
-                        self.state.usage.record_compute(
-                            loaded.device,
-                            loaded.backend,
-                            started.elapsed(),
-                            false,
-                        );
+                        stop.stop();
+                        self.state
+                            .usage
+                            .outlived(loaded.device, loaded.backend, async move {
+                                job.await.ok().and_then(Result::ok).map(|(_, took)| took)
+                            });
                         return self.fail(
                             ErrorCode::Timeout,
                             "inference did not finish before the function's deadline",
@@ -523,12 +549,16 @@ impl NnView<'_> {
             }
             None => job.await,
         };
-        self.state
-            .usage
-            .record_compute(loaded.device, loaded.backend, started.elapsed(), false);
-        let outputs = match outcome {
-            Ok(Ok(Ok(outputs))) => outputs,
-            Ok(Ok(Err(e))) => return self.fail(code_of(&e), e.to_string()),
+        let outputs = match joined {
+            Ok(Ok((result, took))) => {
+                self.state
+                    .usage
+                    .record_compute(loaded.device, loaded.backend, took, false);
+                match result {
+                    Ok(outputs) => outputs,
+                    Err(e) => return self.fail(code_of(&e), e.to_string()),
+                }
+            }
             Ok(Err(e)) => return self.fail(ErrorCode::RuntimeError, e.to_string()),
             Err(_) => {
                 return self.fail(
