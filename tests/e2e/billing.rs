@@ -705,3 +705,72 @@ async fn inference_stops_at_its_calls_deadline_and_bills_only_its_own_run() {
         server.stop().await;
     }
 }
+
+/// A spend cap holds against calls in flight: each call's worst case (its
+/// timeout at its memory, inference all along) is reserved against the cap
+/// when it is admitted and given back when it is priced, so a burst of
+/// parallel long calls with little headroom cannot run the spend past the
+/// cap. (Before, the cap was checked only against what calls had already
+/// cost: sixty parallel 20 s calls with 20 µ of headroom all ran.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spend_cap_holds_against_a_burst_of_calls_in_flight() {
+    let server = TestServer::start().await;
+    let id = server.create_tenant("capped").await;
+    let client = glia_e2e::client_with_key(Some(
+        &server.create_key(&id, &["deploy", "invoke", "read"]).await,
+    ));
+    let r = client
+        .put(server.url("/v1/functions/long?timeout_ms=2000&memory_mb=512&max_concurrency=64"))
+        .body(HOSTILE.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    // The default plan: about 180 µ for a 2 s call at 512 MiB in the worst
+    // case; a cap of 600 leaves room for three at once.
+    let r = server
+        .client
+        .patch(server.url(&format!("/v1/tenants/{id}")))
+        .json(&json!({ "quotas": { "monthly_spend_cap": 600 } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let calls: Vec<_> = (0..20)
+        .map(|_| {
+            let (client, url) = (client.clone(), server.url("/fn/long/sleep?ms=1500"));
+            tokio::spawn(async move {
+                let r = client.get(url).send().await.unwrap();
+                let status = r.status().as_u16();
+                (status, r.text().await.unwrap())
+            })
+        })
+        .collect();
+    let mut ran = 0;
+    let mut refused = 0;
+    for call in calls {
+        let (status, body) = call.await.unwrap();
+        match status {
+            200 => ran += 1,
+            429 => {
+                assert!(body.contains("spend-cap-reached"), "{body}");
+                refused += 1;
+            }
+            other => panic!("{other} {body}"),
+        }
+    }
+    assert!((1..=3).contains(&ran), "{ran} ran, {refused} refused");
+    let usage = json(
+        client.get(server.url("/v1/usage")).send().await.unwrap(),
+        200,
+    )
+    .await;
+    let total = usage["total"]["cost_micros"].as_u64().unwrap();
+    assert!(total <= 600, "spent {total} against a cap of 600");
+    assert_eq!(
+        server.state.auth.meter(&id).reserved(),
+        0,
+        "every reservation given back"
+    );
+    server.stop().await;
+}

@@ -345,7 +345,8 @@ impl From<crate::auth::QuotaRefusal> for ApiError {
                 err.retry_after_secs = Some(retry_after_secs);
                 err
             }
-            QuotaRefusal::SpendCap { spent, cap } => {
+            QuotaRefusal::SpendCap { spent, cap }
+            | QuotaRefusal::SpendCapReserve { spent, cap, .. } => {
                 let mut err = Self::new(
                     StatusCode::TOO_MANY_REQUESTS,
                     "spend-cap-reached",
@@ -354,7 +355,11 @@ impl From<crate::auth::QuotaRefusal> for ApiError {
                 .detail(detail)
                 .with("spent", spent)
                 .with("monthly_spend_cap", cap);
-                err.retry_after_secs = Some(3600);
+                err.retry_after_secs = Some(if matches!(e, QuotaRefusal::SpendCap { .. }) {
+                    3600
+                } else {
+                    1
+                });
                 err
             }
         }

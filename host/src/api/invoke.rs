@@ -13,7 +13,7 @@ use http::{HeaderValue, Request, Response, Uri};
 
 use super::metering::{self, Meter};
 use super::{ApiError, AppState, COLD_START_HEADER, COLD_START_US_HEADER, INVOCATION_ID_HEADER};
-use crate::auth::{AuthError, Principal, QuotaRefusal, Scope, TenantMeter};
+use crate::auth::{AuthError, Principal, Scope, SpendReservation, TenantMeter};
 use crate::billing::usage::month_start_ms;
 use crate::billing::{InvocationId, LedgerWriter, Outcome, UsageGroup, UsageQuery, UsageRow};
 use crate::capabilities::Grants;
@@ -230,24 +230,61 @@ fn meter_target(resolved: &Resolved) -> metering::Target {
     }
 }
 
-/// Applies the owning tenant's rate and spend quotas; its live counters
-/// for the call.
-async fn check_quotas(state: &AppState, tenant: &str) -> Result<Arc<TenantMeter>, ApiError> {
+/// Applies the owning tenant's rate and spend quotas to a call of
+/// `resolved`: its live counters, and, under a spend cap, the call's
+/// worst-case cost reserved against it until the call is priced.
+async fn check_quotas(
+    state: &AppState,
+    resolved: &Resolved,
+) -> Result<(Arc<TenantMeter>, Option<SpendReservation>), ApiError> {
+    let tenant = &resolved.tenant;
     let quotas = state.auth.quotas(tenant);
     let meter = state.auth.meter(tenant);
+    let mut reservation = None;
     if quotas.monthly_spend_cap > 0 {
         // Without a ledger (billing off) there is no spend to cap.
         let spent = month_spend(state, tenant, &meter).await.unwrap_or(0);
-        if spent >= quotas.monthly_spend_cap {
-            return Err(QuotaRefusal::SpendCap {
-                spent,
-                cap: quotas.monthly_spend_cap,
-            }
-            .into());
-        }
+        let worst = worst_cost(
+            &state.config.billing.plan,
+            &resolved.settings,
+            state.models.gpu_available(),
+        );
+        reservation = Some(meter.reserve(spent, quotas.monthly_spend_cap, worst)?);
     }
     meter.take(&quotas).map_err(ApiError::from)?;
-    Ok(meter)
+    Ok((meter, reservation))
+}
+
+/// Slack on a call's timeout in its worst case: a guest is stopped at the
+/// epoch tick after its deadline, an inference run at the next node.
+const WORST_CASE_SLACK_MS: u64 = 1000;
+
+/// The most a call with `settings` can cost under `plan`: its whole
+/// timeout (and some slack) at its memory, with inference all along (on
+/// the dearer device, when the platform has a GPU), a cold start, and a
+/// load of each granted model and of one more given as bytes.
+fn worst_cost(
+    plan: &crate::config::PricePlan,
+    settings: &crate::registry::Settings,
+    gpu: bool,
+) -> u64 {
+    let us = settings
+        .timeout_ms
+        .saturating_add(WORST_CASE_SLACK_MS)
+        .saturating_mul(1000);
+    let gpu_dearer = gpu && plan.per_gpu_second > plan.per_cpu_inference_second;
+    let usage = crate::billing::Usage {
+        run_us: us,
+        memory_mb: settings.memory_mb,
+        cpu_inference_us: if gpu_dearer { 0 } else { us },
+        gpu_inference_us: if gpu_dearer { us } else { 0 },
+        cold_start_us: 1,
+        model_loads: u32::try_from(settings.models.len().saturating_add(1)).unwrap_or(u32::MAX),
+        ..crate::billing::Usage::default()
+    };
+    crate::billing::price(plan, Outcome::Ok, &usage)
+        .1
+        .total_micros
 }
 
 /// The tenant's spend this month, read from the ledger on first need and
@@ -304,11 +341,11 @@ where
         .span
         .record("glia.function.version", resolved.version.version);
     let timeout = Duration::from_millis(settings.timeout_ms);
-    meter.spend = Some(
-        check_quotas(state, &resolved.tenant)
-            .await
-            .inspect_err(|_| meter.outcome = Some(Outcome::Rejected))?,
-    );
+    let (spend, reservation) = check_quotas(state, &resolved)
+        .await
+        .inspect_err(|_| meter.outcome = Some(Outcome::Rejected))?;
+    meter.spend = Some(spend);
+    meter.reservation = reservation;
 
     let queued = Instant::now();
     let tenant_limit = state.auth.quotas(&resolved.tenant).max_concurrency;

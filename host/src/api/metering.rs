@@ -73,6 +73,9 @@ pub(super) struct Meter {
     /// With billing on, the platform, to settle the call with should it be
     /// dropped before its row is written (see [`Drop`]).
     pub settle: Option<Arc<AppState>>,
+    /// Under a spend cap, the call's worst-case cost held against it until
+    /// the call is priced (the meter is dropped after its row is written).
+    pub reservation: Option<crate::auth::SpendReservation>,
 }
 
 impl Meter {
@@ -91,6 +94,7 @@ impl Meter {
             outcome: None,
             spend: None,
             settle: None,
+            reservation: None,
         }
     }
 

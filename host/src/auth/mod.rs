@@ -31,7 +31,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use serde::Serialize;
 
-pub use quota::{QuotaOverrides, QuotaPatch, QuotaRefusal, Quotas, TenantMeter};
+pub use quota::{QuotaOverrides, QuotaPatch, QuotaRefusal, Quotas, SpendReservation, TenantMeter};
 pub use store::{AuthStore, StoredKey};
 
 use crate::config::AuthConfig;

@@ -11,8 +11,8 @@
 //! The checks on the call path are a mutex-guarded bucket refill and an
 //! atomic read; nothing here touches the database per call.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -122,6 +122,15 @@ pub enum QuotaRefusal {
         "the tenant has spent {spent} of its monthly cap of {cap} (micro-units); calls resume next month or when the cap is raised"
     )]
     SpendCap { spent: u64, cap: u64 },
+    #[error(
+        "the call could cost up to {worst} micro-units (its timeout_ms at its memory_mb, with inference all along), and the tenant's monthly cap of {cap} has {left} left once its {spent} spent and the calls in flight are counted; lower the function's timeout_ms or memory_mb, or raise the cap"
+    )]
+    SpendCapReserve {
+        spent: u64,
+        cap: u64,
+        left: u64,
+        worst: u64,
+    },
 }
 
 /// A token bucket.
@@ -140,6 +149,23 @@ pub struct TenantMeter {
     spent: AtomicU64,
     /// Start (Unix ms) of the month `spent` counts; 0 until loaded.
     month: AtomicI64,
+    /// The worst-case cost of the calls in flight, reserved against the
+    /// spend cap until each is priced.
+    reserved: AtomicU64,
+}
+
+/// A call's worst-case cost, held against its tenant's spend cap until the
+/// call is priced (when this is dropped).
+#[derive(Debug)]
+pub struct SpendReservation {
+    meter: Arc<TenantMeter>,
+    micros: u64,
+}
+
+impl Drop for SpendReservation {
+    fn drop(&mut self) {
+        self.meter.reserved.fetch_sub(self.micros, Ordering::AcqRel);
+    }
 }
 
 impl Default for TenantMeter {
@@ -151,6 +177,7 @@ impl Default for TenantMeter {
             }),
             spent: AtomicU64::new(0),
             month: AtomicI64::new(0),
+            reserved: AtomicU64::new(0),
         }
     }
 }
@@ -193,6 +220,45 @@ impl TenantMeter {
     pub fn load_spent(&self, month: i64, spent: u64) {
         self.spent.store(spent, Ordering::Relaxed);
         self.month.store(month, Ordering::Release);
+    }
+
+    /// Reserves a call's worst-case cost (`worst` micro-units) against
+    /// `cap`, given this month's `spent`: refused when the spend, what the
+    /// calls in flight reserved and `worst` would pass the cap together.
+    /// Every call that runs is covered, so the spend cannot pass the cap
+    /// by more than a call costs beyond its worst case.
+    pub fn reserve(
+        self: &Arc<Self>,
+        spent: u64,
+        cap: u64,
+        worst: u64,
+    ) -> Result<SpendReservation, QuotaRefusal> {
+        if spent >= cap {
+            return Err(QuotaRefusal::SpendCap { spent, cap });
+        }
+        let taken = self
+            .reserved
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |reserved| {
+                let total = spent.saturating_add(reserved).saturating_add(worst);
+                (total <= cap).then(|| reserved.saturating_add(worst))
+            });
+        match taken {
+            Ok(_) => Ok(SpendReservation {
+                meter: self.clone(),
+                micros: worst,
+            }),
+            Err(reserved) => Err(QuotaRefusal::SpendCapReserve {
+                spent,
+                cap,
+                left: cap.saturating_sub(spent.saturating_add(reserved)),
+                worst,
+            }),
+        }
+    }
+
+    /// Micro-units reserved by the calls in flight.
+    pub fn reserved(&self) -> u64 {
+        self.reserved.load(Ordering::Relaxed)
     }
 
     /// Adds a call's cost, if it falls in the month being counted.

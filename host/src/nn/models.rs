@@ -419,6 +419,11 @@ impl ModelRegistry {
         })
     }
 
+    /// Whether some backend runs models on a GPU here.
+    pub fn gpu_available(&self) -> bool {
+        self.backends.iter().any(|b| b.supports(Device::Gpu))
+    }
+
     /// The backend that runs ONNX models.
     pub fn backend_name(&self) -> &'static str {
         self.backends.first().map_or("none", |b| b.name())
