@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use glia_host::billing::{
-    Cost, InvocationId, InvocationRecord, Ledger, Outcome, SqliteLedger, Usage,
+    Cost, InvocationId, InvocationRecord, Ledger, Outcome, RecordKind, SqliteLedger, Usage,
 };
 use glia_host::nn::usage::ComputeTime;
 use glia_host::nn::{Device, NnUsageReport};
@@ -59,6 +59,7 @@ fn main() {
     let started_at_ms = glia_host::registry::now_ms();
     let record = |i: usize| InvocationRecord {
         id: InvocationId::now(),
+        kind: RecordKind::Invocation,
         tenant: tenant.clone(),
         function: function.clone(),
         version: 1,

@@ -38,8 +38,15 @@ fn main() {
 
     // The first deploy compiles; its artifact and the engine's code are not
     // per-function costs.
-    rt.block_on(registry.deploy("default", "warmup", wasm.clone(), SettingsPatch::default()))
-        .unwrap();
+    let mut usage = glia_host::registry::UploadUsage::default();
+    rt.block_on(registry.deploy(
+        "default",
+        "warmup",
+        wasm.clone(),
+        SettingsPatch::default(),
+        &mut usage,
+    ))
+    .unwrap();
     let before = rss_kib();
     let started = std::time::Instant::now();
     rt.block_on(async {
@@ -50,6 +57,7 @@ fn main() {
                     &format!("f{i:05}"),
                     wasm.clone(),
                     SettingsPatch::default(),
+                    &mut usage,
                 )
                 .await
                 .unwrap();

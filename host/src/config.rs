@@ -70,6 +70,9 @@ pub const DEFAULT_BUFFER_RESPONSE_KB: u64 = 1024;
 pub const DEFAULT_PRICE_PER_REQUEST: u64 = 1;
 /// Default price per GB-second of configured memory.
 pub const DEFAULT_PRICE_PER_GB_SECOND: u64 = 17;
+/// Default price per second of guest CPU time: 20 micro-units (Cloudflare
+/// Workers' price per CPU-millisecond, $0.02 per million).
+pub const DEFAULT_PRICE_PER_CPU_SECOND: u64 = 20;
 /// Default price per second of CPU inference.
 pub const DEFAULT_PRICE_PER_CPU_INFERENCE_SECOND: u64 = 50;
 /// Default price per GPU-second.
@@ -471,6 +474,9 @@ pub struct PricePlan {
     pub per_request: u64,
     /// Per GB-second of configured memory (`memory_mb` × billed duration).
     pub per_gb_second: u64,
+    /// Per second of guest CPU time: the time spent executing the guest's
+    /// code (measured in microseconds, not rounded per call).
+    pub per_cpu_second: u64,
     /// Per second of inference on the CPU.
     pub per_cpu_inference_second: u64,
     /// Per second of inference on a GPU.
@@ -487,6 +493,7 @@ impl Default for PricePlan {
             version: 1,
             per_request: DEFAULT_PRICE_PER_REQUEST,
             per_gb_second: DEFAULT_PRICE_PER_GB_SECOND,
+            per_cpu_second: DEFAULT_PRICE_PER_CPU_SECOND,
             per_cpu_inference_second: DEFAULT_PRICE_PER_CPU_INFERENCE_SECOND,
             per_gpu_second: DEFAULT_PRICE_PER_GPU_SECOND,
             per_cold_start: 0,

@@ -352,9 +352,17 @@ async fn install_builtins_once(state: &AppState) -> Result<(), StartError> {
             continue;
         };
         if state.models.get(DEFAULT_TENANT, model.name).is_none() {
+            // The platform installs its built-ins: nobody is billed.
+            let mut unbilled = crate::registry::UploadUsage::default();
             state
                 .models
-                .upload(DEFAULT_TENANT, model.name, model.encoding, bytes)
+                .upload(
+                    DEFAULT_TENANT,
+                    model.name,
+                    model.encoding,
+                    bytes,
+                    &mut unbilled,
+                )
                 .await
                 .map_err(|e| {
                     RegistryError::Internal(format!("built-in model {}: {e}", model.name))
@@ -380,12 +388,15 @@ async fn install_builtins_once(state: &AppState) -> Result<(), StartError> {
             continue;
         }
         if registry.get(DEFAULT_TENANT, builtin.name).is_none() {
+            // The platform installs its built-ins: nobody is billed.
+            let mut unbilled = crate::registry::UploadUsage::default();
             registry
                 .deploy(
                     DEFAULT_TENANT,
                     builtin.name,
                     bytes::Bytes::from_static(builtin.wasm),
                     settings,
+                    &mut unbilled,
                 )
                 .await?;
         }

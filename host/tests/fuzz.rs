@@ -83,6 +83,9 @@ impl Fixture {
         config.models.backend = backend;
         config.billing.durability = Durability::Batched;
         config.auth.admin_key = Some(ADMIN_KEY.to_string());
+        // Hundreds of cases upload within a minute; the limit is tested
+        // end to end.
+        config.quotas.uploads_per_minute = 0;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

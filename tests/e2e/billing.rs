@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use glia_e2e::{DIGITS_ONNX, HOSTILE, TestServer, builtin, hello};
+use glia_host::billing::Outcome;
 use glia_host::config::{Durability, PricePlan};
 use serde_json::{Value, json};
 
@@ -16,6 +17,7 @@ fn plan() -> PricePlan {
         version: 42,
         per_request: 100,
         per_gb_second: 1024,
+        per_cpu_second: 3000,
         per_cpu_inference_second: 1000,
         per_gpu_second: 5000,
         per_cold_start: 7,
@@ -40,21 +42,45 @@ fn header(r: &glia_e2e::reqwest::Response, name: &str) -> String {
         .to_string()
 }
 
-/// The cost the plan gives for a record's usage, computed independently.
+/// The cost the plan gives for a record's usage, computed independently:
+/// whole micro-units of its nano-units and the remainder its tenant's
+/// earlier calls left.
 fn expected_micros(record: &Value) -> u64 {
     let u = &record["usage"];
     let n = |v: &Value| v.as_u64().unwrap();
     let billed = n(&record["billed_ms"]);
     let ceil_ms = |us: u64| us.div_ceil(1000);
-    let mut nanos = 100 * 1000; // per request
+    let carried = n(&record["cost"]["carried_nanos"]);
+    assert!(carried < 1000, "{record}");
+    let mut nanos = carried + 100 * 1000; // per request
     nanos += n(&u["memory_mb"]) * billed; // 1024 µ/GB-s: 1 nano per MB-ms
+    nanos += 3 * n(&u["guest_us"]); // 3000 µ/CPU-s: 3 nanos per µs
     nanos += 1000 * ceil_ms(n(&u["cpu_inference_us"]));
     nanos += 5000 * ceil_ms(n(&u["gpu_inference_us"]));
     if n(&u["cold_start_us"]) > 0 {
         nanos += 7 * 1000;
     }
     nanos += 3 * 1000 * n(&u["model_loads"]);
-    (nanos + 500) / 1000
+    nanos / 1000
+}
+
+/// The remainder a record leaves for its tenant's next call.
+fn carried_on(record: &Value) -> u64 {
+    let c = &record["cost"];
+    let parts: u64 = [
+        "carried_nanos",
+        "request_nanos",
+        "memory_nanos",
+        "cpu_nanos",
+        "cpu_inference_nanos",
+        "gpu_nanos",
+        "cold_start_nanos",
+        "model_load_nanos",
+    ]
+    .iter()
+    .map(|k| c[*k].as_u64().unwrap())
+    .sum();
+    parts - 1000 * c["total_micros"].as_u64().unwrap()
 }
 
 async fn record(server: &TestServer, id: &str) -> Value {
@@ -64,9 +90,13 @@ async fn record(server: &TestServer, id: &str) -> Value {
 #[tokio::test]
 async fn known_calls_cost_exactly_what_the_plan_says() {
     let server = server_with_plan(|_| {}).await;
-    server.deploy_ok("hello", hello(), "memory_mb=64").await;
+    let r = server.deploy("hello", hello(), "memory_mb=64").await;
+    assert_eq!(r.status(), 201);
+    let compile: Value = r.json().await.unwrap();
+    let compile = record(&server, compile["billed"]["id"].as_str().unwrap()).await;
 
-    // Cold, then warm.
+    // Cold, then warm; each call settled with what the one before left.
+    let mut carried = carried_on(&compile);
     for cold in [true, false] {
         let r = server
             .client
@@ -98,6 +128,13 @@ async fn known_calls_cost_exactly_what_the_plan_says() {
         assert_eq!(cost, expected_micros(&rec), "{rec}");
         assert_eq!(rec["cost"]["request_nanos"], 100_000);
         assert_eq!(rec["cost"]["memory_nanos"], 64 * billed);
+        assert_eq!(
+            rec["cost"]["cpu_nanos"],
+            3 * rec["usage"]["guest_us"].as_u64().unwrap()
+        );
+        // The remainder below a micro-unit carries from call to call.
+        assert_eq!(rec["cost"]["carried_nanos"], carried, "{rec}");
+        carried = carried_on(&rec);
         assert_eq!(
             rec["cost"]["cold_start_nanos"],
             if cold { 7000 } else { 0 },
@@ -219,8 +256,16 @@ async fn traps_and_timeouts_are_billed_for_the_time_used() {
     server.stop().await;
 }
 
+/// The usage totals of `query` (after the ledger has written what it was
+/// handed).
+async fn usage_total(server: &TestServer, query: &str) -> Value {
+    let billing = server.state.billing.as_ref().unwrap();
+    billing.flush().await.unwrap();
+    json(server.get(&format!("/v1/usage{query}")).await, 200).await["total"].clone()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rejected_calls_are_recorded_at_zero_cost() {
+async fn rejected_calls_cost_nothing_and_are_counted_not_kept() {
     let server = server_with_plan(|_| {}).await;
     server
         .deploy_ok("hostile", HOSTILE, "max_concurrency=1&queue_timeout_ms=50")
@@ -241,11 +286,67 @@ async fn rejected_calls_are_recorded_at_zero_cost() {
     let id = header(&r, "glia-invocation-id");
     assert_eq!(header(&r, "glia-cost"), "0");
     assert_eq!(header(&r, "glia-billed-ms"), "0");
-    let rec = record(&server, &id).await;
-    assert_eq!(rec["outcome"], "rejected", "{rec}");
-    assert_eq!(rec["status"], 429);
-    assert_eq!(rec["cost"]["total_micros"], 0);
     assert_eq!(slow.await.unwrap(), 200);
+    let total = usage_total(&server, "?function=hostile").await;
+    assert_eq!(total["rejected"], 1, "{total}");
+    assert_eq!(total["ok"], 1, "{total}");
+    // Counted in its minute's totals, not kept as a row of its own.
+    problem(
+        server.get(&format!("/v1/invocations/{id}")).await,
+        404,
+        "invocation-not-found",
+    )
+    .await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_refused_calls_does_not_fill_the_ledger() {
+    let server = server_with_plan(|_| {}).await;
+    server.deploy_ok("open", hello(), "public=true").await;
+    let r = server
+        .client
+        .patch(server.url("/v1/tenants/default"))
+        .json(&json!({"quotas": {"requests_per_second": 1, "burst": 0}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    // Anyone can call a public function: 600 calls, 12 at a time, with no
+    // key, against a tenant allowed one a second.
+    let anonymous = glia_e2e::client_with_key(None);
+    let url = server.url("/t/default/fn/open/");
+    let mut statuses = Vec::new();
+    for _ in 0..50 {
+        let batch = (0..12).map(|_| {
+            let (client, url) = (anonymous.clone(), url.clone());
+            async move { client.get(url).send().await.unwrap().status().as_u16() }
+        });
+        statuses.extend(futures::future::join_all(batch).await);
+    }
+    let refused = statuses.iter().filter(|s| **s == 429).count() as u64;
+    let served = statuses.iter().filter(|s| **s == 200).count() as u64;
+    assert_eq!(refused + served, 600, "{statuses:?}");
+    assert!(refused >= 500, "{refused} refused");
+    let total = usage_total(&server, "?function=open").await;
+    assert_eq!(total["rejected"], refused, "every refusal is counted");
+    assert_eq!(total["ok"], served, "{total}");
+    assert_eq!(total["cost_micros"].as_u64().unwrap() > 0, served > 0);
+    // ...but only the calls that ran are rows.
+    let rows = server
+        .state
+        .billing
+        .as_ref()
+        .unwrap()
+        .ledger()
+        .records(0, i64::MAX)
+        .unwrap();
+    let calls: Vec<_> = rows
+        .iter()
+        .filter(|r| r.kind == glia_host::billing::RecordKind::Invocation)
+        .collect();
+    assert_eq!(calls.len() as u64, served, "a row per call that ran, only");
+    assert!(calls.iter().all(|r| r.outcome == Outcome::Ok));
     server.stop().await;
 }
 
@@ -285,7 +386,15 @@ async fn usage_totals_equal_the_sum_of_records() {
         .ledger()
         .records(0, i64::MAX)
         .unwrap();
-    assert_eq!(records.len(), 4);
+    // Four calls, and the two uploads' compiles.
+    assert_eq!(records.len(), 6);
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r.kind == glia_host::billing::RecordKind::Compile)
+            .count(),
+        2
+    );
     let sum = |f: fn(&glia_host::billing::InvocationRecord) -> u64| -> u64 {
         records.iter().map(f).sum()
     };
@@ -304,7 +413,7 @@ async fn usage_totals_equal_the_sum_of_records() {
         .iter()
         .map(|g| g["key"].as_str().unwrap())
         .collect();
-    assert_eq!(keys, ["ok", "trap"]);
+    assert_eq!(keys, ["compile", "ok", "trap"]);
     let by_day = json(server.get("/v1/usage?group_by=day").await, 200).await;
     assert_eq!(by_day["groups"].as_array().unwrap().len(), 1);
     assert_eq!(by_day["total"], all["total"]);
@@ -326,7 +435,7 @@ async fn usage_totals_equal_the_sum_of_records() {
     let last = text.lines().last().unwrap();
     assert!(
         last.starts_with("total,4,")
-            && last.ends_with(&format!(",{}", sum(|r| r.cost.total_micros))),
+            && last.contains(&format!(",{},2,", sum(|r| r.cost.total_micros))),
         "{text}"
     );
     for bad in [
@@ -522,6 +631,8 @@ async fn a_client_that_leaves_before_the_response_still_pays() {
         let mut records = Vec::new();
         for _ in 0..100 {
             records = ledger.records(0, i64::MAX).unwrap();
+            // The upload's compile row aside.
+            records.retain(|r| r.kind == glia_host::billing::RecordKind::Invocation);
             if records.len() == 2 {
                 break;
             }
@@ -707,7 +818,7 @@ async fn inference_stops_at_its_calls_deadline_and_bills_only_its_own_run() {
 }
 
 /// A spend cap holds against calls in flight: each call's worst case (its
-/// timeout at its memory, inference all along) is reserved against the cap
+/// timeout at its memory, computing and inferring all along) is reserved against the cap
 /// when it is admitted and given back when it is priced, so a burst of
 /// parallel long calls with little headroom cannot run the spend past the
 /// cap. (Before, the cap was checked only against what calls had already
@@ -726,8 +837,8 @@ async fn a_spend_cap_holds_against_a_burst_of_calls_in_flight() {
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
-    // The default plan: about 180 µ for a 2 s call at 512 MiB in the worst
-    // case; a cap of 600 leaves room for three at once.
+    // The default plan: about 240 µ for a 2 s call at 512 MiB in the worst
+    // case; a cap of 600 leaves room for two at once.
     let r = server
         .client
         .patch(server.url(&format!("/v1/tenants/{id}")))
@@ -772,5 +883,152 @@ async fn a_spend_cap_holds_against_a_burst_of_calls_in_flight() {
         0,
         "every reservation given back"
     );
+    server.stop().await;
+}
+
+/// Compiling an upload is billed to the uploading tenant: a ledger row of
+/// kind `compile` with the CPU time validation and compilation used,
+/// counted in usage and spend. A tenant whose upload reuses another's
+/// compile is billed as if it compiled (it cannot tell, nor be told), and
+/// a tenant at its spend cap cannot upload. (Before, a 63 MB component
+/// compiled for 14 CPU-seconds with no record.)
+#[tokio::test]
+async fn compiling_an_upload_is_billed_to_its_tenant() {
+    let server = server_with_plan(|c| c.billing.plan.per_cpu_second = 1_000_000).await;
+    let r = server.deploy("hostile", HOSTILE, "").await;
+    assert_eq!(r.status(), 201);
+    let body: Value = r.json().await.unwrap();
+    let billed = &body["billed"];
+    let cpu_us = billed["cpu_us"].as_u64().unwrap();
+    // Compiling a component takes tens of milliseconds at least.
+    assert!(cpu_us > 5_000, "{body}");
+    let rec = record(&server, billed["id"].as_str().unwrap()).await;
+    assert_eq!(rec["kind"], "compile", "{rec}");
+    assert_eq!(rec["function"], "hostile");
+    assert_eq!(rec["version"], 1);
+    assert_eq!(rec["status"], 201);
+    assert_eq!(rec["usage"]["guest_us"], cpu_us);
+    assert_eq!(rec["usage"]["bytes_in"], HOSTILE.len() as u64);
+    // 1,000,000 µ per CPU-second is 1 µ per µs; nothing else of the plan
+    // applies to a compile.
+    assert_eq!(rec["cost"]["cpu_nanos"], cpu_us * 1000);
+    assert_eq!(rec["cost"]["request_nanos"], 0);
+    assert_eq!(rec["cost"]["total_micros"], cpu_us, "{rec}");
+    assert_eq!(billed["cost_micros"], cpu_us);
+
+    // In usage: a compile, not an invocation.
+    let total = usage_total(&server, "").await;
+    assert_eq!(total["compiles"], 1, "{total}");
+    assert_eq!(total["compile_cpu_us"], cpu_us);
+    assert_eq!(total["invocations"], 0);
+    assert_eq!(total["guest_us"], 0);
+    assert_eq!(total["cost_micros"], cpu_us);
+    // A failed upload is billed what its validation used.
+    let r = server.deploy("junk", b"\0asm\x0d\0\x01\0garbage", "").await;
+    assert_eq!(r.status(), 400);
+    let total = usage_total(&server, "").await;
+    assert_eq!(total["compiles"], 2, "{total}");
+
+    // Another tenant uploading the same bytes is billed a compile's CPU.
+    let other = server.create_tenant("other").await;
+    let client = glia_e2e::client_with_key(Some(&server.create_key(&other, &["deploy"]).await));
+    let r = client
+        .put(server.url("/v1/functions/mine"))
+        .body(HOSTILE.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["compiled"], true, "{body}");
+    let reused = body["billed"]["cpu_us"].as_u64().unwrap();
+    assert_eq!(reused, cpu_us, "billed as the compile it reused");
+    // Its spend counts them, and at its cap it uploads no more.
+    let r = server
+        .client
+        .patch(server.url(&format!("/v1/tenants/{other}")))
+        .json(&json!({"quotas": {"monthly_spend_cap": reused}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client
+        .put(server.url("/v1/functions/again"))
+        .body(HOSTILE.to_vec())
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = (r.status(), r.text().await.unwrap());
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("spend-cap-reached"), "{body}");
+    server.stop().await;
+}
+
+/// Guest CPU is priced (`per_cpu_second`), so a call that computes pays for
+/// it however little memory it sets. (Before, a 14-second spin at
+/// `memory_mb=2` cost 1 µ, the same as a 0.4 ms call.)
+#[tokio::test]
+async fn a_guest_that_computes_pays_for_its_cpu_whatever_its_memory() {
+    // The default plan: 20 µ per CPU-second, 17 per GB-second.
+    let server = TestServer::start().await;
+    server
+        .deploy_ok("hostile", HOSTILE, "timeout_ms=1500&memory_mb=2")
+        .await;
+    let r = server.get("/fn/hostile/loop").await;
+    assert_eq!(r.status(), 504);
+    let cost: u64 = header(&r, "glia-cost").parse().unwrap();
+    let rec = record(&server, &header(&r, "glia-invocation-id")).await;
+    let guest_us = rec["usage"]["guest_us"].as_u64().unwrap();
+    assert!(guest_us >= 1_000_000, "{rec}");
+    assert_eq!(rec["cost"]["cpu_nanos"], 20 * guest_us / 1000, "{rec}");
+    // Memory: 2 MB for 1.5 s is 0.05 µ; CPU: 30 µ.
+    assert!(rec["cost"]["memory_nanos"].as_u64().unwrap() < 100, "{rec}");
+    assert!(cost >= 20, "a 1.5 s spin cost {cost} µ");
+    server.stop().await;
+}
+
+/// Uploading a model is billed to its tenant too (it is validated by
+/// loading it, which can take CPU-seconds for a large graph), and deleting
+/// it deletes its stored bytes when no other model holds them.
+#[tokio::test]
+async fn a_model_upload_is_billed_and_its_bytes_go_with_it() {
+    let server = server_with_plan(|c| c.billing.plan.per_cpu_second = 1_000_000).await;
+    let models_dir = server.data_dir.join("models").join("sha256");
+    let r = server.upload_model("digits", DIGITS_ONNX, "").await;
+    assert_eq!(r.status(), 201);
+    let body: Value = r.json().await.unwrap();
+    let cpu_us = body["billed"]["cpu_us"].as_u64().unwrap();
+    assert!(cpu_us > 0, "{body}");
+    let rec = record(&server, body["billed"]["id"].as_str().unwrap()).await;
+    assert_eq!(rec["kind"], "model-upload", "{rec}");
+    assert_eq!(rec["function"], "digits");
+    assert_eq!(rec["usage"]["guest_us"], cpu_us);
+    assert_eq!(rec["cost"]["cpu_nanos"], cpu_us * 1000);
+    let total = usage_total(&server, "").await;
+    assert_eq!(total["model_uploads"], 1, "{total}");
+    assert_eq!(total["model_upload_cpu_us"], cpu_us);
+    assert_eq!(total["compiles"], 0);
+    assert_eq!(total["cost_micros"], rec["cost"]["total_micros"]);
+
+    // Two models with the same bytes share them until both are gone.
+    assert_eq!(
+        server.upload_model("twin", DIGITS_ONNX, "").await.status(),
+        201
+    );
+    assert_eq!(std::fs::read_dir(&models_dir).unwrap().count(), 1);
+    for (name, left) in [("digits", 1), ("twin", 0)] {
+        let r = server
+            .client
+            .delete(server.url(&format!("/v1/models/{name}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        assert_eq!(
+            std::fs::read_dir(&models_dir).unwrap().count(),
+            left,
+            "{name}"
+        );
+    }
     server.stop().await;
 }

@@ -708,8 +708,8 @@ async fn quotas_cap_rate_concurrency_storage_and_spend() {
     );
 
     // Spend: a call goes through while the month's spend and the calls in
-    // flight leave room for its worst case (here about 58: 1.1 s at
-    // 128 MiB with inference all along), then calls get 429 with their own
+    // flight leave room for its worst case (here 81: 1.1 s at 128 MiB,
+    // computing and inferring all along), then calls get 429 with their own
     // problem type.
     let r = send(
         &server,
@@ -722,7 +722,7 @@ async fn quotas_cap_rate_concurrency_storage_and_spend() {
     assert_eq!(r.status(), 200);
     let usage: Value = fetch(&client, server.url("/v1/usage")).await;
     let before = usage["total"]["cost_micros"].as_u64().unwrap();
-    let cap = before + 60;
+    let cap = before + 85;
     set_quotas(&server, &t, json!({"monthly_spend_cap": cap})).await;
     let mut spent = 0u64;
     let mut refused = None;
@@ -846,5 +846,119 @@ async fn single_user_mode_needs_no_key() {
     assert_eq!(r.status(), 200);
     let r = send(&server, &anonymous, "GET", "/v1/usage", None).await;
     assert_eq!(r.status(), 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn uploads_are_rate_limited_per_tenant_before_their_bodies_are_read() {
+    let server = TestServer::start().await;
+    let t = server.create_tenant("uploader").await;
+    let client = client_with_key(Some(&server.create_key(&t, &["deploy"]).await));
+    set_quotas(&server, &t, json!({"uploads_per_minute": 3})).await;
+    for i in 0..3 {
+        let path = format!("/v1/functions/f{i}");
+        let r = send(&server, &client, "PUT", &path, Some(hello().to_vec())).await;
+        assert_eq!(r.status(), 201, "upload {i}");
+    }
+    // The fourth upload of the minute, a function's or a model's, is
+    // refused with when to come back.
+    for path in ["/v1/functions/f3", "/v1/models/digits"] {
+        let r = send(&server, &client, "PUT", path, Some(DIGITS_ONNX.to_vec())).await;
+        let retry: u64 = r.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=20).contains(&retry), "Retry-After {retry}");
+        let (status, body) = problem(r).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{path}: {body}");
+        assert_eq!(kind(&body), "upload-rate-limited", "{body}");
+        assert_eq!(body["uploads_per_minute"], 3);
+    }
+    // Another tenant uploads as it likes.
+    server.deploy_ok("mine", hello(), "").await;
+    server.stop().await;
+}
+
+/// The files under `dir`, recursively.
+fn files_under(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .map(|e| e.unwrap().path())
+                .map(|p| if p.is_dir() { files_under(&p) } else { 1 })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn deleted_components_are_collected_and_shared_ones_kept() {
+    let server = TestServer::start().await;
+    let (sources, artifacts) = (
+        server.data_dir.join("sources"),
+        server.data_dir.join("artifacts"),
+    );
+    let b = server.create_tenant("other").await;
+    let b_client = client_with_key(Some(&server.create_key(&b, &["deploy"]).await));
+    server.deploy_ok("a", hello(), "").await;
+    server.deploy_ok("c", HOSTILE, "").await;
+    let r = send(
+        &server,
+        &b_client,
+        "PUT",
+        "/v1/functions/b",
+        Some(hello().to_vec()),
+    )
+    .await;
+    assert_eq!(r.status(), 201);
+    assert_eq!((files_under(&sources), files_under(&artifacts)), (2, 2));
+
+    let delete = |client: Client, name: &'static str| {
+        let server = &server;
+        async move {
+            let r = send(
+                server,
+                &client,
+                "DELETE",
+                &format!("/v1/functions/{name}"),
+                None,
+            )
+            .await;
+            assert_eq!(r.status(), 200, "deleting {name}");
+        }
+    };
+    delete(server.client.clone(), "c").await;
+    assert_eq!((files_under(&sources), files_under(&artifacts)), (1, 1));
+    // Another tenant's function holds hello's bytes: they stay...
+    delete(server.client.clone(), "a").await;
+    assert_eq!((files_under(&sources), files_under(&artifacts)), (1, 1));
+    // ...until it goes too, and nothing is counted against anyone.
+    delete(b_client.clone(), "b").await;
+    assert_eq!((files_under(&sources), files_under(&artifacts)), (0, 0));
+    let tenant = fetch(&server.client, server.url(&format!("/v1/tenants/{b}"))).await;
+    assert_eq!(tenant["usage"]["stored_bytes"], 0, "{tenant}");
+
+    // The same bytes deploy again (compiled anew) and answer.
+    let r = server.deploy("a", hello(), "").await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.json::<Value>().await.unwrap()["compiled"], true);
+    assert_eq!(server.get("/fn/a/").await.status(), 200);
+
+    // What a crash left behind, no version holding it, goes at the next
+    // start; what a version holds stays.
+    let orphan = "0f".repeat(32);
+    std::fs::write(sources.join("sha256").join(format!("{orphan}.wasm")), b"x").unwrap();
+    let engine_dir = std::fs::read_dir(&artifacts)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::write(engine_dir.join(format!("{orphan}.cwasm")), b"x").unwrap();
+    assert_eq!((files_under(&sources), files_under(&artifacts)), (2, 2));
+    let server = server.restart().await;
+    assert_eq!((files_under(&sources), files_under(&artifacts)), (1, 1));
+    assert_eq!(server.get("/fn/a/").await.status(), 200);
     server.stop().await;
 }

@@ -345,6 +345,20 @@ impl From<crate::auth::QuotaRefusal> for ApiError {
                 err.retry_after_secs = Some(retry_after_secs);
                 err
             }
+            QuotaRefusal::UploadRate {
+                per_minute,
+                retry_after_secs,
+            } => {
+                let mut err = Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "upload-rate-limited",
+                    "Tenant over its upload rate",
+                )
+                .detail(detail)
+                .with("uploads_per_minute", per_minute);
+                err.retry_after_secs = Some(retry_after_secs);
+                err
+            }
             QuotaRefusal::SpendCap { spent, cap }
             | QuotaRefusal::SpendCapReserve { spent, cap, .. } => {
                 let mut err = Self::new(

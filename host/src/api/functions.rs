@@ -115,7 +115,7 @@ pub(super) fn get(state: &AppState, tenant: &str, name: &str) -> ApiResult {
 }
 
 pub(super) async fn deploy<B>(
-    state: &AppState,
+    state: &std::sync::Arc<AppState>,
     tenant: &str,
     name: &str,
     req: Request<B>,
@@ -127,11 +127,51 @@ where
     crate::registry::check_name(name)?;
     let patch = SettingsPatch::from_query(req.uri().query().unwrap_or(""))
         .map_err(|m| ApiError::from(crate::registry::RegistryError::Settings(m)))?;
+    take_upload(state, tenant)?;
+    super::invoke::check_spend_cap(state, tenant).await?;
     let limit = state.config.server.max_upload_bytes();
-    let (bytes, _held) = state.uploads.read(req, limit).await?;
+    let (bytes, held) = state.uploads.read(req, limit).await?;
     let new_function = state.registry.get(tenant, name).is_none();
     check_storage_quotas(state, tenant, new_function, false, bytes.len() as u64)?;
-    let deployed = state.registry.deploy(tenant, name, bytes, patch).await?;
+    // The upload is validated, compiled and billed on a task of its own:
+    // a client that leaves mid-compile neither stops the compile (it runs
+    // on the blocking pool) nor escapes its bill.
+    let compile = {
+        let (state, tenant, name) = (state.clone(), tenant.to_string(), name.to_string());
+        tokio::spawn(async move {
+            // The upload's bytes count against the buffer budget until done.
+            let _held = held;
+            let (started, started_at_ms) = (std::time::Instant::now(), crate::registry::now_ms());
+            let bytes_in = bytes.len() as u64;
+            let mut usage = crate::registry::UploadUsage::default();
+            let deployed = state
+                .registry
+                .deploy(&tenant, &name, bytes, patch, &mut usage)
+                .await
+                .map_err(ApiError::from);
+            let upload = super::metering::Upload {
+                kind: crate::billing::RecordKind::Compile,
+                tenant: &tenant,
+                name: &name,
+                version: deployed.as_ref().map_or(0, |d| d.version.version),
+                status: match &deployed {
+                    Ok(d) if d.created => 201,
+                    Ok(_) => 200,
+                    Err(e) => e.status.as_u16(),
+                },
+                bytes_in,
+                started,
+                started_at_ms,
+            };
+            let bill = super::metering::bill_upload(&state, upload, &usage).await;
+            (deployed, bill)
+        })
+    };
+    let (deployed, bill) = compile.await.map_err(|e| {
+        tracing::error!(error = %e, "an upload's task failed");
+        ApiError::internal()
+    })?;
+    let deployed = deployed?;
     state.scheduler.ensure_min_warm(&deployed.function).await;
 
     #[derive(Serialize)]
@@ -145,6 +185,9 @@ where
         created: bool,
         settings: Settings,
         url: String,
+        /// The ledger row billing the upload's validation and compile.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        billed: Option<super::metering::UploadBill>,
     }
     let status = if deployed.created {
         StatusCode::CREATED
@@ -164,6 +207,7 @@ where
             created: deployed.created,
             settings: state.registry.settings_of(&deployed.function),
             url: function_url(state, &deployed.function),
+            billed: bill,
         },
     );
     if let Ok(location) = http::HeaderValue::from_str(&format!("/v1/functions/{name}")) {
@@ -207,6 +251,13 @@ pub(super) async fn delete(state: &AppState, tenant: &str, name: &str) -> ApiRes
         StatusCode::OK,
         &serde_json::json!({"name": record.name, "deleted": true, "versions": record.versions.len()}),
     ))
+}
+
+/// Counts an upload against the tenant's `uploads_per_minute`, before its
+/// body is read: a refused upload costs nothing.
+pub(super) fn take_upload(state: &AppState, tenant: &str) -> Result<(), ApiError> {
+    let quotas = state.auth.quotas(tenant);
+    Ok(state.auth.meter(tenant).take_upload(&quotas)?)
 }
 
 /// Refuses an upload of `bytes` that would take `tenant` past its quotas

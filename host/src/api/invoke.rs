@@ -260,7 +260,8 @@ async fn check_quotas(
 const WORST_CASE_SLACK_MS: u64 = 1000;
 
 /// The most a call with `settings` can cost under `plan`: its whole
-/// timeout (and some slack) at its memory, with inference all along (on
+/// timeout (and some slack) at its memory, running guest code and
+/// inference all along (on
 /// the dearer device, when the platform has a GPU), a cold start, and a
 /// load of each granted model and of one more given as bytes.
 fn worst_cost(
@@ -275,6 +276,7 @@ fn worst_cost(
     let gpu_dearer = gpu && plan.per_gpu_second > plan.per_cpu_inference_second;
     let usage = crate::billing::Usage {
         run_us: us,
+        guest_us: us,
         memory_mb: settings.memory_mb,
         cpu_inference_us: if gpu_dearer { 0 } else { us },
         gpu_inference_us: if gpu_dearer { us } else { 0 },
@@ -285,6 +287,25 @@ fn worst_cost(
     crate::billing::price(plan, Outcome::Ok, &usage)
         .1
         .total_micros
+}
+
+/// Refuses an upload (whose compile would be billed) when the tenant's
+/// spend has reached its cap.
+pub(super) async fn check_spend_cap(state: &AppState, tenant: &str) -> Result<(), ApiError> {
+    let quotas = state.auth.quotas(tenant);
+    if quotas.monthly_spend_cap == 0 {
+        return Ok(());
+    }
+    let meter = state.auth.meter(tenant);
+    let spent = month_spend(state, tenant, &meter).await.unwrap_or(0);
+    if spent >= quotas.monthly_spend_cap {
+        return Err(crate::auth::QuotaRefusal::SpendCap {
+            spent,
+            cap: quotas.monthly_spend_cap,
+        }
+        .into());
+    }
+    Ok(())
 }
 
 /// The tenant's spend this month, read from the ledger on first need and

@@ -25,7 +25,7 @@ use super::error::full;
 use super::{ApiError, AppState, NN_DEVICE_HEADER};
 use crate::auth::{Auth, TenantMeter};
 use crate::billing::{
-    InvocationId, InvocationRecord, LedgerError, LedgerWriter, Outcome, Usage, price,
+    InvocationId, InvocationRecord, LedgerError, LedgerWriter, Outcome, RecordKind, Usage, price,
 };
 use crate::config::{Durability, PricePlan};
 use crate::nn::{NnUsage, NnUsageReport};
@@ -258,18 +258,25 @@ impl<'a> Pricing<'a> {
                 .map_or(0, |b| b.load(Ordering::Relaxed)),
             bytes_out,
         };
-        let (billed_ms, cost) = price(self.plan, outcome, &usage);
+        let (billed_ms, mut cost) = price(self.plan, outcome, &usage);
         let month = crate::billing::usage::month_start_ms(meter.started_at_ms);
-        match &meter.spend {
-            Some(spend) => spend.add_spent(month, cost.total_micros),
-            None => self
-                .auth
-                .meter(&target.tenant)
-                .add_spent(month, cost.total_micros),
+        let tenant_meter;
+        let spend = match &meter.spend {
+            Some(spend) => spend,
+            None => {
+                tenant_meter = self.auth.meter(&target.tenant);
+                &tenant_meter
+            }
+        };
+        let nanos = cost.nanos();
+        if nanos > 0 {
+            cost.settle(spend.carry(nanos));
         }
+        spend.add_spent(month, cost.total_micros);
         count(self.metrics, meter, &target, outcome);
         InvocationRecord {
             id: meter.id,
+            kind: RecordKind::Invocation,
             tenant: target.tenant,
             function: target.function,
             version: target.version,
@@ -404,6 +411,95 @@ fn withheld_unless(written: Result<(), LedgerError>) -> Result<(), ApiError> {
     })
 }
 
+/// An upload's ledger row, as its response reports it.
+#[derive(Debug, serde::Serialize)]
+pub(super) struct UploadBill {
+    pub id: InvocationId,
+    pub cpu_us: u64,
+    pub cost_micros: u64,
+}
+
+/// Bills an upload's validation (and a component's compilation) to its
+/// tenant: a ledger row of kind `compile` or `model-upload` with the CPU
+/// time it used, priced at `per_cpu_second` and added to the tenant's
+/// spend. `strict` durability waits for the row; should it fail, the
+/// upload stands (it cannot be undone) and the failure is logged.
+pub(super) async fn bill_upload(
+    state: &AppState,
+    upload: Upload<'_>,
+    usage: &crate::registry::UploadUsage,
+) -> Option<UploadBill> {
+    let billing = state.billing.as_ref()?;
+    if !usage.validated {
+        return None;
+    }
+    let plan = &state.config.billing.plan;
+    let cpu_us = micros(usage.cpu);
+    let mut cost = crate::billing::price_compile(plan, cpu_us);
+    let meter = state.auth.meter(upload.tenant);
+    let nanos = cost.nanos();
+    if nanos > 0 {
+        cost.settle(meter.carry(nanos));
+    }
+    let started_at_ms = upload.started_at_ms;
+    meter.add_spent(
+        crate::billing::usage::month_start_ms(started_at_ms),
+        cost.total_micros,
+    );
+    let wall_us = micros(upload.started.elapsed());
+    let record = InvocationRecord {
+        id: InvocationId::now(),
+        kind: upload.kind,
+        tenant: upload.tenant.into(),
+        function: upload.name.into(),
+        version: upload.version,
+        started_at_ms,
+        status: upload.status,
+        outcome: if upload.status < 400 {
+            Outcome::Ok
+        } else {
+            Outcome::Error
+        },
+        usage: Usage {
+            wall_us,
+            run_us: wall_us,
+            guest_us: cpu_us,
+            bytes_in: upload.bytes_in,
+            ..Usage::default()
+        },
+        billed_ms: 0,
+        memory_mb_ms: 0,
+        plan_version: plan.version,
+        currency: state.config.billing.currency.clone(),
+        cost,
+        nn: NnUsageReport::default(),
+    };
+    let bill = UploadBill {
+        id: record.id,
+        cpu_us,
+        cost_micros: record.cost.total_micros,
+    };
+    if let Err(e) = billing.record(record).await {
+        tracing::error!(error = %e, tenant = upload.tenant, "an upload's ledger row could not be stored");
+    }
+    Some(bill)
+}
+
+/// The upload a row bills.
+pub(super) struct Upload<'a> {
+    /// `Compile` (a function's) or `ModelUpload`.
+    pub kind: RecordKind,
+    pub tenant: &'a str,
+    /// The function's or the model's.
+    pub name: &'a str,
+    /// The version it made (0 when it failed).
+    pub version: u32,
+    pub status: u16,
+    pub bytes_in: u64,
+    pub started: Instant,
+    pub started_at_ms: i64,
+}
+
 /// Meters a call that failed with `error` (refused, or the guest failed
 /// before answering).
 pub(super) async fn finish_error(
@@ -425,6 +521,12 @@ pub(super) async fn finish_error(
     };
     let record = Pricing::of(state).record(&meter, target, &report, status, outcome, bytes_out);
     billing_headers(&mut response, &record);
+    if outcome == Outcome::Rejected {
+        // Nothing ran and nothing is billed: the refusal is counted in its
+        // minute's totals, and its caller does not wait for that.
+        billing.record_detached(record);
+        return response;
+    }
     let stored = match billing.durability() {
         Durability::Batched => billing.hand_over(record),
         Durability::Strict => commit_strict(billing, record).await,

@@ -164,7 +164,7 @@ pub(super) fn get(state: &AppState, tenant: &str, name: &str) -> ApiResult {
 }
 
 pub(super) async fn upload<B>(
-    state: &AppState,
+    state: &std::sync::Arc<AppState>,
     tenant: &str,
     name: &str,
     req: Request<B>,
@@ -191,13 +191,52 @@ where
             }
         }
     }
-    let (bytes, _held) = state
+    super::functions::take_upload(state, tenant)?;
+    super::invoke::check_spend_cap(state, tenant).await?;
+    let (bytes, held) = state
         .uploads
         .read(req, state.config.server.max_model_bytes())
         .await?;
     let new_model = state.models.get(tenant, name).is_none();
     super::functions::check_storage_quotas(state, tenant, false, new_model, bytes.len() as u64)?;
-    let up = state.models.upload(tenant, name, &encoding, bytes).await?;
+    // Validated (by loading) and billed on a task of its own: a client
+    // that leaves mid-load neither stops the load nor escapes its bill.
+    let load = {
+        let (state, tenant, name) = (state.clone(), tenant.to_string(), name.to_string());
+        tokio::spawn(async move {
+            // The upload's bytes count against the buffer budget until done.
+            let _held = held;
+            let (started, started_at_ms) = (std::time::Instant::now(), crate::registry::now_ms());
+            let bytes_in = bytes.len() as u64;
+            let mut usage = crate::registry::UploadUsage::default();
+            let up = state
+                .models
+                .upload(&tenant, &name, &encoding, bytes, &mut usage)
+                .await
+                .map_err(ApiError::from);
+            let upload = super::metering::Upload {
+                kind: crate::billing::RecordKind::ModelUpload,
+                tenant: &tenant,
+                name: &name,
+                version: up.as_ref().map_or(0, |u| u.version.version),
+                status: match &up {
+                    Ok(u) if u.created => 201,
+                    Ok(_) => 200,
+                    Err(e) => e.status.as_u16(),
+                },
+                bytes_in,
+                started,
+                started_at_ms,
+            };
+            let bill = super::metering::bill_upload(&state, upload, &usage).await;
+            (up, bill)
+        })
+    };
+    let (up, bill) = load.await.map_err(|e| {
+        tracing::error!(error = %e, "an upload's task failed");
+        ApiError::internal()
+    })?;
+    let up = up?;
     #[derive(Serialize)]
     struct Uploaded<'a> {
         name: &'a str,
@@ -209,6 +248,9 @@ where
         created: bool,
         backend: &'static str,
         signature: Signature,
+        /// The ledger row billing the upload's validation.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        billed: Option<super::metering::UploadBill>,
     }
     let v = &up.version;
     Ok(json_response(
@@ -227,6 +269,7 @@ where
             created: up.created,
             backend: up.backend,
             signature: signature(up.loaded.as_ref()),
+            billed: bill,
         },
     ))
 }

@@ -31,6 +31,9 @@ pub const DEFAULT_MAX_FUNCTIONS: u32 = 1000;
 pub const DEFAULT_MAX_MODELS: u32 = 100;
 /// Default stored bytes (all versions of sources and models) per tenant.
 pub const DEFAULT_MAX_STORED_MB: u64 = 20_480;
+/// Default uploads (function versions and models) per minute per tenant:
+/// each upload is validated and may be compiled, which costs CPU-seconds.
+pub const DEFAULT_UPLOADS_PER_MINUTE: u32 = 60;
 /// Default monthly spend cap, in micro-units of the plan's currency (0: none).
 pub const DEFAULT_MONTHLY_SPEND_CAP: u64 = 0;
 
@@ -100,6 +103,9 @@ quotas! {
     /// Stored MiB, every version of every source and model counted; 0 is
     /// unlimited.
     max_stored_mb: u64 = DEFAULT_MAX_STORED_MB;
+    /// Uploads (function versions and models) per minute, with a burst of
+    /// as many; 0 is unlimited.
+    uploads_per_minute: u32 = DEFAULT_UPLOADS_PER_MINUTE;
     /// Spend in the current UTC month at which calls are refused, in
     /// micro-units of the price plan's currency; 0 is no cap.
     monthly_spend_cap: u64 = DEFAULT_MONTHLY_SPEND_CAP;
@@ -118,12 +124,17 @@ where
 pub enum QuotaRefusal {
     #[error("the tenant is over its rate of {rate} requests per second")]
     Rate { rate: u32, retry_after_secs: u64 },
+    #[error("the tenant is over its rate of {per_minute} uploads per minute")]
+    UploadRate {
+        per_minute: u32,
+        retry_after_secs: u64,
+    },
     #[error(
         "the tenant has spent {spent} of its monthly cap of {cap} (micro-units); calls resume next month or when the cap is raised"
     )]
     SpendCap { spent: u64, cap: u64 },
     #[error(
-        "the call could cost up to {worst} micro-units (its timeout_ms at its memory_mb, with inference all along), and the tenant's monthly cap of {cap} has {left} left once its {spent} spent and the calls in flight are counted; lower the function's timeout_ms or memory_mb, or raise the cap"
+        "the call could cost up to {worst} micro-units (its timeout_ms at its memory_mb, computing and inferring all along), and the tenant's monthly cap of {cap} has {left} left once its {spent} spent and the calls in flight are counted; lower the function's timeout_ms or memory_mb, or raise the cap"
     )]
     SpendCapReserve {
         spent: u64,
@@ -140,10 +151,42 @@ struct Bucket {
     refilled: Instant,
 }
 
+impl Bucket {
+    /// A bucket that fills up on first use.
+    fn new() -> Self {
+        Self {
+            tokens: f64::NAN,
+            refilled: Instant::now(),
+        }
+    }
+
+    /// Takes a token from a bucket refilled at `rate` a second up to
+    /// `capacity`, or says in how many seconds one will be there.
+    fn take(&mut self, rate: f64, capacity: f64) -> Result<(), u64> {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.refilled).as_secs_f64();
+        self.tokens = if self.tokens.is_nan() {
+            capacity
+        } else {
+            (self.tokens + elapsed * rate).min(capacity)
+        };
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            let wait = (1.0 - self.tokens) / rate;
+            Err(wait.ceil().max(1.0) as u64)
+        }
+    }
+}
+
 /// A tenant's live counters.
 #[derive(Debug)]
 pub struct TenantMeter {
     bucket: Mutex<Bucket>,
+    /// Uploads, refilled at `uploads_per_minute`.
+    uploads: Mutex<Bucket>,
     /// Spend this month, in micro-units; valid when `month` is the current
     /// month's start.
     spent: AtomicU64,
@@ -152,6 +195,10 @@ pub struct TenantMeter {
     /// The worst-case cost of the calls in flight, reserved against the
     /// spend cap until each is priced.
     reserved: AtomicU64,
+    /// The remainder below one micro-unit of the tenant's priced calls, in
+    /// nano-units, carried to its next call. Kept in memory: a restart
+    /// forgives at most one micro-unit.
+    carry: AtomicU64,
 }
 
 /// A call's worst-case cost, held against its tenant's spend cap until the
@@ -171,13 +218,12 @@ impl Drop for SpendReservation {
 impl Default for TenantMeter {
     fn default() -> Self {
         Self {
-            bucket: Mutex::new(Bucket {
-                tokens: f64::NAN,
-                refilled: Instant::now(),
-            }),
+            bucket: Mutex::new(Bucket::new()),
+            uploads: Mutex::new(Bucket::new()),
             spent: AtomicU64::new(0),
             month: AtomicI64::new(0),
             reserved: AtomicU64::new(0),
+            carry: AtomicU64::new(0),
         }
     }
 }
@@ -191,24 +237,27 @@ impl TenantMeter {
         let rate = f64::from(quotas.requests_per_second);
         let capacity = rate + f64::from(quotas.burst);
         let mut bucket = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        let elapsed = now.duration_since(bucket.refilled).as_secs_f64();
-        bucket.tokens = if bucket.tokens.is_nan() {
-            capacity
-        } else {
-            (bucket.tokens + elapsed * rate).min(capacity)
-        };
-        bucket.refilled = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            Ok(())
-        } else {
-            let wait = (1.0 - bucket.tokens) / rate;
-            Err(QuotaRefusal::Rate {
+        bucket
+            .take(rate, capacity)
+            .map_err(|retry_after_secs| QuotaRefusal::Rate {
                 rate: quotas.requests_per_second,
-                retry_after_secs: wait.ceil().max(1.0) as u64,
+                retry_after_secs,
             })
+    }
+
+    /// Takes an upload's token, or says how long until one is available.
+    pub fn take_upload(&self, quotas: &Quotas) -> Result<(), QuotaRefusal> {
+        if quotas.uploads_per_minute == 0 {
+            return Ok(());
         }
+        let per_minute = f64::from(quotas.uploads_per_minute);
+        let mut bucket = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
+        bucket
+            .take(per_minute / 60.0, per_minute)
+            .map_err(|retry_after_secs| QuotaRefusal::UploadRate {
+                per_minute: quotas.uploads_per_minute,
+                retry_after_secs,
+            })
     }
 
     /// This month's spend, if it has been loaded for `month`.
@@ -261,6 +310,20 @@ impl TenantMeter {
         self.reserved.load(Ordering::Relaxed)
     }
 
+    /// Settles a priced call's `nanos`: adds them to the remainder carried
+    /// from the tenant's earlier calls and keeps what is left below one
+    /// micro-unit. Returns the remainder the call was settled with.
+    pub fn carry(&self, nanos: u64) -> u64 {
+        if nanos == 0 {
+            return 0;
+        }
+        self.carry
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |carried| {
+                Some(carried.saturating_add(nanos) % 1000)
+            })
+            .unwrap_or_else(|carried| carried)
+    }
+
     /// Adds a call's cost, if it falls in the month being counted.
     pub fn add_spent(&self, month: i64, micros: u64) {
         if self.month.load(Ordering::Acquire) == month {
@@ -292,6 +355,27 @@ mod tests {
             other => panic!("expected a rate refusal, got {other:?}"),
         }
         assert!(meter.take(&Quotas::default()).is_ok(), "0 is unlimited");
+    }
+
+    #[test]
+    fn uploads_are_limited_per_minute() {
+        let meter = TenantMeter::default();
+        let quotas = Quotas {
+            uploads_per_minute: 3,
+            ..Quotas::default()
+        };
+        for _ in 0..3 {
+            meter.take_upload(&quotas).expect("within the minute");
+        }
+        match meter.take_upload(&quotas) {
+            Err(QuotaRefusal::UploadRate {
+                per_minute: 3,
+                retry_after_secs,
+            }) => assert!((19..=20).contains(&retry_after_secs), "{retry_after_secs}"),
+            other => panic!("expected an upload refusal, got {other:?}"),
+        }
+        // Calls have a bucket of their own.
+        assert!(meter.take(&quotas).is_ok());
     }
 
     #[test]

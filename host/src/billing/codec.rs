@@ -6,29 +6,35 @@
 //! LEB128 varints (most are small: a no-op call's record is about 60
 //! bytes) and texts as a length and their UTF-8 bytes.
 //!
-//! Format 1, after the format byte: version, status, outcome (one byte,
-//! its index in `Outcome::ALL`: ok, trap, timeout, rejected, error),
+//! Format 2, after the format byte: version, status, outcome (one byte,
+//! its index in `Outcome::ALL`: ok, trap, timeout, rejected, error), kind
+//! (one byte, its index in `RecordKind::ALL`: invocation, compile, model
+//! upload),
 //! billed ms, memory MB-ms; the usage (wall, queue, cold start, run,
 //! guest µs, memory MB, peak memory bytes, CPU and GPU inference µs, model
 //! loads, model-load µs, bytes in, bytes out); plan version; the cost
-//! (request, memory, CPU inference, GPU, cold start, model load nanos,
-//! total micros); tenant, function, currency; and the `wasi:nn` report
+//! (request, memory, CPU, CPU inference, GPU, cold start, model load
+//! nanos, carried nanos, total micros); tenant, function, currency; and
+//! the `wasi:nn` report
 //! (inline µs; compute runs as device, backend, runs, µs; model loads as
 //! model, device, backend, µs; fallbacks as model, requested device,
 //! device run on). Devices are one byte: cpu, gpu, tpu.
+//!
+//! Format 1 (before guest CPU and compiles were priced) lacks the kind and
+//! the CPU and carried nanos; it is read as an invocation, with both 0.
 //!
 //! Decoding checks every length and byte and fails with a message (never a
 //! panic) on anything else, trailing bytes included.
 
 use std::borrow::Cow;
 
-use super::{Cost, InvocationId, InvocationRecord, Outcome, Usage};
+use super::{Cost, InvocationId, InvocationRecord, Outcome, RecordKind, Usage};
 use crate::nn::Device;
 use crate::nn::NnUsageReport;
 use crate::nn::usage::{ComputeTime, Fallback, ModelLoad};
 
 /// The format this build writes.
-const FORMAT: u8 = 1;
+const FORMAT: u8 = 2;
 
 const DEVICES: [Device; 3] = [Device::Cpu, Device::Gpu, Device::Tpu];
 
@@ -48,6 +54,7 @@ pub(super) fn encode(r: &InvocationRecord, out: &mut Vec<u8>) {
     let mut w = Writer(out);
     w.int(u64::from(r.version)).int(u64::from(r.status));
     w.byte(r.outcome.index() as u8);
+    w.byte(r.kind.index() as u8);
     for v in [
         r.billed_ms,
         r.memory_mb_ms,
@@ -67,10 +74,12 @@ pub(super) fn encode(r: &InvocationRecord, out: &mut Vec<u8>) {
         u64::from(r.plan_version),
         c.request_nanos,
         c.memory_nanos,
+        c.cpu_nanos,
         c.cpu_inference_nanos,
         c.gpu_nanos,
         c.cold_start_nanos,
         c.model_load_nanos,
+        c.carried_nanos,
         c.total_micros,
     ] {
         w.int(v);
@@ -102,7 +111,7 @@ pub(super) fn decode(
 ) -> Result<InvocationRecord, String> {
     let mut r = Reader { bytes, at: 0 };
     let format = r.byte()?;
-    if format != FORMAT {
+    if format != FORMAT && format != 1 {
         return Err(format!(
             "record format {format} is not one this build reads"
         ));
@@ -112,8 +121,19 @@ pub(super) fn decode(
     let outcome = *Outcome::ALL
         .get(usize::from(r.byte()?))
         .ok_or("unknown outcome")?;
-    let mut ints = [0u64; 23];
-    for v in &mut ints {
+    let kind = if format == 1 {
+        RecordKind::Invocation
+    } else {
+        *RecordKind::ALL
+            .get(usize::from(r.byte()?))
+            .ok_or("unknown record kind")?
+    };
+    let mut ints = [0u64; 25];
+    for (i, v) in ints.iter_mut().enumerate() {
+        // Format 1 has no CPU (18) or carried (23) nanos.
+        if format == 1 && (i == 18 || i == 23) {
+            continue;
+        }
         *v = r.int()?;
     }
     let [
@@ -135,10 +155,12 @@ pub(super) fn decode(
         plan_version,
         request_nanos,
         memory_nanos,
+        cpu_nanos,
         cpu_inference_nanos,
         gpu_nanos,
         cold_start_nanos,
         model_load_nanos,
+        carried_nanos,
         total_micros,
     ] = ints;
     let (tenant, function, currency) = (r.text()?, r.text()?, r.text()?);
@@ -175,6 +197,7 @@ pub(super) fn decode(
     let small = |v: u64| u32::try_from(v).map_err(|_| "count out of range");
     Ok(InvocationRecord {
         id,
+        kind,
         tenant: tenant.into(),
         function: function.into(),
         version,
@@ -203,10 +226,12 @@ pub(super) fn decode(
         cost: Cost {
             request_nanos,
             memory_nanos,
+            cpu_nanos,
             cpu_inference_nanos,
             gpu_nanos,
             cold_start_nanos,
             model_load_nanos,
+            carried_nanos,
             total_micros,
         },
         nn,
@@ -307,6 +332,7 @@ mod tests {
     fn record() -> InvocationRecord {
         InvocationRecord {
             id: InvocationId::now(),
+            kind: RecordKind::Compile,
             tenant: "acme".into(),
             function: "classify-digits".into(),
             version: 3,
@@ -335,11 +361,13 @@ mod tests {
             cost: Cost {
                 request_nanos: 200_000,
                 memory_nanos: 1,
+                cpu_nanos: 6,
                 cpu_inference_nanos: 2,
                 gpu_nanos: 3,
                 cold_start_nanos: 4,
                 model_load_nanos: 5,
-                total_micros: 200,
+                carried_nanos: 999,
+                total_micros: 201,
             },
             nn: NnUsageReport {
                 compute: [
@@ -430,6 +458,34 @@ mod tests {
     }
 
     #[test]
+    fn format_1_records_read_with_no_cpu_or_carried_nanos() {
+        let mut r = record();
+        r.kind = RecordKind::Invocation;
+        r.cost.cpu_nanos = 0;
+        r.cost.carried_nanos = 0;
+        let mut bytes = Vec::new();
+        encode(&r, &mut bytes);
+        // Format 1 is format 2 without those three fields (one byte each
+        // here): find them as the bytes that change when they do.
+        let mut marked = r.clone();
+        marked.kind = RecordKind::Compile;
+        marked.cost.cpu_nanos = 77;
+        marked.cost.carried_nanos = 78;
+        let mut with_markers = Vec::new();
+        encode(&marked, &mut with_markers);
+        assert_eq!(with_markers.len(), bytes.len());
+        let mut v1: Vec<u8> = with_markers
+            .iter()
+            .zip(&bytes)
+            .filter(|(m, b)| m == b)
+            .map(|(_, b)| *b)
+            .collect();
+        assert_eq!(v1.len(), bytes.len() - 3);
+        v1[0] = 1;
+        assert_eq!(decode(r.id, r.started_at_ms, &v1), Ok(r));
+    }
+
+    #[test]
     fn damaged_bytes_fail_with_a_message() {
         let r = record();
         let mut bytes = Vec::new();
@@ -447,11 +503,14 @@ mod tests {
         );
         // Another format, an unknown outcome, a varint past 64 bits.
         let mut other = bytes.clone();
-        other[0] = 2;
-        assert!(decode(r.id, 0, &other).unwrap_err().contains("format 2"));
+        other[0] = 3;
+        assert!(decode(r.id, 0, &other).unwrap_err().contains("format 3"));
         let mut outcome = bytes.clone();
         outcome[4] = 9;
         assert_eq!(decode(r.id, 0, &outcome).unwrap_err(), "unknown outcome");
+        let mut kind = bytes.clone();
+        kind[5] = 3;
+        assert_eq!(decode(r.id, 0, &kind).unwrap_err(), "unknown record kind");
         let mut wide = vec![FORMAT];
         wide.extend([0xff; 10]);
         assert!(decode(r.id, 0, &wide).unwrap_err().contains("out of range"));

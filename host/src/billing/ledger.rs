@@ -29,6 +29,9 @@
 //! one small row per minute, function and outcome whatever the traffic, and
 //! the totals always equal the sum of the rows. A call counts in the minute
 //! it arrived in; a usage range holds the minutes that start within it.
+//! Rejected calls (refused by admission; nothing ran or is billed) are
+//! counted in the totals only, not kept as rows: a flood of refused calls
+//! costs the ledger a row per function and minute, whatever its size.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,7 +41,7 @@ use rusqlite::{Connection, OptionalExtension, ToSql, params, params_from_iter};
 
 use super::codec;
 use super::usage::{UsageGroup, UsageQuery, UsageRow};
-use super::{InvocationId, InvocationRecord, Outcome};
+use super::{InvocationId, InvocationRecord, Outcome, RecordKind};
 use crate::nn::NnUsageReport;
 
 /// Why the ledger failed.
@@ -77,6 +80,36 @@ pub struct SqliteLedger {
     /// a batch whose every id is above it and above `older_newest` is
     /// appended without looking for its rows first.
     newest: AtomicU64,
+    /// Rejected calls counted lately: they have no rows to be found by, so
+    /// a retried batch looks for them here.
+    counted_rejections: Mutex<RecentIds>,
+}
+
+/// The last [`RecentIds::CAPACITY`] ids remembered.
+#[derive(Default)]
+struct RecentIds {
+    ids: std::collections::HashSet<InvocationId>,
+    order: std::collections::VecDeque<InvocationId>,
+}
+
+impl RecentIds {
+    /// Far more than a batch holds: a retried batch is the one before.
+    const CAPACITY: usize = 65_536;
+
+    fn contains(&self, id: &InvocationId) -> bool {
+        self.ids.contains(id)
+    }
+
+    fn insert(&mut self, id: InvocationId) {
+        if self.ids.insert(id) {
+            self.order.push_back(id);
+            if self.order.len() > Self::CAPACITY
+                && let Some(oldest) = self.order.pop_front()
+            {
+                self.ids.remove(&oldest);
+            }
+        }
+    }
 }
 
 /// A row's fields after its key, as both invocation tables declare them.
@@ -188,12 +221,18 @@ ON CONFLICT (tenant, minute_ms, function, outcome) DO UPDATE SET
 
 const MINUTE_MS: i64 = 60_000;
 
+/// The `outcome`s under which uploads are totalled.
+const COMPILE: &str = "compile";
+const MODEL_UPLOAD: &str = "model-upload";
+
 /// One minute's totals for a tenant, function and outcome, from one batch.
+/// Uploads are totalled under the outcomes `compile` and `model-upload`
+/// (and their model's name for a function).
 struct MinuteTotals<'r> {
     tenant: &'r str,
     function: &'r str,
     minute_ms: i64,
-    outcome: Outcome,
+    outcome: &'static str,
     /// invocations, cold starts, billed ms, memory MB-ms, guest µs, CPU
     /// and GPU inference µs, model-load µs, bytes in and out, cost µ.
     sums: [u64; 11],
@@ -205,7 +244,11 @@ impl<'r> MinuteTotals<'r> {
             tenant: &r.tenant,
             function: &r.function,
             minute_ms: r.started_at_ms - r.started_at_ms.rem_euclid(MINUTE_MS),
-            outcome: r.outcome,
+            outcome: match r.kind {
+                RecordKind::Invocation => r.outcome.as_str(),
+                RecordKind::Compile => COMPILE,
+                RecordKind::ModelUpload => MODEL_UPLOAD,
+            },
             sums: [0; 11],
         }
     }
@@ -399,6 +442,7 @@ fn from_row(row: &rusqlite::Row<'_>, key: Key) -> rusqlite::Result<InvocationRec
     let nn: Option<String> = row.get(at(31))?;
     Ok(InvocationRecord {
         id,
+        kind: RecordKind::Invocation,
         tenant: row.get::<_, String>(at(1))?.into(),
         function: row.get::<_, String>(at(2))?.into(),
         version: row.get(at(3))?,
@@ -427,10 +471,15 @@ fn from_row(row: &rusqlite::Row<'_>, key: Key) -> rusqlite::Result<InvocationRec
         cost: super::Cost {
             request_nanos: u(24)?,
             memory_nanos: u(25)?,
+            // Not columns: these tables hold rows from before CPU was
+            // priced, and (rarely) a row whose upper half another process
+            // took, which keeps its total but not these two parts.
+            cpu_nanos: 0,
             cpu_inference_nanos: u(26)?,
             gpu_nanos: u(27)?,
             cold_start_nanos: u(28)?,
             model_load_nanos: u(29)?,
+            carried_nanos: 0,
             total_micros: u(30)?,
         },
         nn: nn
@@ -567,6 +616,7 @@ impl SqliteLedger {
             reader: Mutex::new(reader),
             older_newest: AtomicU64::new(older_newest),
             newest: AtomicU64::new(newest),
+            counted_rejections: Mutex::default(),
         })
     }
 }
@@ -635,12 +685,19 @@ impl Drop for Batch<'_> {
 fn add_totals(tx: &Connection, totals: &[MinuteTotals<'_>]) -> rusqlite::Result<()> {
     let mut add = tx.prepare_cached(ADD_TOTALS)?;
     for t in totals {
-        let key: [&dyn ToSql; 4] = [&t.tenant, &t.minute_ms, &t.function, &t.outcome.as_str()];
+        let key: [&dyn ToSql; 4] = [&t.tenant, &t.minute_ms, &t.function, &t.outcome];
         let sums = t.sums.map(int);
         let sums = sums.iter().map(|v| v as &dyn ToSql);
         add.execute(params_from_iter(key.into_iter().chain(sums)))?;
     }
     Ok(())
+}
+
+/// Whether a record is stored as a row. A rejected call (nothing ran,
+/// nothing is billed) is only counted in its minute's totals, so a flood
+/// of refused calls adds a row per function and minute, not per call.
+fn kept_as_row(r: &InvocationRecord) -> bool {
+    r.outcome != Outcome::Rejected
 }
 
 /// Appends a batch none of whose ids can be stored already, with no look
@@ -653,7 +710,9 @@ fn append_new(conn: &Connection, records: &[InvocationRecord]) -> rusqlite::Resu
         let mut many = tx.prepare_cached(&INSERT_NEW_ROWS)?;
         let mut one = tx.prepare_cached(&INSERT_NEW_ROW)?;
         let mut encoded = Vec::with_capacity(256);
-        let mut chunks = records.chunks_exact(ROWS_PER_INSERT);
+        // Rejected calls are counted in the totals only.
+        let rows: Vec<&InvocationRecord> = records.iter().filter(|r| kept_as_row(r)).collect();
+        let mut chunks = rows.chunks_exact(ROWS_PER_INSERT);
         for chunk in &mut chunks {
             for (i, r) in chunk.iter().enumerate() {
                 bind_encoded(&mut many, 4 * i + 1, r, &mut encoded)?;
@@ -682,6 +741,7 @@ fn append_checked(
     conn: &Connection,
     records: &[InvocationRecord],
     mut older_newest: u64,
+    counted_rejections: &RecentIds,
 ) -> Result<u64, LedgerError> {
     let tx = Batch::begin(conn)?;
     {
@@ -696,6 +756,12 @@ fn append_checked(
         let mut encoded = Vec::with_capacity(256);
         let mut totals = Vec::new();
         for r in records {
+            if !kept_as_row(r) {
+                if !counted_rejections.contains(&r.id) {
+                    add_to_totals(&mut totals, r);
+                }
+                continue;
+            }
             let (high, low) = r.id.halves();
             // An id no later than the newest kept in the older tables
             // (from before, or another process's) may be there already.
@@ -750,9 +816,16 @@ impl Ledger for SqliteLedger {
                 }
                 Err(e) => return Err(e.into()),
             };
+        let mut counted_rejections = self
+            .counted_rejections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if !new {
-            let older_newest = append_checked(&conn, records, older_newest)?;
+            let older_newest = append_checked(&conn, records, older_newest, &counted_rejections)?;
             self.older_newest.fetch_max(older_newest, Ordering::Relaxed);
+        }
+        for r in records.iter().filter(|r| !kept_as_row(r)) {
+            counted_rejections.insert(r.id);
         }
         self.newest
             .fetch_max(highs().max().unwrap_or(0), Ordering::Relaxed);
@@ -793,18 +866,32 @@ impl Ledger for SqliteLedger {
         let count = |outcomes: &str| {
             format!("SUM(CASE WHEN outcome IN ({outcomes}) THEN invocations ELSE 0 END)")
         };
+        // An upload's CPU time is its own sum, not the guests'.
+        let of = |outcomes: &str, column: &str| {
+            format!("SUM(CASE WHEN outcome IN ({outcomes}) THEN {column} ELSE 0 END)")
+        };
+        let uploads = format!("'{COMPILE}', '{MODEL_UPLOAD}'");
+        let of_calls = |column: &str| {
+            format!("SUM(CASE WHEN outcome NOT IN ({uploads}) THEN {column} ELSE 0 END)")
+        };
         let sql = format!(
-            "SELECT {key} AS k, SUM(invocations), SUM(billed_ms), SUM(memory_mb_ms), SUM(guest_us),
+            "SELECT {key} AS k, {}, SUM(billed_ms), SUM(memory_mb_ms), {},
                     SUM(cpu_inference_us), SUM(gpu_inference_us), SUM(model_load_us),
                     SUM(cold_starts), SUM(bytes_in), SUM(bytes_out), SUM(cost_micros),
-                    {}, {}, {}
+                    {}, {}, {}, {}, {}, {}, {}
              FROM usage_minutes
              WHERE tenant = ?1 AND minute_ms >= ?2 AND minute_ms < ?3
                AND (?4 IS NULL OR function = ?4)
              GROUP BY k ORDER BY k",
+            of_calls("invocations"),
+            of_calls("guest_us"),
             count("'ok'"),
             count("'rejected'"),
             count("'trap', 'timeout', 'error'"),
+            count(&format!("'{COMPILE}'")),
+            of(&format!("'{COMPILE}'"), "guest_us"),
+            count(&format!("'{MODEL_UPLOAD}'")),
+            of(&format!("'{MODEL_UPLOAD}'"), "guest_us"),
         );
         let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         let mut stmt = conn.prepare_cached(&sql)?;
@@ -828,6 +915,10 @@ impl Ledger for SqliteLedger {
                 ok: u(12)?,
                 rejected: u(13)?,
                 failed: u(14)?,
+                compiles: u(15)?,
+                compile_cpu_us: u(16)?,
+                model_uploads: u(17)?,
+                model_upload_cpu_us: u(18)?,
             })
         })?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -894,6 +985,7 @@ mod tests {
     fn call(n: u32, function: &str, ms: i64, outcome: Outcome) -> InvocationRecord {
         InvocationRecord {
             id: id(n),
+            kind: RecordKind::Invocation,
             tenant: "t".into(),
             function: function.into(),
             version: 1,
@@ -1306,6 +1398,7 @@ mod tests {
         };
         let record = InvocationRecord {
             id: InvocationId::parse("0193abcd00007000800000000000000a").expect("an id"),
+            kind: RecordKind::Invocation,
             tenant: "default".into(),
             function: "classify-digits".into(),
             version: 3,
@@ -1339,6 +1432,9 @@ mod tests {
                 cold_start_nanos: next(),
                 model_load_nanos: next(),
                 total_micros: next(),
+                // Not columns of that table.
+                cpu_nanos: 0,
+                carried_nanos: 0,
             },
             nn: nn.report(),
         };

@@ -10,12 +10,20 @@
 //!
 //! How it is priced ([`price`]): money is integers. Prices are micro-units of
 //! the currency; each component is computed exactly in nano-units
-//! (thousandths of a micro-unit) from whole milliseconds, and a record's
-//! total is rounded to micro-units once. Memory is billed on the function's
+//! (thousandths of a micro-unit), from whole milliseconds (guest CPU time
+//! from microseconds). A record's total is whole micro-units: the tenant's
+//! remainder below one micro-unit carries to its next call
+//! ([`Cost::settle`]), so a million calls costing 0.4 µ each bill 400,000
+//! µ, not 0 — no call is rounded away. Memory is billed on the function's
 //! configured `memory_mb`, not its peak: that is what the platform reserves
 //! for the call, it is known before the call runs (so a price can be
 //! predicted), and it is what Lambda bills; the peak is recorded beside it.
-//! Rejected calls are recorded at zero cost.
+//! Rejected calls cost nothing.
+//!
+//! Uploads are billed too, to the uploading tenant: a row of kind
+//! [`RecordKind::Compile`] with the CPU time validating and compiling a
+//! component took, or [`RecordKind::ModelUpload`] with the CPU time
+//! loading a model to validate it took ([`price_compile`]).
 
 mod codec;
 pub mod ledger;
@@ -196,6 +204,40 @@ impl Outcome {
     }
 }
 
+/// What a ledger row bills.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecordKind {
+    /// A call of a function.
+    #[default]
+    Invocation,
+    /// Validating and compiling an upload of a function: its CPU time
+    /// (`usage.guest_us`), billed to the uploading tenant.
+    Compile,
+    /// Validating an upload of a model by loading it: its CPU time
+    /// (`usage.guest_us`), billed to the uploading tenant.
+    ModelUpload,
+}
+
+impl RecordKind {
+    /// Every kind, in a fixed order: a record stores its kind as its index
+    /// here, so kinds are only ever added at the end.
+    pub const ALL: [RecordKind; 3] = [
+        RecordKind::Invocation,
+        RecordKind::Compile,
+        RecordKind::ModelUpload,
+    ];
+
+    /// Its place in [`RecordKind::ALL`].
+    pub fn index(self) -> usize {
+        match self {
+            RecordKind::Invocation => 0,
+            RecordKind::Compile => 1,
+            RecordKind::ModelUpload => 2,
+        }
+    }
+}
+
 /// What one invocation used.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
@@ -230,18 +272,56 @@ pub struct Usage {
 pub struct Cost {
     pub request_nanos: u64,
     pub memory_nanos: u64,
+    /// Guest CPU time.
+    #[serde(default)]
+    pub cpu_nanos: u64,
     pub cpu_inference_nanos: u64,
     pub gpu_nanos: u64,
     pub cold_start_nanos: u64,
     pub model_load_nanos: u64,
-    /// The sum, rounded half up to micro-units.
+    /// The remainder below one micro-unit that the tenant's earlier calls
+    /// left, carried into this one.
+    #[serde(default)]
+    pub carried_nanos: u64,
+    /// Whole micro-units of the components and the carried remainder
+    /// (what is left over carries to the tenant's next call).
     pub total_micros: u64,
+}
+
+impl Cost {
+    /// The components' sum, in nano-units.
+    pub fn nanos(&self) -> u64 {
+        [
+            self.request_nanos,
+            self.memory_nanos,
+            self.cpu_nanos,
+            self.cpu_inference_nanos,
+            self.gpu_nanos,
+            self.cold_start_nanos,
+            self.model_load_nanos,
+        ]
+        .iter()
+        .fold(0u64, |acc, v| acc.saturating_add(*v))
+    }
+
+    /// Settles the cost with `carried` nano-units (below one micro-unit)
+    /// left by the tenant's earlier calls: the total becomes the whole
+    /// micro-units of both, and the new remainder is returned for the
+    /// tenant's next call.
+    pub fn settle(&mut self, carried: u64) -> u64 {
+        let sum = self.nanos().saturating_add(carried);
+        self.carried_nanos = carried;
+        self.total_micros = sum / 1000;
+        sum % 1000
+    }
 }
 
 /// One row of the ledger.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InvocationRecord {
     pub id: InvocationId,
+    #[serde(default)]
+    pub kind: RecordKind,
     /// Names are shared with the function's registry entry, so a record
     /// costs no allocation and freeing it frees nothing.
     pub tenant: Arc<str>,
@@ -270,8 +350,9 @@ fn ceil_ms(us: u64) -> u64 {
     us.div_ceil(1000)
 }
 
-/// Prices `usage` under `plan`: the billed milliseconds and the cost.
-/// Calls that ran nothing cost nothing: rejected ones, and failures before
+/// Prices `usage` under `plan`: the billed milliseconds and the cost, its
+/// total rounded up to whole micro-units until [`Cost::settle`] settles it
+/// with the tenant's remainder. Calls that ran nothing cost nothing: rejected ones, and failures before
 /// the guest started (a platform fault is not the caller's).
 pub fn price(plan: &PricePlan, outcome: Outcome, usage: &Usage) -> (u64, Cost) {
     if outcome == Outcome::Rejected || (outcome == Outcome::Error && usage.run_us == 0) {
@@ -289,6 +370,8 @@ pub fn price(plan: &PricePlan, outcome: Outcome, usage: &Usage) -> (u64, Cost) {
             * u128::from(usage.memory_mb)
             * u128::from(billed_ms)
             / 1024),
+        // per second × (µs / 1,000,000) × 1000 nanos/µ.
+        cpu_nanos: n(u128::from(plan.per_cpu_second) * u128::from(usage.guest_us) / 1000),
         // per second × (ms / 1000) × 1000 nanos/µ.
         cpu_inference_nanos: n(
             u128::from(plan.per_cpu_inference_second) * u128::from(ceil_ms(usage.cpu_inference_us))
@@ -300,19 +383,11 @@ pub fn price(plan: &PricePlan, outcome: Outcome, usage: &Usage) -> (u64, Cost) {
             0
         },
         model_load_nanos: cost_per(plan.per_model_load, u64::from(usage.model_loads)),
+        carried_nanos: 0,
         total_micros: 0,
     };
-    let total_nanos = [
-        cost.request_nanos,
-        cost.memory_nanos,
-        cost.cpu_inference_nanos,
-        cost.gpu_nanos,
-        cost.cold_start_nanos,
-        cost.model_load_nanos,
-    ]
-    .iter()
-    .fold(0u64, |acc, v| acc.saturating_add(*v));
-    cost.total_micros = total_nanos.saturating_add(500) / 1000;
+    // Alone (nothing carried), a part of a micro-unit counts as a whole.
+    cost.total_micros = cost.nanos().div_ceil(1000);
     (billed_ms, cost)
 }
 
@@ -347,6 +422,20 @@ impl InvocationRecord {
             .int(u.bytes_out)
             .str("B");
     }
+}
+
+/// Prices an upload's compilation under `plan`: `cpu_us` of CPU time
+/// (validating and compiling, on every thread the compile used) at
+/// `per_cpu_second`, its total rounded up until settled. Nothing else of
+/// the plan applies: it is not a call.
+pub fn price_compile(plan: &PricePlan, cpu_us: u64) -> Cost {
+    let mut cost = Cost {
+        cpu_nanos: u64::try_from(u128::from(plan.per_cpu_second) * u128::from(cpu_us) / 1000)
+            .unwrap_or(u64::MAX),
+        ..Cost::default()
+    };
+    cost.total_micros = cost.nanos().div_ceil(1000);
+    cost
 }
 
 /// Text written straight onto a byte buffer.
@@ -387,6 +476,7 @@ mod tests {
             version: 7,
             per_request: 2,
             per_gb_second: 1024,
+            per_cpu_second: 4000,
             per_cpu_inference_second: 3000,
             per_gpu_second: 50_000,
             per_cold_start: 5,
@@ -398,6 +488,7 @@ mod tests {
     fn known_usage_costs_exactly_what_the_plan_says() {
         let usage = Usage {
             run_us: 2_500, // billed as 3 ms
+            guest_us: 1_501,
             memory_mb: 128,
             cpu_inference_us: 1_001, // 2 ms
             gpu_inference_us: 0,
@@ -410,13 +501,21 @@ mod tests {
         assert_eq!(cost.request_nanos, 2_000);
         // 1024 µ/GB-s × 0.125 GB × 0.003 s = 0.384 µ = 384 nanos.
         assert_eq!(cost.memory_nanos, 384);
+        // 4000 µ/s × 0.001501 s = 6.004 µ, from microseconds.
+        assert_eq!(cost.cpu_nanos, 6_004);
         // 3000 µ/s × 0.002 s = 6 µ.
         assert_eq!(cost.cpu_inference_nanos, 6_000);
         assert_eq!(cost.gpu_nanos, 0);
         assert_eq!(cost.cold_start_nanos, 5_000);
         assert_eq!(cost.model_load_nanos, 11_000);
-        // 24.384 µ → 24.
-        assert_eq!(cost.total_micros, 24);
+        // 30.388 µ: alone, a part of a micro-unit counts as a whole...
+        assert_eq!(cost.total_micros, 31);
+        // ...settled, it carries to the tenant's next call.
+        let mut settled = cost.clone();
+        assert_eq!(settled.settle(0), 388);
+        assert_eq!((settled.total_micros, settled.carried_nanos), (30, 0));
+        assert_eq!(settled.settle(700), 88);
+        assert_eq!((settled.total_micros, settled.carried_nanos), (31, 700));
     }
 
     #[test]
@@ -462,35 +561,38 @@ mod tests {
     }
 
     #[test]
-    fn totals_round_half_up_once() {
+    fn remainders_carry_so_that_no_call_is_rounded_away() {
         let p = PricePlan {
             per_request: 0,
             per_gb_second: 1,
+            per_cpu_second: 0,
             per_cpu_inference_second: 0,
             per_gpu_second: 0,
             per_cold_start: 0,
             per_model_load: 0,
             version: 1,
         };
-        // 1 µ/GB-s × 0.5 GB × 1 s = 0.5 µ (500 nanos), rounded up to 1.
-        let usage = |run_us| Usage {
-            run_us,
+        // 1 µ/GB-s × 0.5 GB × 0.8 s = 0.4 µ (400 nanos) a call.
+        let usage = Usage {
+            run_us: 800_000,
             memory_mb: 512,
             ..Usage::default()
         };
-        let (_, cost) = price(&p, Outcome::Ok, &usage(1_000_000));
-        assert_eq!(cost.memory_nanos, 500);
-        assert_eq!(cost.total_micros, 1, "0.5 rounds up");
-        // 999 ms: 499.5 nanos, floored to 499, rounded to 0.
-        let (_, cost) = price(&p, Outcome::Ok, &usage(999_000));
-        assert_eq!(cost.memory_nanos, 499);
-        assert_eq!(cost.total_micros, 0);
+        let (mut carry, mut total) = (0, 0);
+        for _ in 0..1000 {
+            let (_, mut cost) = price(&p, Outcome::Ok, &usage);
+            assert_eq!(cost.memory_nanos, 400);
+            carry = cost.settle(carry);
+            total += cost.total_micros;
+        }
+        assert_eq!((total, carry), (400, 0), "1000 × 0.4 µ");
     }
 
     #[test]
     fn the_usage_header_reads_as_milliseconds_and_sizes() {
         let record = InvocationRecord {
             id: InvocationId::now(),
+            kind: RecordKind::Invocation,
             tenant: "default".into(),
             function: "f".into(),
             version: 1,

@@ -59,8 +59,14 @@ pub struct UsageRow {
     pub model_load_us: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
-    /// The sum of the records' costs, in micro-units.
+    /// The sum of the records' costs, in micro-units (compiles included).
     pub cost_micros: u64,
+    /// Function uploads validated and compiled, and their CPU time.
+    pub compiles: u64,
+    pub compile_cpu_us: u64,
+    /// Model uploads validated (by loading them), and their CPU time.
+    pub model_uploads: u64,
+    pub model_upload_cpu_us: u64,
 }
 
 impl UsageRow {
@@ -85,6 +91,10 @@ impl UsageRow {
             t.bytes_in += r.bytes_in;
             t.bytes_out += r.bytes_out;
             t.cost_micros += r.cost_micros;
+            t.compiles += r.compiles;
+            t.compile_cpu_us += r.compile_cpu_us;
+            t.model_uploads += r.model_uploads;
+            t.model_upload_cpu_us += r.model_upload_cpu_us;
         }
         t
     }
@@ -93,7 +103,7 @@ impl UsageRow {
 /// The CSV columns, in order.
 pub const CSV_HEADER: &str = "key,invocations,ok,failed,rejected,cold_starts,billed_ms,\
 memory_mb_ms,guest_us,cpu_inference_us,gpu_inference_us,model_load_us,bytes_in,bytes_out,\
-cost_micros";
+cost_micros,compiles,compile_cpu_us,model_uploads,model_upload_cpu_us";
 
 /// Rows as CSV (header first, total last).
 pub fn to_csv(rows: &[UsageRow]) -> String {
@@ -107,7 +117,7 @@ pub fn to_csv(rows: &[UsageRow]) -> String {
             r.key.clone()
         };
         out.push_str(&format!(
-            "{key},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            "{key},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
             r.invocations,
             r.ok,
             r.failed,
@@ -121,7 +131,11 @@ pub fn to_csv(rows: &[UsageRow]) -> String {
             r.model_load_us,
             r.bytes_in,
             r.bytes_out,
-            r.cost_micros
+            r.cost_micros,
+            r.compiles,
+            r.compile_cpu_us,
+            r.model_uploads,
+            r.model_upload_cpu_us
         ));
     }
     out
@@ -247,6 +261,8 @@ mod tests {
                 key: "b,c".into(),
                 invocations: 1,
                 cost_micros: 7,
+                compiles: 1,
+                compile_cpu_us: 40,
                 ..UsageRow::default()
             },
         ];
@@ -255,6 +271,6 @@ mod tests {
         assert_eq!(lines[0], CSV_HEADER);
         assert!(lines[1].starts_with("a,2,"));
         assert!(lines[2].starts_with("\"b,c\",1,"));
-        assert!(lines[3].starts_with("total,3,") && lines[3].ends_with(",12"));
+        assert!(lines[3].starts_with("total,3,") && lines[3].ends_with(",12,1,40,0,0"));
     }
 }

@@ -301,7 +301,7 @@ fn commit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::billing::{InvocationId, Outcome, SqliteLedger};
+    use crate::billing::{InvocationId, Outcome, RecordKind, SqliteLedger};
 
     /// The `i`th test id (upper halves increase, as a process makes them).
     fn id(i: u32) -> InvocationId {
@@ -314,6 +314,7 @@ mod tests {
     fn record(i: u32) -> InvocationRecord {
         InvocationRecord {
             id: id(i),
+            kind: RecordKind::Invocation,
             tenant: "default".into(),
             function: "f".into(),
             version: 1,

@@ -34,9 +34,10 @@ use tokio::sync::OnceCell;
 use super::{Backend, Device, LoadedModel, NnError, Timed};
 use crate::config::FallbackPolicy;
 use crate::registry::{
-    BlobStore, MetadataStore, ModelRecord, ModelVersionRecord, StoreError, UploadError, check_name,
-    now_ms, qualify,
+    BlobStore, Claims, MetadataStore, ModelRecord, ModelVersionRecord, StoreError, UploadError,
+    UploadUsage, check_name, now_ms, qualify,
 };
+use crate::runtime::thread_cpu_time;
 
 /// Why a model operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +109,9 @@ pub struct ModelRegistry {
     /// Serialises the decision to admit a new model under the budget.
     admit: std::sync::Mutex<()>,
     epoch: Instant,
+    /// Digests of uploads under way: their bytes are not collected, though
+    /// no version has them yet.
+    claims: Claims,
 }
 
 /// One loaded graph: a model version, on a backend, for a device.
@@ -225,7 +229,7 @@ impl ModelRegistry {
         for record in meta.load_models()? {
             index.insert(record.key(), Arc::new(record));
         }
-        Ok(Self {
+        let models = Self {
             meta,
             blobs,
             backends,
@@ -234,7 +238,39 @@ impl ModelRegistry {
             loaded: DashMap::new(),
             admit: std::sync::Mutex::new(()),
             epoch: Instant::now(),
-        })
+            claims: Claims::default(),
+        };
+        // Bytes no version holds (deleted before they were collected, or an
+        // upload cut short by a crash) are collected before serving.
+        let collected = models.collect(models.blobs.model_digests()?)?;
+        if collected > 0 {
+            tracing::info!(collected, "collected model files no model holds");
+        }
+        Ok(models)
+    }
+
+    /// The digests every model version holds.
+    fn digests_in_use(&self) -> std::collections::HashSet<String> {
+        self.index
+            .iter()
+            .flat_map(|e| {
+                e.value()
+                    .versions
+                    .iter()
+                    .map(|v| v.digest.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Deletes the bytes of each of `digests` that no model version holds
+    /// and no upload under way claims; returns how many it deleted.
+    fn collect(&self, digests: impl IntoIterator<Item = String>) -> Result<usize, StoreError> {
+        self.claims.collect(
+            digests,
+            || self.digests_in_use(),
+            |d| self.blobs.delete_model(d),
+        )
     }
 
     fn now(&self) -> u64 {
@@ -507,32 +543,55 @@ impl ModelRegistry {
 
     /// Validates `bytes` by loading them and records a new version of
     /// `name` (or returns the latest when the bytes are identical). The
-    /// validated graph stays loaded when the budget has room for it.
+    /// validated graph stays loaded when the budget has room for it. The
+    /// CPU time hashing and loading used (on the threads that did them) is
+    /// added to `usage`, whatever the outcome.
     pub async fn upload(
         &self,
         tenant: &str,
         name: &str,
         encoding: &str,
         bytes: Bytes,
+        usage: &mut UploadUsage,
     ) -> Result<Uploaded, ModelError> {
         check_name(name)?;
         let backend = self.backend(encoding)?.clone();
+        usage.validated = true;
         let backend_name = backend.name();
         let blobs = self.blobs.clone();
         let size_bytes = bytes.len() as u64;
         let loader = backend.clone();
-        let (digest, loaded, load_ms) = tokio::task::spawn_blocking(move || {
-            let digest = hex::encode(Sha256::digest(&bytes));
-            let started = Instant::now();
-            let loaded: Arc<dyn LoadedModel> = Arc::new(Timed::new(
-                loader.load(&bytes).map_err(ModelError::Invalid)?,
-            ));
-            let load_ms = started.elapsed().as_millis() as u64;
-            blobs.put_model(&digest, &bytes)?;
-            Ok::<_, ModelError>((digest, loaded, load_ms))
+        let hashed = bytes.clone();
+        let (digest, cpu) = tokio::task::spawn_blocking(move || {
+            let before = thread_cpu_time();
+            let digest = hex::encode(Sha256::digest(&hashed));
+            (digest, thread_cpu_time().saturating_sub(before))
         })
         .await
-        .map_err(|e| ModelError::Internal(format!("load task: {e}")))??;
+        .map_err(|e| ModelError::Internal(format!("hash task: {e}")))?;
+        usage.cpu += cpu;
+        // Held until the version is recorded: the bytes are not collected
+        // meanwhile.
+        let _claim = self.claims.claim(&digest);
+        let stored = digest.clone();
+        let (loaded, cpu) = tokio::task::spawn_blocking(move || {
+            let digest = stored;
+            let started = Instant::now();
+            let before = thread_cpu_time();
+            let loaded = loader.load(&bytes).map_err(ModelError::Invalid);
+            let cpu = thread_cpu_time().saturating_sub(before);
+            let load_ms = started.elapsed().as_millis() as u64;
+            let kept = loaded.and_then(|loaded| {
+                blobs.put_model(&digest, &bytes)?;
+                let loaded: Arc<dyn LoadedModel> = Arc::new(Timed::new(loaded));
+                Ok((digest, loaded, load_ms))
+            });
+            (kept, cpu)
+        })
+        .await
+        .map_err(|e| ModelError::Internal(format!("load task: {e}")))?;
+        usage.cpu += cpu;
+        let (digest, loaded, load_ms) = loaded?;
         match self.slot(Self::key(&digest, &*backend, Device::Cpu), size_bytes) {
             Ok(slot) => {
                 let _ = slot.model.set(loaded.clone());
@@ -584,7 +643,8 @@ impl ModelRegistry {
     }
 
     /// Deletes a model and its versions. Loaded graphs of digests no other
-    /// model uses are unloaded (calls holding them finish on them).
+    /// model uses are unloaded (calls holding them finish on them), and
+    /// their stored bytes deleted.
     pub async fn delete(&self, tenant: &str, name: &str) -> Result<Arc<ModelRecord>, ModelError> {
         let record = self
             .get(tenant, name)
@@ -595,19 +655,16 @@ impl ModelRegistry {
             .await
             .map_err(|e| ModelError::Internal(format!("store task: {e}")))??;
         self.index.remove(&record.key());
-        let still_used: std::collections::HashSet<String> = self
-            .index
-            .iter()
-            .flat_map(|e| {
-                e.value()
-                    .versions
-                    .iter()
-                    .map(|v| v.digest.clone())
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let still_used = self.digests_in_use();
         self.loaded
             .retain(|key, _| still_used.contains(&key.digest));
+        // Removing files is quick; a failure leaves them for the next start.
+        let digests = record.versions.iter().map(|v| v.digest.clone());
+        let collected = self.collect(digests).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "collecting a deleted model's files");
+            0
+        });
+        tracing::info!(tenant, model = name, collected, "model deleted");
         Ok(record)
     }
 

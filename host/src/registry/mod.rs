@@ -5,6 +5,7 @@
 //! a call (`name[@version]` → digest and settings) never touches the database;
 //! writes go to the metadata store first and then to the index.
 
+mod claims;
 mod settings;
 mod store;
 mod validate;
@@ -26,6 +27,7 @@ use crate::config::RuntimeConfig;
 const COMPILE_MS_PREFIX: &str = "compile_ms:";
 use crate::runtime::{LoadError, Runtime};
 
+pub use claims::{Claim, Claims};
 pub use settings::{SETTING_NAMES, Settings, SettingsOverrides, SettingsPatch};
 pub use store::{
     BlobStore, DEFAULT_TENANT, FsBlobStore, FunctionRecord, MetadataStore, ModelRecord,
@@ -61,6 +63,19 @@ pub struct Deployed {
     /// Whether this upload compiled (false when an identical component had
     /// already been compiled by this engine).
     pub compiled: bool,
+}
+
+/// What validating and compiling an upload (of a function's component; a
+/// model is validated by loading it) used, billed to its tenant whether the
+/// upload succeeds or not.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UploadUsage {
+    /// CPU time on every thread that validated or compiled it. An upload of
+    /// bytes another tenant's upload compiled is billed what that compile
+    /// used: it reads as a compile in every way (see [`Registry::deploy`]).
+    pub cpu: Duration,
+    /// Whether the upload got as far as validation.
+    pub validated: bool,
 }
 
 /// A call target: one version and the settings to run it with.
@@ -102,6 +117,9 @@ pub struct Registry {
     /// the heaviest thing an upload does, in CPU and memory.
     compilations: Arc<tokio::sync::Semaphore>,
     index: DashMap<String, Arc<FunctionRecord>>,
+    /// Digests of uploads under way: their blobs are not collected,
+    /// though no version has them yet.
+    claims: Claims,
     stats: Arc<RegistryStats>,
 }
 
@@ -119,7 +137,7 @@ impl Registry {
         for record in meta.load_all()? {
             index.insert(record.key(), Arc::new(record));
         }
-        Ok(Self {
+        let registry = Self {
             meta,
             blobs,
             runtime,
@@ -128,8 +146,37 @@ impl Registry {
             limits,
             outbound,
             index,
+            claims: Claims::default(),
             stats: Arc::default(),
-        })
+        };
+        // What no version holds (deleted before blobs were collected, or an
+        // upload cut short by a crash) is collected before serving.
+        let stored = registry.blobs.component_digests()?;
+        let collected = registry.collect(stored)?;
+        if collected > 0 {
+            tracing::info!(collected, "collected components no function holds");
+        }
+        Ok(registry)
+    }
+
+    /// Deletes the source and artifact of each of `digests` that no
+    /// function version holds and no upload under way claims. Returns how
+    /// many it deleted.
+    fn collect(&self, digests: impl IntoIterator<Item = String>) -> Result<usize, StoreError> {
+        let in_use = || {
+            self.index
+                .iter()
+                .flat_map(|e| {
+                    e.value()
+                        .versions
+                        .iter()
+                        .map(|v| v.digest.clone())
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        self.claims
+            .collect(digests, in_use, |d| self.blobs.delete_component(d))
     }
 
     pub fn stats(&self) -> &RegistryStats {
@@ -249,13 +296,15 @@ impl Registry {
     }
 
     /// Validates, compiles (unless this engine already compiled the same
-    /// bytes) and records a new version of `name`.
+    /// bytes) and records a new version of `name`. What validating and
+    /// compiling used is added to `usage`, whatever the outcome.
     pub async fn deploy(
         &self,
         tenant: &str,
         name: &str,
         bytes: Bytes,
         patch: SettingsPatch,
+        usage: &mut UploadUsage,
     ) -> Result<Deployed, RegistryError> {
         check_name(name)?;
         let existing = self.get(tenant, name);
@@ -266,20 +315,28 @@ impl Registry {
         let overrides = self.checked_overrides(base, &patch)?;
 
         let started = Instant::now();
-        let (digest, mut compiled, mut compile_ms) = self.prepare(&bytes).await?;
+        let (digest, mut compiled, mut compile_ms, _claim) = self.prepare(&bytes, usage).await?;
         let key = format!("{COMPILE_MS_PREFIX}{digest}");
         if compiled {
             self.stats.compiles.fetch_add(1, Ordering::Relaxed);
             let meta = self.meta.clone();
-            let ms = compile_ms.to_string();
-            blocking(move || meta.set_meta(&key, &ms)).await??;
+            // The compile's time, and the CPU time validating and
+            // compiling used.
+            let value = format!("{compile_ms} {}", usage.cpu.as_micros());
+            blocking(move || meta.set_meta(&key, &value)).await??;
         } else if !self.holds_digest(tenant, &digest) {
             // Another tenant's upload compiled these bytes. Say nothing of
             // it: this tenant's first upload of them reads as a compile,
-            // and takes as long as the compile did.
+            // takes as long as the compile did, and is billed what it used.
             let meta = self.meta.clone();
-            let recorded = blocking(move || meta.get_meta(&key)).await??;
-            compile_ms = recorded.and_then(|ms| ms.parse().ok()).unwrap_or(0);
+            let recorded = blocking(move || meta.get_meta(&key))
+                .await??
+                .unwrap_or_default();
+            let mut fields = recorded.split(' ').map(|v| v.parse::<u64>().ok());
+            compile_ms = fields.next().flatten().unwrap_or(0);
+            if let Some(cpu_us) = fields.next().flatten() {
+                usage.cpu = Duration::from_micros(cpu_us);
+            }
             compiled = true;
             tokio::time::sleep_until((started + Duration::from_millis(compile_ms)).into()).await;
         }
@@ -374,8 +431,8 @@ impl Registry {
         Ok(record)
     }
 
-    /// Deletes a tenant's function and all its versions. Sources and
-    /// artifacts stay, since other functions may share them.
+    /// Deletes a tenant's function and all its versions, and the sources
+    /// and artifacts no other function holds.
     pub async fn delete(
         &self,
         tenant: &str,
@@ -388,7 +445,13 @@ impl Registry {
         let (owned_tenant, owned) = (tenant.to_string(), name.to_string());
         blocking(move || meta.delete_function(&owned_tenant, &owned)).await??;
         self.index.remove(&record.key());
-        tracing::info!(tenant, function = name, "deleted");
+        // Removing files is quick; a failure leaves them for the next start.
+        let digests = record.versions.iter().map(|v| v.digest.clone());
+        let collected = self.collect(digests).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "collecting a deleted function's components");
+            0
+        });
+        tracing::info!(tenant, function = name, collected, "deleted");
         Ok(record)
     }
 
@@ -438,27 +501,46 @@ impl Registry {
 }
 
 /// Validation, hashing and compilation of an upload; blocking.
-/// Returns the digest, whether it compiled, and the compile time.
 impl Registry {
     /// Validates `bytes` and makes sure this engine has them compiled and
-    /// linking: their digest, whether this call compiled them, and how long
-    /// that took. At most `runtime.max_compilations` compile at once; the
-    /// others wait their turn here.
-    async fn prepare(&self, bytes: &Bytes) -> Result<(String, bool, u64), RegistryError> {
-        let (runtime, blobs, checked) = (self.runtime.clone(), self.blobs.clone(), bytes.clone());
-        let (digest, linked) = blocking(move || {
-            check_component(&checked)?;
-            let digest = hex::encode(Sha256::digest(&checked));
+    /// linking: their digest, whether this call compiled them, how long
+    /// that took, and the upload's claim on the digest (which keeps the
+    /// blobs from being collected until its version is recorded). The CPU time of validating and compiling is
+    /// added to `usage`, failed or not. At most `runtime.max_compilations`
+    /// compile at once; the others wait their turn here.
+    async fn prepare(
+        &self,
+        bytes: &Bytes,
+        usage: &mut UploadUsage,
+    ) -> Result<(String, bool, u64, Claim), RegistryError> {
+        let checked = bytes.clone();
+        usage.validated = true;
+        let (digest, cpu) = blocking(move || {
+            let before = crate::runtime::thread_cpu_time();
+            let digest = check_component(&checked)
+                .map(|_imports| hex::encode(Sha256::digest(&checked)))
+                .map_err(RegistryError::from);
+            (
+                digest,
+                crate::runtime::thread_cpu_time().saturating_sub(before),
+            )
+        })
+        .await?;
+        usage.cpu += cpu;
+        let digest = digest?;
+        let claim = self.claims.claim(&digest);
+        let (runtime, blobs, looked_up) =
+            (self.runtime.clone(), self.blobs.clone(), digest.clone());
+        let linked = blocking(move || {
             // Already compiled by this engine: make sure it still links.
-            let linked = match blobs.artifact_path(&digest) {
-                Some(path) => runtime.load(&path).map(|_| true).map_err(link_error)?,
-                None => false,
-            };
-            Ok::<_, RegistryError>((digest, linked))
+            match blobs.artifact_path(&looked_up) {
+                Some(path) => runtime.load(&path).map(|_| true).map_err(link_error),
+                None => Ok(false),
+            }
         })
         .await??;
         if linked {
-            return Ok((digest, false, 0));
+            return Ok((digest, false, 0, claim));
         }
         // Held by the compile itself, which goes on should the upload be
         // abandoned: the bound holds for what really runs.
@@ -471,21 +553,27 @@ impl Registry {
         let stats = self.stats.clone();
         let (runtime, blobs, bytes) = (self.runtime.clone(), self.blobs.clone(), bytes.clone());
         let stored = digest.clone();
-        let compile_ms = blocking(move || {
+        let (compiled, cpu) = blocking(move || {
             let _turn = turn;
             let now = stats.compiling.fetch_add(1, Ordering::AcqRel) + 1;
             stats.peak_compiling.fetch_max(now, Ordering::AcqRel);
             let _done = Decrement(&stats.compiling);
             let started = Instant::now();
-            let artifact = runtime.precompile(&bytes).map_err(UploadError::Invalid)?;
+            let (artifact, cpu) = runtime.precompile_measured(&bytes);
             let compile_ms = started.elapsed().as_millis() as u64;
-            blobs.put_source(&stored, &bytes)?;
-            let path = blobs.put_artifact(&stored, &artifact)?;
-            runtime.load(&path).map_err(link_error)?;
-            Ok::<_, RegistryError>(compile_ms)
+            let kept = artifact
+                .map_err(|e| RegistryError::from(UploadError::Invalid(e)))
+                .and_then(|artifact| {
+                    blobs.put_source(&stored, &bytes)?;
+                    let path = blobs.put_artifact(&stored, &artifact)?;
+                    runtime.load(&path).map_err(link_error)?;
+                    Ok(compile_ms)
+                });
+            (kept, cpu)
         })
-        .await??;
-        Ok((digest, true, compile_ms))
+        .await?;
+        usage.cpu += cpu;
+        Ok((digest, true, compiled?, claim))
     }
 }
 

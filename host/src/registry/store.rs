@@ -176,6 +176,16 @@ pub trait BlobStore: Send + Sync {
     /// engine.
     fn artifact_path(&self, digest: &str) -> Option<PathBuf>;
     fn put_artifact(&self, digest: &str, bytes: &[u8]) -> Result<PathBuf, StoreError>;
+    /// Removes a component's source and this engine's artifact of it
+    /// (either may be absent already).
+    fn delete_component(&self, digest: &str) -> Result<(), StoreError>;
+    /// Removes a model's bytes (absent already is no error).
+    fn delete_model(&self, digest: &str) -> Result<(), StoreError>;
+    /// The digests of the models stored.
+    fn model_digests(&self) -> Result<Vec<String>, StoreError>;
+    /// The digests of the components stored: sources and this engine's
+    /// artifacts.
+    fn component_digests(&self) -> Result<Vec<String>, StoreError>;
 }
 
 /// The key naming `name` of `tenant` across tenants. Names never contain
@@ -661,6 +671,58 @@ impl BlobStore for FsBlobStore {
         write_atomic(&path, bytes)?;
         Ok(path)
     }
+
+    fn delete_component(&self, digest: &str) -> Result<(), StoreError> {
+        remove_files(&[self.source_file(digest)?, self.artifact_file(digest)?])
+    }
+
+    fn component_digests(&self) -> Result<Vec<String>, StoreError> {
+        digests_in(&[(&self.sources, ".wasm"), (&self.artifacts, ".cwasm")])
+    }
+
+    fn delete_model(&self, digest: &str) -> Result<(), StoreError> {
+        remove_files(&[self.model_file(digest)?])
+    }
+
+    fn model_digests(&self) -> Result<Vec<String>, StoreError> {
+        digests_in(&[(&self.models, "")])
+    }
+}
+
+/// Removes `paths`; one already gone is no error.
+fn remove_files(paths: &[PathBuf]) -> Result<(), StoreError> {
+    for path in paths {
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io_err(format!("removing {}", path.display()))(e));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The digests named by the files in each directory with its extension,
+/// sorted, once each. Anything else (a write cut short) is not a blob.
+fn digests_in(dirs: &[(&PathBuf, &str)]) -> Result<Vec<String>, StoreError> {
+    let mut digests = Vec::new();
+    for (dir, extension) in dirs {
+        let listing = |source| StoreError::Io {
+            context: format!("listing {}", dir.display()),
+            source,
+        };
+        for entry in std::fs::read_dir(dir).map_err(listing)? {
+            let name = entry.map_err(listing)?.file_name();
+            if let Some(digest) = name.to_str().and_then(|n| n.strip_suffix(extension))
+                && file_name(digest).is_ok()
+            {
+                digests.push(digest.to_string());
+            }
+        }
+    }
+    digests.sort_unstable();
+    digests.dedup();
+    Ok(digests)
 }
 
 #[cfg(test)]
@@ -692,6 +754,34 @@ mod tests {
             assert!(blobs.put_model(bad, b"x").is_err(), "{bad}");
             assert!(blobs.artifact_path(bad).is_none(), "{bad}");
         }
+    }
+
+    #[test]
+    fn components_are_listed_and_deleted_by_digest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blobs = FsBlobStore::open(dir.path(), "engine").expect("open");
+        let (a, b) = ("ab".repeat(32), "cd".repeat(32));
+        blobs.put_source(&a, b"a").expect("source");
+        blobs.put_artifact(&a, b"a compiled").expect("artifact");
+        blobs
+            .put_artifact(&b, b"b compiled")
+            .expect("artifact only");
+        std::fs::write(dir.path().join("sources/sha256/junk.wasm"), b"").expect("junk");
+        assert_eq!(
+            blobs.component_digests().expect("list"),
+            [a.clone(), b.clone()]
+        );
+        blobs.delete_component(&a).expect("delete");
+        blobs
+            .delete_component(&a)
+            .expect("deleting again is no error");
+        assert!(blobs.read_source(&a).is_err() && blobs.artifact_path(&a).is_none());
+        assert_eq!(blobs.component_digests().expect("list"), [b]);
+        assert!(blobs.delete_component("../../glia.db").is_err());
+        blobs.put_model(&a, b"a model").expect("model");
+        assert_eq!(blobs.model_digests().expect("list"), [a.as_str()]);
+        blobs.delete_model(&a).expect("delete");
+        assert!(blobs.model_digests().expect("list").is_empty());
     }
 
     #[test]

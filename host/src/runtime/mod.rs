@@ -321,6 +321,33 @@ impl Runtime {
             .map_err(|e| format!("{e:#}"))
     }
 
+    /// [`precompile`](Self::precompile), measured: also returns the CPU
+    /// time the compile used on every thread it ran on, which is what an
+    /// upload is billed. The compile runs on a thread pool of its own (as
+    /// many threads as the machine has cores, as wasmtime's parallel
+    /// compilation would use), whose threads' CPU clocks are read when it
+    /// is done, so concurrent compiles are not counted in each other's.
+    pub fn precompile_measured(&self, bytes: &[u8]) -> (Result<Vec<u8>, String>, Duration) {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("glia-compile-{i}"))
+            .build();
+        match pool {
+            Ok(pool) => {
+                let compiled = pool.install(|| self.precompile(bytes));
+                let cpu = pool.broadcast(|_| thread_cpu_time()).into_iter().sum();
+                (compiled, cpu)
+            }
+            // No threads to be had: compile on this one.
+            Err(_) => {
+                let before = thread_cpu_time();
+                let compiled = self.precompile(bytes);
+                (compiled, thread_cpu_time().saturating_sub(before))
+            }
+        }
+    }
+
     /// Loads a compiled artifact that glia itself wrote, and links it.
     /// Blocking: run it off the async workers.
     pub fn load(&self, artifact: &Path) -> Result<FunctionPre, LoadError> {
@@ -686,6 +713,15 @@ fn engine_config(cfg: &RuntimeConfig, pagemap: bool) -> Config {
         .async_stack_size(max_stack + ASYNC_STACK_HEADROOM)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     config
+}
+
+/// The CPU time the calling thread has used.
+pub fn thread_cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(
+        u64::try_from(t.tv_sec).unwrap_or(0),
+        u32::try_from(t.tv_nsec).unwrap_or(0),
+    )
 }
 
 #[cfg(test)]
