@@ -60,7 +60,7 @@ fn expected_micros(record: &Value) -> u64 {
     if n(&u["cold_start_us"]) > 0 {
         nanos += 7 * 1000;
     }
-    nanos += 3 * 1000 * n(&u["model_loads"]);
+    nanos += 3 * 1000 * n(&u["model_loads"]) + 3 * n(&u["model_load_us"]);
     nanos / 1000
 }
 
@@ -215,7 +215,10 @@ async fn inference_and_model_loads_are_billed_per_device() {
         assert!(guest < rec["usage"]["run_us"].as_u64().unwrap(), "{rec}");
     }
     assert_eq!(first["usage"]["model_loads"], 1, "{first}");
-    assert_eq!(first["cost"]["model_load_nanos"], 3000);
+    let load_us = first["usage"]["model_load_us"].as_u64().unwrap();
+    assert!(load_us > 0, "{first}");
+    // 3 µ a load, and its time at 3000 µ per CPU-second.
+    assert_eq!(first["cost"]["model_load_nanos"], 3000 + 3 * load_us);
     assert_eq!(first["nn"]["loads"][0]["model"], "digits");
     assert_eq!(second["usage"]["model_loads"], 0, "{second}");
     server.stop().await;
@@ -837,7 +840,7 @@ async fn a_spend_cap_holds_against_a_burst_of_calls_in_flight() {
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
-    // The default plan: about 240 µ for a 2 s call at 512 MiB in the worst
+    // The default plan: about 300 µ for a 2 s call at 512 MiB in the worst
     // case; a cap of 600 leaves room for two at once.
     let r = server
         .client

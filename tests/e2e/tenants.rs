@@ -708,9 +708,9 @@ async fn quotas_cap_rate_concurrency_storage_and_spend() {
     );
 
     // Spend: a call goes through while the month's spend and the calls in
-    // flight leave room for its worst case (here 81: 1.1 s at 128 MiB,
-    // computing and inferring all along), then calls get 429 with their own
-    // problem type.
+    // flight leave room for its worst case (here 103: 1.1 s at 128 MiB,
+    // computing, inferring and loading a model all along), then calls get
+    // 429 with their own problem type.
     let r = send(
         &server,
         &client,
@@ -722,7 +722,7 @@ async fn quotas_cap_rate_concurrency_storage_and_spend() {
     assert_eq!(r.status(), 200);
     let usage: Value = fetch(&client, server.url("/v1/usage")).await;
     let before = usage["total"]["cost_micros"].as_u64().unwrap();
-    let cap = before + 85;
+    let cap = before + 110;
     set_quotas(&server, &t, json!({"monthly_spend_cap": cap})).await;
     let mut spent = 0u64;
     let mut refused = None;

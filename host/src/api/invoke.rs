@@ -263,7 +263,8 @@ const WORST_CASE_SLACK_MS: u64 = 1000;
 /// timeout (and some slack) at its memory, running guest code and
 /// inference all along (on
 /// the dearer device, when the platform has a GPU), a cold start, and a
-/// load of each granted model and of one more given as bytes.
+/// load of each granted model and of one more given as bytes, loading all
+/// along.
 fn worst_cost(
     plan: &crate::config::PricePlan,
     settings: &crate::registry::Settings,
@@ -282,6 +283,7 @@ fn worst_cost(
         gpu_inference_us: if gpu_dearer { us } else { 0 },
         cold_start_us: 1,
         model_loads: u32::try_from(settings.models.len().saturating_add(1)).unwrap_or(u32::MAX),
+        model_load_us: us,
         ..crate::billing::Usage::default()
     };
     crate::billing::price(plan, Outcome::Ok, &usage)

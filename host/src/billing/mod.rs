@@ -382,7 +382,12 @@ pub fn price(plan: &PricePlan, outcome: Outcome, usage: &Usage) -> (u64, Cost) {
         } else {
             0
         },
-        model_load_nanos: cost_per(plan.per_model_load, u64::from(usage.model_loads)),
+        // Per load, and the loads' time as CPU time (a load is the
+        // platform computing for the call).
+        model_load_nanos: cost_per(plan.per_model_load, u64::from(usage.model_loads))
+            .saturating_add(n(u128::from(plan.per_cpu_second)
+                * u128::from(usage.model_load_us)
+                / 1000)),
         carried_nanos: 0,
         total_micros: 0,
     };
@@ -494,6 +499,7 @@ mod tests {
             gpu_inference_us: 0,
             cold_start_us: 400,
             model_loads: 1,
+            model_load_us: 250,
             ..Usage::default()
         };
         let (billed, cost) = price(&plan(), Outcome::Ok, &usage);
@@ -507,15 +513,16 @@ mod tests {
         assert_eq!(cost.cpu_inference_nanos, 6_000);
         assert_eq!(cost.gpu_nanos, 0);
         assert_eq!(cost.cold_start_nanos, 5_000);
-        assert_eq!(cost.model_load_nanos, 11_000);
-        // 30.388 µ: alone, a part of a micro-unit counts as a whole...
-        assert_eq!(cost.total_micros, 31);
+        // 11 µ a load, and 4000 µ/s × 0.00025 s of its CPU time.
+        assert_eq!(cost.model_load_nanos, 12_000);
+        // 31.388 µ: alone, a part of a micro-unit counts as a whole...
+        assert_eq!(cost.total_micros, 32);
         // ...settled, it carries to the tenant's next call.
         let mut settled = cost.clone();
         assert_eq!(settled.settle(0), 388);
-        assert_eq!((settled.total_micros, settled.carried_nanos), (30, 0));
+        assert_eq!((settled.total_micros, settled.carried_nanos), (31, 0));
         assert_eq!(settled.settle(700), 88);
-        assert_eq!((settled.total_micros, settled.carried_nanos), (31, 700));
+        assert_eq!((settled.total_micros, settled.carried_nanos), (32, 700));
     }
 
     #[test]
