@@ -925,6 +925,7 @@ async fn compiling_an_upload_is_billed_to_its_tenant() {
     assert_eq!(total["compile_cpu_us"], cpu_us);
     assert_eq!(total["invocations"], 0);
     assert_eq!(total["guest_us"], 0);
+    assert_eq!(total["bytes_in"], 0, "an upload's bytes are not a call's");
     assert_eq!(total["cost_micros"], cpu_us);
     // A failed upload is billed what its validation used.
     let r = server.deploy("junk", b"\0asm\x0d\0\x01\0garbage", "").await;

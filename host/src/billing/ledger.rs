@@ -866,7 +866,7 @@ impl Ledger for SqliteLedger {
         let count = |outcomes: &str| {
             format!("SUM(CASE WHEN outcome IN ({outcomes}) THEN invocations ELSE 0 END)")
         };
-        // An upload's CPU time is its own sum, not the guests'.
+        // An upload's CPU time and bytes are its own, not the calls'.
         let of = |outcomes: &str, column: &str| {
             format!("SUM(CASE WHEN outcome IN ({outcomes}) THEN {column} ELSE 0 END)")
         };
@@ -877,7 +877,7 @@ impl Ledger for SqliteLedger {
         let sql = format!(
             "SELECT {key} AS k, {}, SUM(billed_ms), SUM(memory_mb_ms), {},
                     SUM(cpu_inference_us), SUM(gpu_inference_us), SUM(model_load_us),
-                    SUM(cold_starts), SUM(bytes_in), SUM(bytes_out), SUM(cost_micros),
+                    SUM(cold_starts), {}, SUM(bytes_out), SUM(cost_micros),
                     {}, {}, {}, {}, {}, {}, {}
              FROM usage_minutes
              WHERE tenant = ?1 AND minute_ms >= ?2 AND minute_ms < ?3
@@ -885,6 +885,7 @@ impl Ledger for SqliteLedger {
              GROUP BY k ORDER BY k",
             of_calls("invocations"),
             of_calls("guest_us"),
+            of_calls("bytes_in"),
             count("'ok'"),
             count("'rejected'"),
             count("'trap', 'timeout', 'error'"),
