@@ -133,45 +133,30 @@ where
     let (bytes, held) = state.uploads.read(req, limit).await?;
     let new_function = state.registry.get(tenant, name).is_none();
     check_storage_quotas(state, tenant, new_function, false, bytes.len() as u64)?;
-    // The upload is validated, compiled and billed on a task of its own:
-    // a client that leaves mid-compile neither stops the compile (it runs
-    // on the blocking pool) nor escapes its bill.
-    let compile = {
-        let (state, tenant, name) = (state.clone(), tenant.to_string(), name.to_string());
-        tokio::spawn(async move {
-            // The upload's bytes count against the buffer budget until done.
-            let _held = held;
-            let (started, started_at_ms) = (std::time::Instant::now(), crate::registry::now_ms());
-            let bytes_in = bytes.len() as u64;
+    let bytes_in = bytes.len() as u64;
+    let work = {
+        let (tenant, name) = (tenant.to_string(), name.to_string());
+        move |state: std::sync::Arc<AppState>| async move {
             let mut usage = crate::registry::UploadUsage::default();
             let deployed = state
                 .registry
                 .deploy(&tenant, &name, bytes, patch, &mut usage)
                 .await
                 .map_err(ApiError::from);
-            let upload = super::metering::Upload {
-                kind: crate::billing::RecordKind::Compile,
-                tenant: &tenant,
-                name: &name,
-                version: deployed.as_ref().map_or(0, |d| d.version.version),
-                status: match &deployed {
-                    Ok(d) if d.created => 201,
-                    Ok(_) => 200,
-                    Err(e) => e.status.as_u16(),
-                },
-                bytes_in,
-                started,
-                started_at_ms,
-            };
-            let bill = super::metering::bill_upload(&state, upload, &usage).await;
-            (deployed, bill)
-        })
+            (deployed, usage)
+        }
     };
-    let (deployed, bill) = compile.await.map_err(|e| {
-        tracing::error!(error = %e, "an upload's task failed");
-        ApiError::internal()
-    })?;
-    let deployed = deployed?;
+    let (deployed, bill) = super::metering::run_billed_upload(
+        state,
+        crate::billing::RecordKind::Compile,
+        tenant,
+        name,
+        bytes_in,
+        held,
+        work,
+        |d| (d.version.version, d.created),
+    )
+    .await?;
     state.scheduler.ensure_min_warm(&deployed.function).await;
 
     #[derive(Serialize)]

@@ -29,6 +29,7 @@ use crate::billing::{
 };
 use crate::config::{Durability, PricePlan};
 use crate::nn::{NnUsage, NnUsageReport};
+use crate::registry::UploadUsage;
 use crate::runtime::{BoxError, GuestFinished, GuestReport, InvokeError, ResponseBody};
 use crate::telemetry::{CallObservation, Metrics};
 use tracing::Instrument as _;
@@ -419,15 +420,70 @@ pub(super) struct UploadBill {
     pub cost_micros: u64,
 }
 
-/// Bills an upload's validation (and a component's compilation) to its
-/// tenant: a ledger row of kind `compile` or `model-upload` with the CPU
-/// time it used, priced at `per_cpu_second` and added to the tenant's
-/// spend. `strict` durability waits for the row; should it fail, the
-/// upload stands (it cannot be undone) and the failure is logged.
-pub(super) async fn bill_upload(
+/// Runs an upload's `work` (validating, and compiling a component or
+/// loading a model) on a task of its own, and bills what it used to the
+/// tenant: a ledger row of kind `kind` (`compile` or `model-upload`) with
+/// its CPU time, priced at `per_cpu_second` and added to the tenant's
+/// spend, whether the upload succeeded or not. A client that leaves
+/// meanwhile stops neither the work (it runs on the blocking pool) nor its
+/// bill. `held` (the upload's buffered bytes) is kept until the work ends;
+/// `made` gives the version an upload made and whether it was new.
+/// `strict` durability waits for the row; should that fail, the upload
+/// stands (it cannot be undone) and the failure is logged.
+#[expect(clippy::too_many_arguments, reason = "an upload's parts, each once")]
+pub(super) async fn run_billed_upload<T, Fut>(
+    state: &Arc<AppState>,
+    kind: RecordKind,
+    tenant: &str,
+    name: &str,
+    bytes_in: u64,
+    held: impl Send + 'static,
+    work: impl FnOnce(Arc<AppState>) -> Fut + Send + 'static,
+    made: fn(&T) -> (u32, bool),
+) -> Result<(T, Option<UploadBill>), ApiError>
+where
+    T: Send + 'static,
+    Fut: Future<Output = (Result<T, ApiError>, UploadUsage)> + Send + 'static,
+{
+    let task = {
+        let (state, tenant, name) = (state.clone(), tenant.to_string(), name.to_string());
+        tokio::spawn(async move {
+            let _held = held;
+            let (started, started_at_ms) = (Instant::now(), crate::registry::now_ms());
+            let (result, usage) = work(state.clone()).await;
+            let (version, status) = match &result {
+                Ok(made_it) => {
+                    let (version, created) = made(made_it);
+                    (version, if created { 201 } else { 200 })
+                }
+                Err(e) => (0, e.status.as_u16()),
+            };
+            let upload = Upload {
+                kind,
+                tenant: &tenant,
+                name: &name,
+                version,
+                status,
+                bytes_in,
+                started,
+                started_at_ms,
+            };
+            let bill = bill_upload(&state, upload, &usage).await;
+            (result, bill)
+        })
+    };
+    let (result, bill) = task.await.map_err(|e| {
+        tracing::error!(error = %e, "an upload's task failed");
+        ApiError::internal()
+    })?;
+    Ok((result?, bill))
+}
+
+/// Writes an upload's row (see [`run_billed_upload`]).
+async fn bill_upload(
     state: &AppState,
     upload: Upload<'_>,
-    usage: &crate::registry::UploadUsage,
+    usage: &UploadUsage,
 ) -> Option<UploadBill> {
     let billing = state.billing.as_ref()?;
     if !usage.validated {
@@ -486,18 +542,18 @@ pub(super) async fn bill_upload(
 }
 
 /// The upload a row bills.
-pub(super) struct Upload<'a> {
+struct Upload<'a> {
     /// `Compile` (a function's) or `ModelUpload`.
-    pub kind: RecordKind,
-    pub tenant: &'a str,
+    kind: RecordKind,
+    tenant: &'a str,
     /// The function's or the model's.
-    pub name: &'a str,
+    name: &'a str,
     /// The version it made (0 when it failed).
-    pub version: u32,
-    pub status: u16,
-    pub bytes_in: u64,
-    pub started: Instant,
-    pub started_at_ms: i64,
+    version: u32,
+    status: u16,
+    bytes_in: u64,
+    started: Instant,
+    started_at_ms: i64,
 }
 
 /// Meters a call that failed with `error` (refused, or the guest failed

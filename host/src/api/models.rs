@@ -199,44 +199,30 @@ where
         .await?;
     let new_model = state.models.get(tenant, name).is_none();
     super::functions::check_storage_quotas(state, tenant, false, new_model, bytes.len() as u64)?;
-    // Validated (by loading) and billed on a task of its own: a client
-    // that leaves mid-load neither stops the load nor escapes its bill.
-    let load = {
-        let (state, tenant, name) = (state.clone(), tenant.to_string(), name.to_string());
-        tokio::spawn(async move {
-            // The upload's bytes count against the buffer budget until done.
-            let _held = held;
-            let (started, started_at_ms) = (std::time::Instant::now(), crate::registry::now_ms());
-            let bytes_in = bytes.len() as u64;
+    let bytes_in = bytes.len() as u64;
+    let work = {
+        let (tenant, name) = (tenant.to_string(), name.to_string());
+        move |state: std::sync::Arc<AppState>| async move {
             let mut usage = crate::registry::UploadUsage::default();
             let up = state
                 .models
                 .upload(&tenant, &name, &encoding, bytes, &mut usage)
                 .await
                 .map_err(ApiError::from);
-            let upload = super::metering::Upload {
-                kind: crate::billing::RecordKind::ModelUpload,
-                tenant: &tenant,
-                name: &name,
-                version: up.as_ref().map_or(0, |u| u.version.version),
-                status: match &up {
-                    Ok(u) if u.created => 201,
-                    Ok(_) => 200,
-                    Err(e) => e.status.as_u16(),
-                },
-                bytes_in,
-                started,
-                started_at_ms,
-            };
-            let bill = super::metering::bill_upload(&state, upload, &usage).await;
-            (up, bill)
-        })
+            (up, usage)
+        }
     };
-    let (up, bill) = load.await.map_err(|e| {
-        tracing::error!(error = %e, "an upload's task failed");
-        ApiError::internal()
-    })?;
-    let up = up?;
+    let (up, bill) = super::metering::run_billed_upload(
+        state,
+        crate::billing::RecordKind::ModelUpload,
+        tenant,
+        name,
+        bytes_in,
+        held,
+        work,
+        |u| (u.version.version, u.created),
+    )
+    .await?;
     #[derive(Serialize)]
     struct Uploaded<'a> {
         name: &'a str,
