@@ -10,6 +10,7 @@ pub mod builtins;
 pub mod capabilities;
 pub mod cli;
 pub mod config;
+pub mod cputime;
 pub mod datadir;
 pub mod logs;
 pub mod nn;

@@ -33,11 +33,11 @@ use tokio::sync::OnceCell;
 
 use super::{Backend, Device, LoadedModel, NnError, Timed};
 use crate::config::FallbackPolicy;
+use crate::cputime::thread_cpu_time;
 use crate::registry::{
     BlobStore, Claims, MetadataStore, ModelRecord, ModelVersionRecord, StoreError, UploadError,
     UploadUsage, check_name, now_ms, qualify,
 };
-use crate::runtime::thread_cpu_time;
 
 /// Why a model operation failed.
 #[derive(Debug, thiserror::Error)]

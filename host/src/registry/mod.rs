@@ -516,13 +516,13 @@ impl Registry {
         let checked = bytes.clone();
         usage.validated = true;
         let (digest, cpu) = blocking(move || {
-            let before = crate::runtime::thread_cpu_time();
+            let before = crate::cputime::thread_cpu_time();
             let digest = check_component(&checked)
                 .map(|_imports| hex::encode(Sha256::digest(&checked)))
                 .map_err(RegistryError::from);
             (
                 digest,
-                crate::runtime::thread_cpu_time().saturating_sub(before),
+                crate::cputime::thread_cpu_time().saturating_sub(before),
             )
         })
         .await?;

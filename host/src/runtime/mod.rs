@@ -328,6 +328,7 @@ impl Runtime {
     /// compilation would use), whose threads' CPU clocks are read when it
     /// is done, so concurrent compiles are not counted in each other's.
     pub fn precompile_measured(&self, bytes: &[u8]) -> (Result<Vec<u8>, String>, Duration) {
+        use crate::cputime::thread_cpu_time;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -713,15 +714,6 @@ fn engine_config(cfg: &RuntimeConfig, pagemap: bool) -> Config {
         .async_stack_size(max_stack + ASYNC_STACK_HEADROOM)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     config
-}
-
-/// The CPU time the calling thread has used.
-pub fn thread_cpu_time() -> Duration {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
-    Duration::new(
-        u64::try_from(t.tv_sec).unwrap_or(0),
-        u32::try_from(t.tv_nsec).unwrap_or(0),
-    )
 }
 
 #[cfg(test)]
