@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod cputime;
 pub mod datadir;
+pub mod dates;
 pub mod logs;
 pub mod nn;
 pub mod registry;

@@ -96,7 +96,7 @@ fn print_log(log: &Value, json: bool) -> anyhow::Result<()> {
     };
     println!(
         "==> {} {}@{} {}{truncated}",
-        utc(n("started_at_ms")),
+        crate::dates::format_utc(n("started_at_ms")),
         s("function"),
         n("version"),
         s("invocation_id"),
@@ -116,39 +116,4 @@ fn print_log(log: &Value, json: bool) -> anyhow::Result<()> {
     }
     std::io::stdout().flush()?;
     Ok(())
-}
-
-/// `YYYY-MM-DDTHH:MM:SS.mmmZ` of Unix milliseconds.
-fn utc(ms: i64) -> String {
-    let days = ms.div_euclid(86_400_000);
-    let rem = ms.rem_euclid(86_400_000);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3_600_000,
-        rem / 60_000 % 60,
-        rem / 1000 % 60,
-        rem % 1000
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::utc;
-
-    #[test]
-    fn utc_times() {
-        assert_eq!(utc(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(utc(951_782_400_123), "2000-02-29T00:00:00.123Z");
-        assert_eq!(utc(1_735_689_599_999), "2024-12-31T23:59:59.999Z");
-    }
 }
