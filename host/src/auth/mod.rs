@@ -381,11 +381,6 @@ impl Auth {
             .ok_or(AuthError::Invalid)
     }
 
-    /// The platform's default quotas.
-    pub fn default_quotas(&self) -> &Quotas {
-        &self.defaults
-    }
-
     /// A tenant's effective quotas (the defaults for an unknown tenant).
     pub fn quotas(&self, tenant: &str) -> Quotas {
         match self.tenants.get(tenant) {

@@ -216,13 +216,6 @@ impl Scheduler {
         Ok(slot)
     }
 
-    /// Invocations of `tenant` running or waiting now.
-    pub fn tenant_in_flight(&self, tenant: &str) -> u32 {
-        self.tenants
-            .get(tenant)
-            .map_or(0, |c| c.load(Ordering::Relaxed))
-    }
-
     /// Admits a call to `resolved`: its tenant's concurrency quota
     /// (`tenant_limit`, 0 for none), then the function's gate in FIFO order,
     /// then the platform's in turn among tenants, waiting at most its
