@@ -15,6 +15,7 @@ pub mod datadir;
 pub mod dates;
 pub mod logs;
 pub mod nn;
+pub mod query;
 pub mod registry;
 pub mod runtime;
 pub mod scheduler;

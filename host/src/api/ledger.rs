@@ -62,31 +62,25 @@ pub(super) async fn usage(
         function: None,
         group_by: UsageGroup::Function,
     };
-    for pair in uri
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+    for (key, value) in crate::query::pairs(uri.query().unwrap_or("")) {
         let bad = |what: &str| ApiError::bad_request(format!("`{key}={value}`: {what}"));
-        match key {
+        match &*key {
             "from" => {
-                query.from_ms = parse_time(value).ok_or_else(|| {
+                query.from_ms = parse_time(&value).ok_or_else(|| {
                     bad("a time is ms since the epoch, YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS]Z")
                 })?;
             }
             "to" => {
-                query.to_ms = parse_time(value).ok_or_else(|| {
+                query.to_ms = parse_time(&value).ok_or_else(|| {
                     bad("a time is ms since the epoch, YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS]Z")
                 })?;
             }
             "function" => {
-                crate::registry::check_name(value)?;
-                query.function = Some(value.to_string());
+                crate::registry::check_name(&value)?;
+                query.function = Some(value.into_owned());
             }
             "group_by" => {
-                query.group_by = UsageGroup::parse(value)
+                query.group_by = UsageGroup::parse(&value)
                     .ok_or_else(|| bad("group_by is function, day, hour or outcome"))?;
             }
             _ => {

@@ -120,9 +120,8 @@ pub(super) async fn function(
     crate::registry::check_name(name)?;
     let mut after = None;
     let mut limit = DEFAULT_LIMIT;
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        match key {
+    for (key, value) in crate::query::pairs(query.unwrap_or("")) {
+        match &*key {
             "after" => {
                 after = Some(value.parse::<i64>().map_err(|_| {
                     ApiError::bad_request(format!("`after={value}`: a log's `seq` (a number)"))

@@ -175,18 +175,12 @@ where
 {
     crate::registry::check_name(name)?;
     let mut encoding = "onnx".to_string();
-    for pair in req
-        .uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
-        match pair.split_once('=') {
-            Some(("encoding", value)) => encoding = value.to_string(),
+    for (key, value) in crate::query::pairs(req.uri().query().unwrap_or("")) {
+        match &*key {
+            "encoding" => encoding = value.into_owned(),
             _ => {
                 return Err(ApiError::bad_request(format!(
-                    "unknown query parameter `{pair}` (known: encoding)"
+                    "unknown query parameter `{key}` (known: encoding)"
                 )));
             }
         }
@@ -289,13 +283,13 @@ pub(super) async fn delete(
 ) -> ApiResult {
     crate::registry::check_name(name)?;
     let mut force = false;
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        match pair {
-            "force=true" | "force=1" => force = true,
-            "force=false" | "force=0" => force = false,
+    for (key, value) in crate::query::pairs(query.unwrap_or("")) {
+        match (&*key, &*value) {
+            ("force", "true" | "1") => force = true,
+            ("force", "false" | "0") => force = false,
             _ => {
                 return Err(ApiError::bad_request(format!(
-                    "unknown query parameter `{pair}` (known: force=true)"
+                    "unknown query parameter `{key}={value}` (known: force=true)"
                 )));
             }
         }

@@ -132,10 +132,8 @@ macro_rules! settings {
             /// (`models=a%2Cb` is `models=a,b`).
             pub fn from_query(query: &str) -> Result<Self, String> {
                 let mut patch = Self::default();
-                for pair in query.split('&').filter(|p| !p.is_empty()) {
-                    let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-                    let (key, value) = (percent_decode(key), percent_decode(value));
-                    let (key, value) = (key.as_str(), value.as_str());
+                for (key, value) in crate::query::pairs(query) {
+                    let (key, value) = (&*key, &*value);
                     match key {
                         $(
                             stringify!($field) => {
@@ -174,28 +172,6 @@ macro_rules! settings {
             }
         }
     };
-}
-
-/// Decodes `%XX` escapes (as clients encode query strings); malformed
-/// escapes stay as they are, invalid UTF-8 is replaced.
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&byte) = bytes.get(i) {
-        let hex = |at: usize| bytes.get(at).and_then(|&d| char::from(d).to_digit(16));
-        match (byte, hex(i + 1), hex(i + 2)) {
-            (b'%', Some(high), Some(low)) => {
-                decoded.push(u8::try_from(high * 16 + low).unwrap_or(b'?'));
-                i += 3;
-            }
-            _ => {
-                decoded.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&decoded).into_owned()
 }
 
 /// Default per-invocation wall-clock limit.
