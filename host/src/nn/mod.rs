@@ -453,3 +453,42 @@ impl LoadedModel for Timed {
         })
     }
 }
+
+/// Checks that a backend's run stops midway when asked: a long chain of
+/// MatMuls (`links` of them), asked to stop after 20 ms, ends with the
+/// timeout error well before a whole run would; asked before it starts, it
+/// does not start. Shared by the backends' tests.
+#[cfg(test)]
+pub(crate) fn assert_a_run_stops_midway(backend: &dyn Backend, links: usize) {
+    let model = backend
+        .load(&onnx::build::chain_model(links, 128))
+        .expect("loads");
+    let x = Tensor::from_f32(vec![128, 128], &vec![1.0; 128 * 128]);
+    let started = std::time::Instant::now();
+    model.run(std::slice::from_ref(&x)).expect("runs");
+    let whole = started.elapsed();
+    let stop = Arc::new(Stop::default());
+    let stopper = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            stop.stop();
+        })
+    };
+    let started = std::time::Instant::now();
+    let err = model
+        .run_until(std::slice::from_ref(&x), &stop)
+        .map(|_| ())
+        .expect_err("stopped");
+    let took = started.elapsed();
+    stopper.join().expect("stopper");
+    assert!(matches!(err, NnError::Timeout(_)), "{err:?}");
+    assert!(
+        took < whole / 2,
+        "stopped after {took:?} of a {whole:?} run"
+    );
+    assert!(matches!(
+        model.run_until(&[x], &stop),
+        Err(NnError::Timeout(_))
+    ));
+}

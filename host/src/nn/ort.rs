@@ -766,40 +766,7 @@ mod tests {
 
     #[test]
     fn a_run_stops_midway_when_asked() {
-        // Each run of this chain takes a while; asked to stop after 20 ms,
-        // it ends soon after, with the timeout error, not after all of it.
-        let model = backend()
-            .load(&crate::nn::onnx::build::chain_model(4000, 128))
-            .expect("loads");
-        let x = Tensor::from_f32(vec![128, 128], &vec![1.0; 128 * 128]);
-        let started = std::time::Instant::now();
-        model.run(std::slice::from_ref(&x)).expect("runs");
-        let whole = started.elapsed();
-        let stop = Arc::new(crate::nn::Stop::default());
-        let stopper = {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-                stop.stop();
-            })
-        };
-        let started = std::time::Instant::now();
-        let err = model
-            .run_until(std::slice::from_ref(&x), &stop)
-            .map(|_| ())
-            .expect_err("stopped");
-        let took = started.elapsed();
-        stopper.join().expect("stopper");
-        assert!(matches!(err, NnError::Timeout(_)), "{err:?}");
-        assert!(
-            took < whole / 2,
-            "stopped after {took:?} of a {whole:?} run"
-        );
-        // Asked before it starts, it does not start.
-        assert!(matches!(
-            model.run_until(&[x], &stop),
-            Err(NnError::Timeout(_))
-        ));
+        crate::nn::assert_a_run_stops_midway(&backend(), 4000);
     }
 
     #[test]
